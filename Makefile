@@ -1,0 +1,32 @@
+# Thin targets: each calls the setup script, the CLI or a Dagster entry point.
+PY := .venv/bin/python
+CLI := .venv/bin/imagesearch
+
+.PHONY: setup demo test ui lint bench
+
+setup:  ## venvs (project + DVC tool venv) and the workspace; does nothing when already done
+	bash scripts/setup.sh
+
+demo: setup  ## fetch the default corpus and run the pipeline end to end through Dagster
+	$(CLI) corpus fetch
+	$(PY) -m dagster_project.run materialize --select image_catalog
+	$(CLI) catalog summary
+	@echo ""
+	@echo "Where to look:"
+	@echo "  catalog + quarantine tables   the two paths above (parquet)"
+	@echo "  data versions (DVC)           $(CLI) versions list catalog"
+	@echo "  Dagster UI (runs, metadata)   make ui  ->  http://127.0.0.1:3000"
+	@echo "  everything resolved           $(CLI) doctor"
+
+test: setup  ## the test suite
+	$(PY) -m pytest -q
+
+ui: setup  ## Dagster webserver + daemon on 127.0.0.1:3000
+	$(PY) -m dagster_project.run ui
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+bench: setup  ## benchmarks that print ratios against a peer measured in the same run
+	$(CLI) corpus fetch
+	$(PY) benchmarks/bench_catalog.py

@@ -1,0 +1,1 @@
+"""Dagster wiring for imagesearch: resources, jobs, schedules and sensors around the assets."""

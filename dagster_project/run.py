@@ -1,0 +1,53 @@
+"""Start Dagster against the workspace: `python -m dagster_project.run ui|materialize ...`.
+
+Sets DAGSTER_HOME from the settings (the only place paths live) and restores the default SIGINT/
+SIGTERM handlers before exec: a server started in the background of a non-interactive shell inherits
+*ignored* signals and could then only be killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from imagesearch.settings import PROJECT_ROOT, Settings
+from imagesearch.workspace import init_workspace
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dagster_project.run")
+    commands = parser.add_subparsers(dest="command", required=True)
+    ui = commands.add_parser("ui", help="dagster dev: webserver + daemon")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", default="3000")
+    run = commands.add_parser("materialize", help="materialize assets, recorded in the workspace instance")
+    run.add_argument("--select", required=True, help="asset selection, e.g. image_catalog")
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    init_workspace(settings)
+    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+    os.chdir(PROJECT_ROOT)
+    dagster = str(Path(sys.executable).parent / "dagster")
+    if args.command == "ui":
+        command = [dagster, "dev", "-h", args.host, "-p", args.port, "-w", "workspace.yaml"]
+    else:
+        command = [
+            dagster,
+            "asset",
+            "materialize",
+            "-m",
+            "dagster_project.definitions",
+            "--select",
+            args.select,
+        ]
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    os.execv(dagster, command)
+
+
+if __name__ == "__main__":
+    main()

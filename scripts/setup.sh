@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Idempotent set-up: the project venv (.venv), DVC in its own tool venv (.tools/dvc) and the
+# workspace folder. A second run does nothing unless pyproject.toml or the DVC pin changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+DVC_VERSION="3.67.1"   # own venv: DVC's antlr4 pin breaks Dagster's asset selection parser
+WANT_GPU="${IMAGESEARCH_GPU:-0}"
+
+"$PYTHON" - <<'PY' || { echo "imagesearch needs Python 3.11 (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+import sys; sys.exit(sys.version_info[:2] != (3, 11))
+PY
+
+# This machine's pip config names local mirrors that may be absent; their warnings are noise.
+pip_install() { "$@" 2>&1 | { grep -v "^WARNING: Location '.*is ignored" || true; }; }
+stamp_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+# --- project venv -----------------------------------------------------------------------------
+project_stamp="$(stamp_of pyproject.toml)-gpu${WANT_GPU}"
+if [[ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$project_stamp" ]]; then
+  echo "==> installing the project venv (.venv); torch alone is several GB, first time takes minutes"
+  start=$(date +%s)
+  [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
+  pip_install .venv/bin/python -m pip install --quiet -e '.[dev]'
+  if [[ "$WANT_GPU" == "1" ]]; then
+    # faiss-gpu and faiss-cpu both provide the `faiss` module: keep exactly one.
+    pip_install .venv/bin/python -m pip install --quiet -e '.[dev,gpu]'
+    .venv/bin/python -m pip uninstall --quiet -y faiss-cpu
+  fi
+  echo "$project_stamp" > .venv/.setup-stamp
+  echo "    done in $(( $(date +%s) - start ))s, $(du -sh .venv | cut -f1) on disk"
+else
+  echo "==> project venv up to date (.venv)"
+fi
+
+# --- DVC tool venv ----------------------------------------------------------------------------
+if [[ "$(cat .tools/dvc/.setup-stamp 2>/dev/null)" != "$DVC_VERSION" ]]; then
+  echo "==> installing DVC $DVC_VERSION in its own venv (.tools/dvc)"
+  start=$(date +%s)
+  [[ -x .tools/dvc/bin/python ]] || "$PYTHON" -m venv .tools/dvc
+  pip_install .tools/dvc/bin/python -m pip install --quiet "dvc==$DVC_VERSION"
+  echo "$DVC_VERSION" > .tools/dvc/.setup-stamp
+  echo "    done in $(( $(date +%s) - start ))s, $(du -sh .tools/dvc | cut -f1) on disk"
+else
+  echo "==> DVC up to date (.tools/dvc)"
+fi
+
+# --- workspace --------------------------------------------------------------------------------
+.venv/bin/imagesearch init

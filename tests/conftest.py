@@ -1,0 +1,57 @@
+"""Shared fixtures: small real image folders and an isolated workspace per test."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagesearch.settings import CatalogSettings, Settings, SourceSettings
+
+# Small limits keep the decompression-bomb case cheap to generate.
+TEST_CATALOG = CatalogSettings(max_image_pixels=1_000_000, min_side=8, workers=1)
+
+
+def noise_image(seed: int, size: tuple[int, int] = (64, 48), mode: str = "RGB") -> Image.Image:
+    """A random picture: distinct seeds give distinct bytes, hence distinct content ids."""
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": None}[mode]
+    shape = (size[1], size[0]) if channels is None else (size[1], size[0], channels)
+    return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode)
+
+
+def png_bytes(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    """Six good images in two category folders, one with a sidecar caption."""
+    root = tmp_path / "images"
+    for category, seeds in {"animals": (1, 2, 3), "tools": (4, 5, 6)}.items():
+        (root / category).mkdir(parents=True)
+        for seed in seeds:
+            noise_image(seed).save(root / category / f"{category}_{seed:02d}.png")
+    (root / "animals" / "animals_01.txt").write_text("a noisy cat\ntags: Cat, pet\n")
+    return root
+
+
+@pytest.fixture
+def workspace_settings(tmp_path: Path, tiny_folder: Path) -> Settings:
+    return Settings(
+        home=tmp_path / "workspace",
+        sources=[SourceSettings(name="tiny", path=tiny_folder)],
+        catalog=TEST_CATALOG,
+    )
+
+
+@pytest.fixture(scope="session")
+def dvc_available() -> None:
+    if Settings().dvc_command is None or shutil.which("git") is None:
+        pytest.fail("DVC (.tools/dvc) and git are required: run `make setup`")

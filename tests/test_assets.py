@@ -1,0 +1,73 @@
+"""In-process Dagster materializations of the catalog asset on tiny real images."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from assets.catalog import catalog_is_consistent, catalog_problems, image_catalog
+from dagster_project.definitions import defs
+from dagster_project.resources import WorkspaceResource
+from imagesearch.catalog import read_catalog
+from tests.conftest import noise_image
+
+pytestmark = pytest.mark.usefixtures("dvc_available")
+
+
+def materialize_catalog(workspace: WorkspaceResource) -> dg.ExecuteInProcessResult:
+    return dg.materialize([image_catalog, catalog_is_consistent], resources={"workspace": workspace})
+
+
+def metadata_of(result: dg.ExecuteInProcessResult) -> dict:
+    event = result.get_asset_materialization_events()[0]
+    return {key: value.value for key, value in event.materialization.metadata.items()}
+
+
+def test_catalog_asset_materializes_and_rerun_decodes_only_the_new_file(tmp_path, tiny_folder):
+    workspace = WorkspaceResource(home=str(tmp_path / "ws"), image_dirs=[str(tiny_folder)])
+    first = materialize_catalog(workspace)
+    assert first.success
+    meta = metadata_of(first)
+    assert (meta["catalogued"], meta["decoded_this_run"]) == (6, 6)
+    assert set(meta["dvc_md5"]) == {"data/catalog/catalog.parquet", "data/catalog/quarantine.parquet"}
+    checks = first.get_asset_check_evaluations()
+    assert [c.passed for c in checks] == [True]
+
+    noise_image(123).save(tiny_folder / "animals" / "new.png")
+    (tiny_folder / "animals" / "broken.jpg").write_bytes(b"not a jpeg")
+    second = materialize_catalog(workspace)
+    meta = metadata_of(second)
+    assert (meta["catalogued"], meta["decoded_this_run"], meta["reused_from_last_run"]) == (7, 2, 6)
+    assert meta["quarantined_by_reason"] == {"not_an_image": 1}
+    assert meta["dvc_commit"] != metadata_of(first)["dvc_commit"]
+
+
+def test_extra_image_dirs_come_from_run_config(tmp_path, tiny_folder):
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    noise_image(321).save(extra / "one.png")
+    workspace = WorkspaceResource(home=str(tmp_path / "ws"), image_dirs=[str(tiny_folder)])
+    result = dg.materialize(
+        [image_catalog],
+        resources={"workspace": workspace},
+        run_config={"ops": {"image_catalog": {"config": {"extra_image_dirs": [str(extra)]}}}},
+    )
+    catalog = read_catalog(workspace.settings().catalog_path)
+    assert result.success and set(catalog["source"]) == {"images", "extra"}
+
+
+def test_consistency_rules_catch_bad_catalogs():
+    import pandas as pd
+
+    good = pd.DataFrame({"id": ["a", "b"], "split": ["train", "test"]})
+    assert catalog_problems(good) == []
+    assert catalog_problems(good.iloc[:0]) == ["catalog is empty"]
+    assert catalog_problems(pd.DataFrame({"id": ["a", "a"], "split": ["train", "dev"]})) == [
+        "1 duplicate ids",
+        "unknown splits ['dev']",
+    ]
+
+
+def test_definitions_load_with_the_catalog_job():
+    assert defs.resolve_job_def("catalog_job") is not None
+    assert dg.AssetKey("image_catalog") in {spec.key for spec in defs.resolve_all_asset_specs()}

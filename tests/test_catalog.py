@@ -1,0 +1,166 @@
+"""Catalog building: ids, splits, annotations, incremental re-runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from imagesearch.catalog import assign_split, build_catalog, content_id, title_from_filename
+from imagesearch.settings import CatalogSettings, Settings, SourceSettings
+from imagesearch.sources import SourceError
+from tests.conftest import TEST_CATALOG, noise_image
+
+
+def build(settings: Settings, **options):
+    return build_catalog(
+        settings.effective_sources,
+        settings.catalog,
+        catalog_path=settings.catalog_path,
+        quarantine_path=settings.quarantine_path,
+        progress=False,
+        **options,
+    )
+
+
+@pytest.mark.parametrize(
+    ("image_id", "expected"),
+    [
+        ("00000000" + "0" * 24, "test"),  # position 0.0
+        ("19999999" + "0" * 24, "test"),  # just under 0.1
+        ("1a000000" + "0" * 24, "val"),  # just over 0.1
+        ("33333332" + "0" * 24, "val"),  # just under 0.2
+        ("34000000" + "0" * 24, "train"),
+        ("ffffffff" + "0" * 24, "train"),
+    ],
+)
+def test_split_is_a_pure_function_of_the_id(image_id, expected):
+    assert assign_split(image_id, val_fraction=0.1, test_fraction=0.1) == expected
+
+
+def test_split_proportions_follow_the_settings():
+    ids = [content_id(str(i).encode()) for i in range(20_000)]
+    splits = pd.Series([assign_split(i, val_fraction=0.1, test_fraction=0.2) for i in ids]).value_counts(
+        normalize=True
+    )
+    assert splits["test"] == pytest.approx(0.2, abs=0.01)
+    assert splits["val"] == pytest.approx(0.1, abs=0.01)
+
+
+def test_fractions_that_leave_no_training_data_are_refused():
+    with pytest.raises(ValueError, match="must be < 1"):
+        CatalogSettings(val_fraction=0.5, test_fraction=0.5)
+
+
+@pytest.mark.parametrize(
+    ("relpath", "title"),
+    [("animals/red_apple__02.png", "red apple"), ("x/Big-Dog.01.jpg", "big dog"), ("plain.png", "plain")],
+)
+def test_titles_come_from_file_names(relpath, title):
+    assert title_from_filename(relpath) == title
+
+
+def test_catalog_rows_carry_ids_tags_captions_and_splits(workspace_settings):
+    report = build(workspace_settings)
+    catalog = pd.read_parquet(workspace_settings.catalog_path).set_index("relpath")
+    assert report.catalogued == 6 and report.quarantined == 0
+    first = catalog.loc["animals/animals_01.png"]
+    assert first["id"] == content_id(Path(first["path"]).read_bytes())
+    assert first["caption"] == "a noisy cat"
+    assert list(first["tags"]) == ["animals", "cat", "pet"]
+    assert first["category"] == "animals"
+    assert set(catalog["split"]) <= {"train", "val", "test"}
+    assert pd.isna(catalog.loc["tools/tools_04.png", "caption"])
+
+
+def test_ids_are_stable_across_folders_and_runs(workspace_settings, tmp_path):
+    build(workspace_settings)
+    first = pd.read_parquet(workspace_settings.catalog_path).set_index("relpath")["id"]
+    moved = tmp_path / "moved"
+    os.rename(workspace_settings.effective_sources[0].path, moved)
+    build(workspace_settings.model_copy(update={"sources": [SourceSettings(name="tiny", path=moved)]}))
+    second = pd.read_parquet(workspace_settings.catalog_path).set_index("relpath")["id"]
+    pd.testing.assert_series_equal(first.sort_index(), second.sort_index())
+
+
+def test_rerun_decodes_only_new_files(workspace_settings, tiny_folder):
+    assert build(workspace_settings).decoded == 6
+    noise_image(99).save(tiny_folder / "tools" / "tools_99.png")
+    rerun = build(workspace_settings)
+    assert (rerun.decoded, rerun.reused, rerun.catalogued) == (1, 6, 7)
+
+
+def test_changed_and_removed_files_are_noticed(workspace_settings, tiny_folder):
+    build(workspace_settings)
+    noise_image(100).save(tiny_folder / "tools" / "tools_04.png")  # same name, new content
+    (tiny_folder / "tools" / "tools_05.png").unlink()
+    rerun = build(workspace_settings)
+    assert (rerun.decoded, rerun.catalogued) == (1, 5)
+
+
+def test_full_rescan_decodes_everything(workspace_settings):
+    build(workspace_settings)
+    assert build(workspace_settings, full_rescan=True).decoded == 6
+
+
+def test_quarantined_files_are_not_decoded_again(workspace_settings, tiny_folder):
+    (tiny_folder / "tools" / "broken.png").write_bytes(b"")
+    assert build(workspace_settings).quarantined_by_reason == {"empty_file": 1}
+    rerun = build(workspace_settings)
+    assert (rerun.decoded, rerun.quarantined) == (0, 1)
+
+
+def test_caption_manifest_overrides_sidecars(workspace_settings, tiny_folder):
+    pd.DataFrame(
+        {
+            "path": ["animals/animals_01.png", "tools/tools_04.png"],
+            "caption": ["from manifest", "a saw"],
+            "tags": ["wild|striped", "metal"],
+        }
+    ).to_csv(tiny_folder / "manifest.csv", index=False)
+    build(workspace_settings)
+    catalog = pd.read_parquet(workspace_settings.catalog_path).set_index("relpath")
+    assert catalog.loc["animals/animals_01.png", "caption"] == "from manifest"
+    assert list(catalog.loc["animals/animals_01.png", "tags"]) == ["animals", "cat", "pet", "wild", "striped"]
+    assert list(catalog.loc["tools/tools_04.png", "tags"]) == ["tools", "metal"]
+
+
+def test_parquet_manifest_with_list_tags(workspace_settings, tiny_folder):
+    manifest = tiny_folder / "labels.parquet"
+    pd.DataFrame(
+        {"path": ["tools/tools_05.png"], "caption": ["a hammer"], "tags": [["steel", "hand tool"]]}
+    ).to_parquet(manifest)
+    source = SourceSettings(name="tiny", path=tiny_folder, manifest=manifest)
+    build(workspace_settings.model_copy(update={"sources": [source]}))
+    row = pd.read_parquet(workspace_settings.catalog_path).set_index("relpath").loc["tools/tools_05.png"]
+    assert (row["caption"], list(row["tags"])) == ("a hammer", ["tools", "steel", "hand tool"])
+
+
+def test_manifest_without_path_column_is_a_clear_error(workspace_settings, tiny_folder):
+    pd.DataFrame({"file": ["a.png"]}).to_csv(tiny_folder / "manifest.csv", index=False)
+    with pytest.raises(SourceError, match="needs a 'path' column"):
+        build(workspace_settings)
+
+
+def test_missing_source_folder_is_a_clear_error(tmp_path):
+    settings = Settings(
+        home=tmp_path / "ws",
+        sources=[SourceSettings(name="gone", path=tmp_path / "nope")],
+        catalog=TEST_CATALOG,
+    )
+    with pytest.raises(SourceError, match=r"'gone'.*does not exist"):
+        build(settings)
+
+
+def test_parallel_decode_matches_inline_decode(workspace_settings, tiny_folder):
+    for seed in range(10, 80):  # above the inline threshold, so the process pool is used
+        noise_image(seed, (16, 16)).save(tiny_folder / "tools" / f"many_{seed}.png")
+    build(workspace_settings)
+    inline = pd.read_parquet(workspace_settings.catalog_path)
+    parallel_settings = workspace_settings.model_copy(
+        update={"catalog": TEST_CATALOG.model_copy(update={"workers": 2})}
+    )
+    assert build(parallel_settings, full_rescan=True).decoded == 76
+    pd.testing.assert_frame_equal(inline, pd.read_parquet(workspace_settings.catalog_path))

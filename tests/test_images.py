@@ -1,0 +1,199 @@
+"""The bad-image zoo: every awkward file the catalog must handle, generated here for real."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from imagesearch.catalog import build_catalog
+from imagesearch.images import DecodeLimits, ImageRejected, RejectReason, open_rgb
+from imagesearch.settings import SourceSettings
+from tests.conftest import TEST_CATALOG, noise_image, png_bytes
+
+LIMITS = DecodeLimits(TEST_CATALOG.max_image_pixels, TEST_CATALOG.min_side, TEST_CATALOG.max_file_bytes)
+
+
+def jpeg_bytes(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90, **options)
+    return buffer.getvalue()
+
+
+def exif_rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": a 40x20 stored image shows as 20x40
+    return jpeg_bytes(noise_image(11, (40, 20)), exif=exif.tobytes())
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ("red", "green", "blue")]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    return buffer.getvalue()
+
+
+def corrupt_png() -> bytes:
+    data = bytearray(png_bytes(noise_image(12)))
+    idat = data.index(b"IDAT")
+    data[idat + 40 : idat + 60] = b"\x00" * 20  # damaged compressed stream, CRC no longer matches
+    return bytes(data)
+
+
+def palette_with_transparency() -> bytes:
+    image = Image.new("P", (16, 16), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.paste(1, (0, 0, 8, 16))
+    return png_bytes(image, transparency=0)
+
+
+ZOO_GOOD = {
+    "good/rgb.png": lambda: png_bytes(noise_image(1)),
+    "modes/palette_transparent.png": palette_with_transparency,
+    "modes/rgba.png": lambda: png_bytes(noise_image(2, mode="RGBA")),
+    "modes/la.png": lambda: png_bytes(noise_image(3, mode="L").convert("LA")),
+    "modes/cmyk.jpg": lambda: jpeg_bytes(noise_image(4).convert("CMYK")),
+    "modes/sixteen_bit.png": lambda: png_bytes(Image.fromarray(np.full((16, 16), 40000, dtype=np.uint16))),
+    "modes/animated.gif": animated_gif,
+    "modes/exif_rotated.jpg": exif_rotated_jpeg,
+}
+ZOO_BAD = {
+    "bad/empty.png": (lambda: b"", RejectReason.EMPTY_FILE),
+    "bad/not_an_image.jpg": (lambda: b"this is a text file, not a picture\n" * 20, RejectReason.NOT_AN_IMAGE),
+    "bad/truncated.png": (lambda: png_bytes(noise_image(5))[:3000], RejectReason.TRUNCATED),
+    "bad/corrupt.png": (corrupt_png, RejectReason.CORRUPT),
+    "bad/bomb.png": (lambda: png_bytes(Image.new("1", (2000, 2000))), RejectReason.DECOMPRESSION_BOMB),
+    "bad/tiny.png": (lambda: png_bytes(noise_image(6, (4, 4))), RejectReason.TOO_SMALL),
+    "more/rgb_copy.png": (lambda: png_bytes(noise_image(1)), RejectReason.DUPLICATE),
+}
+
+
+@pytest.fixture
+def zoo(tmp_path: Path) -> Path:
+    root = tmp_path / "zoo"
+    for relpath, make in ZOO_GOOD.items():
+        (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (root / relpath).write_bytes(make())
+    for relpath, (make, _) in ZOO_BAD.items():
+        (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (root / relpath).write_bytes(make())
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes(png_bytes(noise_image(7)))
+    os.symlink(outside, root / "bad" / "escaping_link.png")
+    return root
+
+
+@pytest.fixture
+def zoo_tables(zoo: Path, tmp_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    build_catalog(
+        [SourceSettings(name="zoo", path=zoo)],
+        TEST_CATALOG,
+        catalog_path=tmp_path / "c.parquet",
+        quarantine_path=tmp_path / "q.parquet",
+        progress=False,
+    )
+    return pd.read_parquet(tmp_path / "c.parquet"), pd.read_parquet(tmp_path / "q.parquet")
+
+
+def test_every_good_file_is_catalogued(zoo_tables):
+    catalog, _ = zoo_tables
+    assert sorted(catalog["relpath"]) == sorted(ZOO_GOOD)
+
+
+@pytest.mark.parametrize("relpath", sorted(ZOO_BAD))
+def test_every_bad_file_is_quarantined_with_its_reason(zoo_tables, relpath):
+    _, quarantine = zoo_tables
+    row = quarantine.set_index("relpath").loc[relpath]
+    assert row["reason"] == ZOO_BAD[relpath][1], row["detail"]
+    assert row["detail"]
+
+
+def test_symlink_leaving_the_source_is_quarantined(zoo_tables):
+    _, quarantine = zoo_tables
+    assert (
+        quarantine.set_index("relpath").loc["bad/escaping_link.png", "reason"] == RejectReason.OUTSIDE_SOURCE
+    )
+
+
+def test_duplicate_points_at_the_kept_image_and_adds_its_tags(zoo_tables):
+    catalog, quarantine = zoo_tables
+    kept = catalog.set_index("relpath").loc["good/rgb.png"]
+    duplicate = quarantine.set_index("relpath").loc["more/rgb_copy.png"]
+    assert duplicate["duplicate_of"] == kept["id"]
+    assert list(kept["tags"]) == ["good", "more"]
+
+
+def test_recorded_properties_describe_the_file(zoo_tables):
+    catalog = zoo_tables[0].set_index("relpath")
+    assert tuple(catalog.loc["modes/exif_rotated.jpg", ["width", "height", "exif_orientation"]]) == (
+        20,
+        40,
+        6,
+    )
+    assert catalog.loc["modes/animated.gif", "n_frames"] == 3
+    assert catalog.loc["modes/cmyk.jpg", "mode"] == "CMYK"
+    assert catalog.loc["modes/sixteen_bit.png", "mode"].startswith("I")
+    assert bool(catalog.loc["modes/rgba.png", "has_alpha"]) and bool(catalog.loc["modes/la.png", "has_alpha"])
+    assert bool(catalog.loc["modes/palette_transparent.png", "has_alpha"])
+    assert catalog.loc["good/rgb.png", "category"] == "good"
+
+
+def test_transparency_is_composited_onto_white():
+    decoded = open_rgb(palette_with_transparency(), LIMITS)
+    assert decoded.rgb.mode == "RGB"
+    assert decoded.rgb.getpixel((2, 2)) == (255, 0, 0)  # opaque palette entry
+    assert decoded.rgb.getpixel((12, 2)) == (255, 255, 255)  # transparent entry -> white
+
+
+def test_sixteen_bit_is_scaled_not_clipped():
+    decoded = open_rgb(png_bytes(Image.fromarray(np.full((16, 16), 40000, dtype=np.uint16))), LIMITS)
+    assert decoded.rgb.getpixel((0, 0)) == (156, 156, 156)  # 40000 / 257, where clipping would give 255
+
+
+def test_animated_image_uses_first_frame():
+    assert open_rgb(animated_gif(), LIMITS).rgb.getpixel((8, 8)) == (255, 0, 0)
+
+
+def test_exif_orientation_is_applied():
+    assert open_rgb(exif_rotated_jpeg(), LIMITS).rgb.size == (20, 40)
+
+
+def test_pillows_own_bomb_guard_is_reported_as_a_bomb():
+    header_only = png_bytes(Image.new("1", (20_000, 20_000)))  # 400 Mpx > 2x Pillow's default limit
+    with pytest.raises(ImageRejected) as caught:
+        open_rgb(header_only, DecodeLimits(max_image_pixels=10**12))
+    assert caught.value.reason == RejectReason.DECOMPRESSION_BOMB
+
+
+def test_missing_file_is_unreadable(tmp_path):
+    with pytest.raises(ImageRejected) as caught:
+        open_rgb(tmp_path / "nope.png", LIMITS)
+    assert caught.value.reason == RejectReason.UNREADABLE
+
+
+def test_a_real_photo_decodes(tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    path = tmp_path / "coffee.jpg"
+    Image.fromarray(skimage_data.coffee()).save(path)
+    assert open_rgb(path, DecodeLimits()).rgb.size == (600, 400)
+
+
+def test_a_second_source_of_copies_adds_only_duplicates(zoo: Path, tmp_path: Path):
+    shutil.copytree(zoo, tmp_path / "zoo2", symlinks=True)
+    report = build_catalog(
+        [SourceSettings(name="a", path=zoo), SourceSettings(name="b", path=tmp_path / "zoo2")],
+        TEST_CATALOG,
+        catalog_path=tmp_path / "c2.parquet",
+        quarantine_path=tmp_path / "q2.parquet",
+        progress=False,
+    )
+    assert report.catalogued == len(ZOO_GOOD)  # the second source only holds copies
+    assert (
+        report.quarantined_by_reason[RejectReason.DUPLICATE] == len(ZOO_GOOD) + 2
+    )  # its copies + both rgb_copy files
