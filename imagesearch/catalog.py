@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -223,7 +224,15 @@ def _decode_many(
     paths: list[str], limits: DecodeLimits, settings: CatalogSettings, *, progress: bool
 ) -> Iterable:
     workers = settings.workers or os.cpu_count() or 1
-    bar = dict(total=len(paths), desc="decoding images", unit="img", disable=not progress or not paths)
+    # Redirected output (Dagster compute logs, CI) gets a line every few seconds, not a redraw storm.
+    interval = 0.1 if sys.stderr.isatty() else 5.0
+    bar = dict(
+        total=len(paths),
+        desc="decoding images",
+        unit="img",
+        mininterval=interval,
+        disable=not progress or not paths,
+    )
     if workers == 1 or len(paths) < INLINE_DECODE_BELOW:
         return list(tqdm((inspect_file(p, limits) for p in paths), **bar))
     with ProcessPoolExecutor(max_workers=workers) as pool:

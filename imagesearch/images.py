@@ -69,9 +69,10 @@ def open_rgb(source: str | Path | bytes, limits: DecodeLimits = DecodeLimits()) 
     images (first frame) and EXIF orientation. All pixels are decoded, so truncation is caught here.
     """
     data = _read_bytes(source, limits)
+    _raise_pillow_bomb_limit_to(limits.max_image_pixels)
     with warnings.catch_warnings():
-        # Pillow only *warns* between MAX_IMAGE_PIXELS and twice that; we want a hard limit.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # Our own size check (before any pixel is decoded) is the limit; Pillow's warning is noise.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(io.BytesIO(data)) as image:
                 _check_size(image, limits)
@@ -80,7 +81,7 @@ def open_rgb(source: str | Path | bytes, limits: DecodeLimits = DecodeLimits()) 
                 return _canonicalise(image)
         except ImageRejected:
             raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        except Image.DecompressionBombError as error:
             raise ImageRejected(RejectReason.DECOMPRESSION_BOMB, str(error)) from error
         except UnidentifiedImageError as error:
             raise ImageRejected(RejectReason.NOT_AN_IMAGE, "no image format recognised the file") from error
@@ -90,6 +91,15 @@ def open_rgb(source: str | Path | bytes, limits: DecodeLimits = DecodeLimits()) 
         except (ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError) as error:
             # Malformed headers surface from Pillow's plugins as these types.
             raise ImageRejected(RejectReason.CORRUPT, f"{type(error).__name__}: {error}") from error
+
+
+def _raise_pillow_bomb_limit_to(max_pixels: int) -> None:
+    """Pillow refuses outright above twice its global limit; never let that be below ours.
+
+    Only ever raised, never lowered, so concurrent callers cannot undo each other.
+    """
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def _read_bytes(source: str | Path | bytes, limits: DecodeLimits) -> bytes:
