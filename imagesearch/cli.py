@@ -14,9 +14,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from imagesearch.backbones import WeightsNotFound
 from imagesearch.catalog import read_catalog
+from imagesearch.embed import embed_image_folder, embed_texts
 from imagesearch.corpus import CorpusFetchError, fetch_openclipart
 from imagesearch.doctor import diagnose
+from imagesearch.registry import CHAMPION, RegistryError, register_v0
 from imagesearch.settings import Settings
 from imagesearch.sources import SourceError
 from imagesearch.steps import CATALOG_STAGE, catalog_step
@@ -27,12 +30,15 @@ app = typer.Typer(help="Text and image search over your own image collection.", 
 corpus_app = typer.Typer(help="The embedded default corpus.", no_args_is_help=True)
 catalog_app = typer.Typer(help="The image catalog (first step of the pipeline).", no_args_is_help=True)
 versions_app = typer.Typer(help="DVC versions of pipeline outputs.", no_args_is_help=True)
+model_app = typer.Typer(help="Encoders in the MLflow registry.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(versions_app, name="versions")
+app.add_typer(model_app, name="model")
 
-console = Console()
-USER_ERRORS = (SourceError, VersioningError, CorpusFetchError, FileNotFoundError, ValueError)
+console = Console(soft_wrap=True)
+USER_ERRORS = (SourceError, VersioningError, CorpusFetchError, FileNotFoundError, ValueError, WeightsNotFound,
+               RegistryError)  # fmt: skip
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
@@ -175,6 +181,48 @@ def versions_restore(stage: str, revision: str) -> None:
     require_workspace(settings)
     version = data_repo(settings).restore(stage, revision)
     console.print(f"restored {stage} outputs {version.outputs} (commit {version.short_commit})")
+
+
+ModelOption = Annotated[
+    str, typer.Option("--model", help="registry alias/version, models:/ URI, encoder folder, or v0")
+]
+
+
+@app.command()
+@user_errors
+def embed(
+    out: Annotated[Path, typer.Option("--out", help="parquet file to write")],
+    images: Annotated[Path | None, typer.Option("--images", help="folder of images to embed")] = None,
+    text: Annotated[list[str] | None, typer.Option("--text", help="text to embed (repeatable)")] = None,
+    model: ModelOption = CHAMPION,
+    batch_size: Annotated[int, typer.Option(min=1, max=1024)] = 32,
+) -> None:
+    """Embed a folder of images or some texts with an encoder; write id/path|text + embedding rows."""
+    if (images is None) == (not text):
+        raise ValueError("give exactly one of --images DIR or --text T")
+    settings = Settings()
+    with console.status(f"loading encoder {model}"):
+        from imagesearch.registry import load_encoder
+
+        encoder = load_encoder(model, settings)
+    if images is not None:
+        summary = embed_image_folder(encoder, images, out, batch_size=batch_size, limits=settings.catalog)
+    else:
+        summary = embed_texts(encoder, text, out)
+    console.print(f"wrote {summary.rows} embeddings of dim {summary.dim} to [bold]{out}[/]"
+                  + (f" ({summary.rejected} files rejected: {summary.rejected_reasons})" if summary.rejected else ""))
+
+
+@model_app.command("register-v0")
+@user_errors
+def model_register_v0(
+    champion: Annotated[bool, typer.Option(help="make it champion when there is none")] = True,
+) -> None:
+    """Register the zero-shot baseline (pretrained classifier bridged to text) in MLflow."""
+    settings = Settings()
+    with console.status("building the zero-shot encoder and logging it to MLflow"):
+        registered = register_v0(settings, make_champion_if_none=champion)
+    console.print(f"registered {registered.uri} (run {registered.run_id})")
 
 
 if __name__ == "__main__":

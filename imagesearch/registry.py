@@ -1,0 +1,162 @@
+"""MLflow: the only module that talks to the tracking store and the model registry.
+
+An encoder is logged as a pyfunc model (input: a DataFrame with a ``text`` column, or an ``image``
+column of encoded image bytes, or an ``image_path`` column; output: L2-normalised float32 vectors),
+registered under one name, and addressed by alias (``models:/imagesearch@champion``).
+"""
+
+from __future__ import annotations
+
+import base64
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema, TensorSpec
+
+from imagesearch.encoders import Encoder, build_zeroshot_encoder
+from imagesearch.settings import Settings
+
+EXPERIMENT = "imagesearch"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+V0 = "v0"
+RUNTIME_PACKAGES = ("torch", "torchvision", "timm", "transformers", "tokenizers", "safetensors", "numpy", "pandas",
+                    "pillow")  # fmt: skip
+
+
+class RegistryError(RuntimeError):
+    """A model reference that cannot be resolved; the message says what exists."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredEncoder:
+    run_id: str
+    version: str
+    uri: str
+
+
+class EncoderPyfunc(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: texts or images in, unit vectors out."""
+
+    def load_context(self, context) -> None:
+        self.encoder = Encoder.load(Path(context.artifacts["encoder"]))
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer from them
+        if "text" in model_input.columns:
+            return self.encoder.encode_texts(model_input["text"].astype(str).tolist())
+        if "image" in model_input.columns:
+            return self.encoder.encode_images([_as_bytes(value) for value in model_input["image"]])
+        if "image_path" in model_input.columns:
+            return self.encoder.encode_images([Path(p) for p in model_input["image_path"]])
+        raise ValueError(f"expected a 'text', 'image' or 'image_path' column, got {list(model_input.columns)}")
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else base64.b64decode(value)
+
+
+def connect(settings: Settings) -> MlflowClient:
+    """Point MLflow at the workspace's sqlite store; create the experiment with its artifact folder."""
+    settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    client = MlflowClient()
+    if client.get_experiment_by_name(EXPERIMENT) is None:
+        client.create_experiment(EXPERIMENT, artifact_location=settings.mlflow_artifacts_dir.as_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    return client
+
+
+def signature(dim: int) -> ModelSignature:
+    """One of the three input columns per call; image bytes travel base64-encoded."""
+    inputs = Schema([ColSpec("string", column, required=False) for column in ("text", "image", "image_path")])
+    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]))
+
+
+def pip_requirements() -> list[str]:
+    return [f"{name}=={metadata.version(name)}" for name in RUNTIME_PACKAGES]
+
+
+def log_encoder(
+    encoder: Encoder,
+    settings: Settings,
+    *,
+    run_name: str,
+    params: dict | None = None,
+    metrics: dict | None = None,
+    tags: dict | None = None,
+    alias: str | None = None,
+) -> RegisteredEncoder:
+    """Log the encoder as a pyfunc in a new MLflow run, register a new version, optionally alias it."""
+    client = connect(settings)
+    name = settings.model.registered_name
+    with tempfile.TemporaryDirectory(prefix="imagesearch-encoder-") as scratch, mlflow.start_run(run_name=run_name) as run:
+        mlflow.log_params({"encoder_kind": encoder.spec.kind, "dim": encoder.dim, **(params or {})})
+        mlflow.log_metrics(metrics or {})
+        mlflow.set_tags({"encoder_kind": encoder.spec.kind, **(tags or {})})
+        info = mlflow.pyfunc.log_model(
+            name="encoder",
+            python_model=EncoderPyfunc(),
+            artifacts={"encoder": str(encoder.save(Path(scratch) / "encoder"))},
+            pip_requirements=pip_requirements(),
+            signature=signature(encoder.dim),
+            registered_model_name=name,
+        )
+    version = str(info.registered_model_version)
+    client.set_model_version_tag(name, version, "encoder_kind", encoder.spec.kind)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return RegisteredEncoder(run.info.run_id, version, f"models:/{name}/{version}")
+
+
+def register_v0(settings: Settings, *, make_champion_if_none: bool = True) -> RegisteredEncoder:
+    """Build the zero-shot baseline, register it, and make it champion when there is none yet."""
+    encoder = build_zeroshot_encoder(settings.model)
+    params = settings.model.model_dump(include={"image_backbone", "image_weights", "image_size", "text_model",
+                                                "zeroshot_top_k"})  # fmt: skip
+    alias = CHAMPION if make_champion_if_none and alias_version(settings, CHAMPION) is None else None
+    return log_encoder(encoder, settings, run_name="v0-zeroshot", params=params, tags={"baseline": V0}, alias=alias)
+
+
+def alias_version(settings: Settings, alias: str) -> str | None:
+    client = connect(settings)
+    try:
+        return str(client.get_model_version_by_alias(settings.model.registered_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def load_encoder(reference: str, settings: Settings) -> Encoder:
+    """An encoder from 'v0' (built from offline weights), a saved encoder folder, or an MLflow model URI.
+
+    A bare alias ('champion') or version number means that model of the registered name.
+    """
+    if reference == V0:
+        return build_zeroshot_encoder(settings.model)
+    folder = Path(reference).expanduser()
+    if (folder / "encoder.json").is_file():
+        return Encoder.load(folder, settings.model.device)
+    uri = _model_uri(reference, settings)
+    connect(settings)
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError) as error:
+        raise RegistryError(
+            f"cannot load {uri}: {str(error).splitlines()[0]} — register a model first "
+            "(`imagesearch model register-v0`) or pass --model v0"
+        ) from error
+    return model.unwrap_python_model().encoder
+
+
+def _model_uri(reference: str, settings: Settings) -> str:
+    if reference.startswith(("models:/", "runs:/")):
+        return reference
+    return f"models:/{settings.model.registered_name}{'/' if reference.isdigit() else '@'}{reference}"
