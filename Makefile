@@ -9,7 +9,7 @@ setup:  ## venvs (project + DVC tool venv) and the workspace; does nothing when 
 
 demo: setup  ## fetch the default corpus and run the pipeline end to end through Dagster
 	$(CLI) corpus fetch
-	$(PY) -m dagster_project.run materialize --select image_catalog
+	$(PY) -m dagster_project.run materialize --select image_catalog,baseline_model
 	$(CLI) catalog summary
 	@echo ""
 	@echo "Where to look:"

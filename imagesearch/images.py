@@ -62,7 +62,10 @@ class DecodeLimits:
     max_file_bytes: int = 64 * 1024 * 1024
 
 
-def open_rgb(source: str | Path | bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
+DEFAULT_LIMITS = DecodeLimits()
+
+
+def open_rgb(source: str | Path | bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedImage:
     """Decode a file path or raw bytes into upright RGB; raise `ImageRejected` if it is unusable.
 
     Handles palette / RGBA / LA (composited onto white), CMYK, 16-bit and float modes, animated

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional as F
 
-from imagesearch.images import WHITE, DecodeLimits, open_rgb
+from imagesearch.images import DEFAULT_LIMITS, WHITE, DecodeLimits, open_rgb
 
 ImageInput = Image.Image | str | Path | bytes
 
@@ -31,7 +31,7 @@ class Preprocessor:
         std = tuple(config.get("std", (0.229, 0.224, 0.225)))
         return cls(size=size, mean=mean, std=std)
 
-    def __call__(self, image: ImageInput, limits: DecodeLimits = DecodeLimits()) -> torch.Tensor:
+    def __call__(self, image: ImageInput, limits: DecodeLimits = DEFAULT_LIMITS) -> torch.Tensor:
         """(3, size, size) float tensor, normalised."""
         rgb = image.convert("RGB") if isinstance(image, Image.Image) else open_rgb(image, limits).rgb
         return self.pixels(letterbox(rgb, self.size))

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
@@ -28,8 +27,17 @@ EXPERIMENT = "imagesearch"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 V0 = "v0"
-RUNTIME_PACKAGES = ("torch", "torchvision", "timm", "transformers", "tokenizers", "safetensors", "numpy", "pandas",
-                    "pillow")  # fmt: skip
+RUNTIME_PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "pandas",
+    "pillow",
+)
 
 
 class RegistryError(RuntimeError):
@@ -56,7 +64,9 @@ class EncoderPyfunc(mlflow.pyfunc.PythonModel):
             return self.encoder.encode_images([_as_bytes(value) for value in model_input["image"]])
         if "image_path" in model_input.columns:
             return self.encoder.encode_images([Path(p) for p in model_input["image_path"]])
-        raise ValueError(f"expected a 'text', 'image' or 'image_path' column, got {list(model_input.columns)}")
+        raise ValueError(
+            f"expected a 'text', 'image' or 'image_path' column, got {list(model_input.columns)}"
+        )
 
 
 def _as_bytes(value: bytes | str) -> bytes:
@@ -98,7 +108,10 @@ def log_encoder(
     """Log the encoder as a pyfunc in a new MLflow run, register a new version, optionally alias it."""
     client = connect(settings)
     name = settings.model.registered_name
-    with tempfile.TemporaryDirectory(prefix="imagesearch-encoder-") as scratch, mlflow.start_run(run_name=run_name) as run:
+    with (
+        tempfile.TemporaryDirectory(prefix="imagesearch-encoder-") as scratch,
+        mlflow.start_run(run_name=run_name) as run,
+    ):
         mlflow.log_params({"encoder_kind": encoder.spec.kind, "dim": encoder.dim, **(params or {})})
         mlflow.log_metrics(metrics or {})
         mlflow.set_tags({"encoder_kind": encoder.spec.kind, **(tags or {})})
@@ -118,12 +131,45 @@ def log_encoder(
 
 
 def register_v0(settings: Settings, *, make_champion_if_none: bool = True) -> RegisteredEncoder:
-    """Build the zero-shot baseline, register it, and make it champion when there is none yet."""
-    encoder = build_zeroshot_encoder(settings.model)
-    params = settings.model.model_dump(include={"image_backbone", "image_weights", "image_size", "text_model",
-                                                "zeroshot_top_k"})  # fmt: skip
+    """Register the zero-shot baseline once per configuration; make it champion when there is none yet."""
+    params = {
+        key: str(value)
+        for key, value in settings.model.model_dump(
+            include={
+                "image_backbone",
+                "image_weights",
+                "image_size",
+                "text_model",
+                "zeroshot_top_k",
+                "zeroshot_prompts",
+            }
+        ).items()
+    }
     alias = CHAMPION if make_champion_if_none and alias_version(settings, CHAMPION) is None else None
-    return log_encoder(encoder, settings, run_name="v0-zeroshot", params=params, tags={"baseline": V0}, alias=alias)
+    existing = _find_baseline(settings, params)
+    if existing is not None:
+        if alias:
+            MlflowClient().set_registered_model_alias(settings.model.registered_name, alias, existing.version)
+        return existing
+    encoder = build_zeroshot_encoder(settings.model)
+    return log_encoder(
+        encoder, settings, run_name="v0-zeroshot", params=params, tags={"baseline": V0}, alias=alias
+    )
+
+
+def _find_baseline(settings: Settings, params: dict[str, str]) -> RegisteredEncoder | None:
+    """The registered v0 built with exactly these settings, if any: rebuilding it would change nothing."""
+    client = connect(settings)
+    name = settings.model.registered_name
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.tags.get("encoder_kind") != "zeroshot" or not version.run_id:
+            continue
+        run_params = client.get_run(version.run_id).data.params
+        if all(run_params.get(key) == value for key, value in params.items()):
+            return RegisteredEncoder(
+                version.run_id, str(version.version), f"models:/{name}/{version.version}"
+            )
+    return None
 
 
 def alias_version(settings: Settings, alias: str) -> str | None:

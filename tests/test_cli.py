@@ -65,14 +65,32 @@ def test_embed_images_and_texts_with_a_saved_encoder(tmp_path, tiny_folder, zero
 
     folder = zeroshot_encoder.save(tmp_path / "encoder")
     (tiny_folder / "tools" / "broken.png").write_bytes(b"")
-    images = run_cli("embed", "--images", str(tiny_folder), "--out", str(tmp_path / "i.parquet"), "--model",
-                     str(folder), home=tmp_path / "ws")
+    images = run_cli(
+        "embed",
+        "--images",
+        str(tiny_folder),
+        "--out",
+        str(tmp_path / "i.parquet"),
+        "--model",
+        str(folder),
+        home=tmp_path / "ws",
+    )
     assert images.returncode == 0, images.stderr
     assert "1 files rejected" in images.stdout
     frame, matrix = read_embeddings(tmp_path / "i.parquet")
     assert matrix.shape == (6, 384) and frame["id"].str.len().eq(32).all()
-    texts = run_cli("embed", "--text", "a cat", "--text", "a saw", "--out", str(tmp_path / "t.parquet"),
-                    "--model", str(folder), home=tmp_path / "ws")
+    texts = run_cli(
+        "embed",
+        "--text",
+        "a cat",
+        "--text",
+        "a saw",
+        "--out",
+        str(tmp_path / "t.parquet"),
+        "--model",
+        str(folder),
+        home=tmp_path / "ws",
+    )
     assert texts.returncode == 0, texts.stderr
     frame, matrix = read_embeddings(tmp_path / "t.parquet")
     np.testing.assert_allclose(matrix, zeroshot_encoder.encode_texts(["a cat", "a saw"]), atol=1e-6)

@@ -44,7 +44,9 @@ def test_zeroshot_ranks_the_matching_caption_first(zeroshot_encoder, photos):
 
 
 def test_embeddings_are_unit_float32(zeroshot_encoder, photos):
-    vectors = np.concatenate([zeroshot_encoder.encode_images([photos["cat"]]), zeroshot_encoder.encode_texts(["x"])])
+    vectors = np.concatenate(
+        [zeroshot_encoder.encode_images([photos["cat"]]), zeroshot_encoder.encode_texts(["x"])]
+    )
     assert vectors.dtype == np.float32 and vectors.shape[1] == zeroshot_encoder.dim == 384
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
@@ -59,7 +61,9 @@ def test_two_tower_outputs_the_shared_dimension(two_tower, photos):
 
 def test_saved_encoder_reloads_to_identical_outputs(two_tower, photos, tmp_path):
     reloaded = Encoder.load(two_tower.save(tmp_path / "enc"))
-    np.testing.assert_array_equal(reloaded.encode_images([photos["coffee"]]), two_tower.encode_images([photos["coffee"]]))
+    np.testing.assert_array_equal(
+        reloaded.encode_images([photos["coffee"]]), two_tower.encode_images([photos["coffee"]])
+    )
     np.testing.assert_array_equal(reloaded.encode_texts(["hello"]), two_tower.encode_texts(["hello"]))
 
 
@@ -100,7 +104,10 @@ def test_local_checkpoint_with_timm_names_loads(tmp_path):
     source = create_image_backbone("tf_efficientnet_lite0", "package")
     torch.save(source.state_dict(), tmp_path / "lite0.pth")
     copy = create_image_backbone("tf_efficientnet_lite0", str(tmp_path / "lite0.pth"))
-    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), copy.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(source.state_dict().values(), copy.state_dict().values(), strict=True)
+    )
 
 
 def test_hub_text_model_offline_is_a_clear_error():

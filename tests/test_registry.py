@@ -31,7 +31,9 @@ print(json.dumps({"texts": texts.tolist(), "images": images.tolist(), "dtype": s
 @pytest.fixture(scope="module")
 def registered(zeroshot_encoder, tmp_path_factory):
     settings = Settings(home=tmp_path_factory.mktemp("ws"))
-    record = log_encoder(zeroshot_encoder, settings, run_name="test-v0", params={"note": "test"}, alias=CHAMPION)
+    record = log_encoder(
+        zeroshot_encoder, settings, run_name="test-v0", params={"note": "test"}, alias=CHAMPION
+    )
     return settings, record
 
 
@@ -49,12 +51,19 @@ def test_load_by_alias_in_a_fresh_process_gives_identical_embeddings(registered,
     settings, _ = registered
     image = png_bytes(noise_image(5, (80, 60)))
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", LOAD_BY_ALIAS, settings.mlflow_tracking_uri,
-                             base64.b64encode(image).decode()], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_BY_ALIAS, settings.mlflow_tracking_uri, base64.b64encode(image).decode()],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["dtype"] == "float32"
-    np.testing.assert_array_equal(np.float32(loaded["texts"]), zeroshot_encoder.encode_texts(["a cat", "a cup of coffee"]))
+    np.testing.assert_array_equal(
+        np.float32(loaded["texts"]), zeroshot_encoder.encode_texts(["a cat", "a cup of coffee"])
+    )
     np.testing.assert_array_equal(np.float32(loaded["images"]), zeroshot_encoder.encode_images([image]))
 
 
@@ -66,11 +75,11 @@ def test_load_encoder_resolves_alias_version_and_uri(registered, zeroshot_encode
 
 
 def test_pyfunc_rejects_unknown_columns(registered):
-    settings, record = registered
+    _, record = registered
     import mlflow
 
     model = mlflow.pyfunc.load_model(record.uri)
-    with pytest.raises(Exception, match="text|image"):
+    with pytest.raises(Exception, match=r"text|image"):
         model.predict(pd.DataFrame({"prompt": ["x"]}))
 
 

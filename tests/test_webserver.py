@@ -53,8 +53,12 @@ def webserver(tmp_path: Path, tiny_folder: Path) -> Iterator[str]:
     log = (tmp_path / "webserver.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "dagster_project.run", "ui", "--port", str(port)],
-        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(url, server, tmp_path / "webserver.log")
