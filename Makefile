@@ -30,3 +30,4 @@ lint:
 bench: setup  ## benchmarks that print ratios against a peer measured in the same run
 	$(CLI) corpus fetch
 	$(PY) benchmarks/bench_catalog.py
+	$(PY) benchmarks/bench_encoders.py
