@@ -19,7 +19,9 @@ from imagesearch.catalog import read_catalog
 from imagesearch.corpus import CorpusFetchError, fetch_openclipart
 from imagesearch.doctor import diagnose
 from imagesearch.embed import embed_image_folder, embed_texts
-from imagesearch.registry import CHAMPION, RegistryError, register_v0
+from imagesearch.index import load_index
+from imagesearch.registry import CHAMPION, RegistryError, load_encoder, pin_reference, register_v0
+from imagesearch.search import build_folder_index, hits_as_json, read_queries, search_queries
 from imagesearch.settings import Settings
 from imagesearch.sources import SourceError
 from imagesearch.steps import CATALOG_STAGE, catalog_step
@@ -31,10 +33,12 @@ corpus_app = typer.Typer(help="The embedded default corpus.", no_args_is_help=Tr
 catalog_app = typer.Typer(help="The image catalog (first step of the pipeline).", no_args_is_help=True)
 versions_app = typer.Typer(help="DVC versions of pipeline outputs.", no_args_is_help=True)
 model_app = typer.Typer(help="Encoders in the MLflow registry.", no_args_is_help=True)
+index_app = typer.Typer(help="Search indexes over your own images.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(versions_app, name="versions")
 app.add_typer(model_app, name="model")
+app.add_typer(index_app, name="index")
 
 console = Console(soft_wrap=True)
 USER_ERRORS = (
@@ -209,8 +213,6 @@ def embed(
         raise ValueError("give exactly one of --images DIR or --text T")
     settings = Settings()
     with console.status(f"loading encoder {model}"):
-        from imagesearch.registry import load_encoder
-
         encoder = load_encoder(model, settings)
     if images is not None:
         summary = embed_image_folder(encoder, images, out, batch_size=batch_size, limits=settings.catalog)
@@ -232,6 +234,63 @@ def model_register_v0(
     with console.status("building the zero-shot encoder and logging it to MLflow"):
         registered = register_v0(settings, make_champion_if_none=champion)
     console.print(f"registered {registered.uri} (run {registered.run_id})")
+
+
+@index_app.command("build")
+@user_errors
+def index_build(
+    images: Annotated[Path, typer.Option("--images", help="folder of images to index")],
+    out: Annotated[Path, typer.Option("--out", help="index folder to write (replaced atomically)")],
+    model: ModelOption = CHAMPION,
+) -> None:
+    """Embed a folder of images and build a tuned FAISS index over them."""
+    settings = Settings()
+    pinned = pin_reference(model, settings)
+    with console.status(f"loading encoder {pinned}"):
+        encoder = load_encoder(pinned, settings)
+    manifest = build_folder_index(encoder, images, out, model=pinned, settings=settings)
+    console.print(
+        f"indexed {manifest.count} images in [bold]{out}[/]: {manifest.factory} ({manifest.reason}); "
+        f"params {manifest.params}, recall@10 {manifest.recall_at_10:.3f} vs exact, "
+        f"{manifest.latency_ms:.2f} ms/query, {manifest.bytes_per_vector:.0f} B/vector"
+    )
+
+
+@app.command()
+@user_errors
+def search(
+    index: Annotated[Path, typer.Option("--index", help="index folder from `imagesearch index build`")],
+    text: Annotated[str | None, typer.Option("--text")] = None,
+    image: Annotated[Path | None, typer.Option("--image")] = None,
+    queries: Annotated[
+        Path | None, typer.Option("--queries", help='JSONL: {"text": ...} or {"image": path}')
+    ] = None,
+    k: Annotated[int, typer.Option("-k", min=1, max=1000)] = 10,
+    model: Annotated[
+        str | None, typer.Option("--model", help="default: the model the index was built with")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Search an index by text, by image, or with a file of queries (one JSON line out per query)."""
+    if sum(option is not None for option in (text, image, queries)) != 1:
+        raise ValueError("give exactly one of --text, --image or --queries")
+    loaded = load_index(index)
+    batch = (
+        list(read_queries(queries))
+        if queries
+        else [{"text": text} if text is not None else {"image": str(image)}]
+    )
+    encoder = load_encoder(model or loaded.manifest.model, Settings())
+    if encoder.dim != loaded.manifest.dim:
+        raise ValueError(f"encoder dimension {encoder.dim} does not match the index ({loaded.manifest.dim})")
+    results = search_queries(encoder, loaded, batch, k)
+    for query, hits in zip(batch, results, strict=True):
+        if as_json or queries:
+            print(hits_as_json(query, hits))
+            continue
+        console.rule(str(query))
+        for rank, hit in enumerate(hits, start=1):
+            console.print(f"{rank:>3}  {hit.score:.4f}  {hit.path}", highlight=False)
 
 
 if __name__ == "__main__":

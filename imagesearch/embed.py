@@ -28,14 +28,13 @@ class EmbedSummary:
     rejected_reasons: dict[str, int] = field(default_factory=dict)
 
 
-def embed_image_folder(
-    encoder: Encoder, folder: Path, out: Path, *, batch_size: int, limits: CatalogSettings
-) -> EmbedSummary:
-    """Embed every decodable image under `folder`; unusable files are counted by reason and skipped."""
+def embed_folder(
+    encoder: Encoder, folder: Path, *, batch_size: int, limits: CatalogSettings
+) -> tuple[pd.DataFrame, np.ndarray, Counter]:
+    """(id/path rows, vectors, rejected reasons) for every decodable image under `folder`."""
     decode_limits = DecodeLimits(limits.max_image_pixels, limits.min_side, limits.max_file_bytes)
     files = list(scan_source(SourceSettings(name="images", path=folder), limits.extensions))
-    rows, vectors, rejected = [], [], Counter()
-    pending: list = []
+    rows, vectors, rejected, pending = [], [], Counter(), []
     for file in tqdm(files, desc="embedding images", unit="img"):
         data = file.path.read_bytes()
         try:
@@ -50,8 +49,16 @@ def embed_image_folder(
     if pending:
         vectors.append(encoder.encode_pixels(torch.stack(pending)))
     matrix = np.concatenate(vectors) if vectors else np.zeros((0, encoder.dim), np.float32)
-    write_embeddings(pd.DataFrame(rows, columns=["id", "path"]), matrix, out)
-    return EmbedSummary(len(rows), encoder.dim, sum(rejected.values()), dict(rejected))
+    return pd.DataFrame(rows, columns=["id", "path"]), matrix, rejected
+
+
+def embed_image_folder(
+    encoder: Encoder, folder: Path, out: Path, *, batch_size: int, limits: CatalogSettings
+) -> EmbedSummary:
+    """Embed every decodable image under `folder` into a parquet file; unusable files are counted."""
+    frame, matrix, rejected = embed_folder(encoder, folder, batch_size=batch_size, limits=limits)
+    write_embeddings(frame, matrix, out)
+    return EmbedSummary(len(frame), encoder.dim, sum(rejected.values()), dict(rejected))
 
 
 def embed_texts(encoder: Encoder, texts: list[str], out: Path) -> EmbedSummary:

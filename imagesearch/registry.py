@@ -202,6 +202,22 @@ def load_encoder(reference: str, settings: Settings) -> Encoder:
     return model.unwrap_python_model().encoder
 
 
+def pin_reference(reference: str, settings: Settings) -> str:
+    """A reference that will not move: an alias becomes the version it points at now."""
+    if reference == V0 or (Path(reference).expanduser() / "encoder.json").is_file():
+        return reference
+    uri = _model_uri(reference, settings)
+    if "@" not in uri:
+        return uri
+    alias = uri.rsplit("@", 1)[1]
+    version = alias_version(settings, alias)
+    if version is None:
+        raise RegistryError(
+            f"no model has the alias {alias!r}: register one first (`imagesearch model register-v0`)"
+        )
+    return f"models:/{settings.model.registered_name}/{version}"
+
+
 def _model_uri(reference: str, settings: Settings) -> str:
     if reference.startswith(("models:/", "runs:/")):
         return reference

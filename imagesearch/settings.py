@@ -72,6 +72,24 @@ class ModelSettings(BaseModel):
     registered_name: str = Field(default="imagesearch", description="MLflow registered model name")
 
 
+class IndexSettings(BaseModel):
+    """How the search index is chosen and tuned."""
+
+    memory_budget_mb: float | None = Field(
+        default=None, gt=0, description="RAM for the index; None = no limit"
+    )
+    latency_budget_ms: float = Field(
+        default=10.0, gt=0, description="per query; exact search is used under it"
+    )
+    target_recall: float = Field(
+        default=0.95, gt=0, le=1, description="recall@10 vs exact search to tune for"
+    )
+    rerank_factor: int = Field(default=4, ge=1, description="PQ indexes re-score k*factor candidates exactly")
+    hnsw_m: int = Field(default=32, ge=4)
+    train_sample: int = Field(default=100_000, ge=1000, description="vectors used to train IVF/PQ")
+    tune_queries: int = Field(default=1000, ge=10, description="held-out queries for tuning")
+
+
 class Settings(BaseSettings):
     """Resolved configuration of one imagesearch workspace."""
 
@@ -91,6 +109,7 @@ class Settings(BaseSettings):
     )
     catalog: CatalogSettings = CatalogSettings()
     model: ModelSettings = ModelSettings()
+    index: IndexSettings = IndexSettings()
 
     @field_validator("home", mode="after")
     @classmethod

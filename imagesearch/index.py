@@ -1,0 +1,297 @@
+"""FAISS indexes: choose a structure, build it, tune it for a target recall, save it atomically.
+
+Choice is a pure function of (n vectors, dimension, memory budget, latency budget, GPU?) returning a
+faiss factory string, as autofaiss does; tuning is separate from choosing. Search parameters are passed
+per call (`faiss.SearchParameters*`), never set on the shared index, so concurrent searches cannot race.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+
+FLAT, HNSW, IVF = "flat", "hnsw", "ivf"
+ID_BYTES_PER_VECTOR = 8  # IVF lists store a 64-bit id per vector
+INDEX_FILE, IDS_FILE, VECTORS_FILE, MANIFEST_FILE = (
+    "index.faiss",
+    "ids.parquet",
+    "vectors.npy",
+    "manifest.json",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexChoice:
+    kind: str
+    factory: str
+    bytes_per_vector: float
+    reason: str
+
+
+def choose_index(
+    n: int,
+    dim: int,
+    *,
+    memory_budget_bytes: float | None = None,
+    latency_budget_ms: float = 10.0,
+    exact_flops_per_second: float = 5e9,
+    hnsw_m: int = 32,
+    gpu: bool = False,
+) -> IndexChoice:
+    """The cheapest index that fits the budgets; thresholds are parameters so they can be tested."""
+    if n <= 0 or dim <= 0:
+        raise ValueError(f"cannot index {n} vectors of dimension {dim}")
+    budget = math.inf if memory_budget_bytes is None else memory_budget_bytes / n
+    flat_bytes = 4.0 * dim
+    # Exact search costs ~2*n*dim flops per query: below the latency budget it is also the best index.
+    exact_ms = 2.0 * n * dim / exact_flops_per_second * 1000
+    if exact_ms <= latency_budget_ms and flat_bytes <= budget:
+        return IndexChoice(
+            FLAT, "Flat", flat_bytes, f"exact search ~{exact_ms:.1f} ms fits {latency_budget_ms} ms"
+        )
+    # HNSW: full vectors + 2*M int32 links on level 0; best recall/speed when it fits (CPU only in faiss).
+    hnsw_bytes = flat_bytes + 2 * hnsw_m * 4
+    if not gpu and hnsw_bytes <= budget:
+        return IndexChoice(
+            HNSW, f"HNSW{hnsw_m},Flat", hnsw_bytes, f"{hnsw_bytes:.0f} B/vector fits the budget"
+        )
+    nlist = ivf_list_count(n)
+    if gpu and flat_bytes + ID_BYTES_PER_VECTOR <= budget:
+        return IndexChoice(
+            IVF, f"IVF{nlist},Flat", flat_bytes + ID_BYTES_PER_VECTOR, "GPU: IVF over full vectors"
+        )
+    code_bytes = pq_code_bytes(dim, budget - ID_BYTES_PER_VECTOR)
+    if code_bytes is None:
+        raise ValueError(f"a memory budget of {budget:.1f} B/vector cannot hold even a 4-byte PQ code + id")
+    # OPQ rotates the space so PQ sub-vectors carry balanced variance: better recall for the same bytes.
+    return IndexChoice(
+        IVF,
+        f"OPQ{code_bytes},IVF{nlist},PQ{code_bytes}",
+        code_bytes + ID_BYTES_PER_VECTOR,
+        f"memory-bound: {code_bytes}-byte PQ codes, {nlist} lists, exact re-rank of a short list",
+    )
+
+
+def ivf_list_count(n: int) -> int:
+    """~4*sqrt(n) lists (a power of two), and at least 39 training points per list as k-means wants."""
+    target = 2 ** round(math.log2(max(16.0, 4 * math.sqrt(n))))
+    return int(max(1, min(target, n // 39, 65536)))
+
+
+def pq_code_bytes(dim: int, budget_bytes: float) -> int | None:
+    """Largest PQ code size (bytes, 8 bits per sub-quantizer) that divides `dim` and fits the budget."""
+    fitting = [m for m in range(4, dim + 1) if dim % m == 0 and m <= budget_bytes and m <= 256]
+    return max(fitting) if fitting else None
+
+
+# --- building and tuning ---------------------------------------------------------------------------
+@dataclass(slots=True)
+class TuneResult:
+    params: dict[str, int]
+    recall_at_10: float
+    latency_ms: float
+    reached_target: bool
+    tried: list[dict] = field(default_factory=list)
+
+
+def build_index(
+    vectors: np.ndarray, choice: IndexChoice, *, train_sample: int = 100_000, seed: int = 0
+) -> faiss.Index:
+    """Train on a sample (when the structure needs training), then add every vector."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    index = faiss.index_factory(vectors.shape[1], choice.factory, faiss.METRIC_INNER_PRODUCT)
+    on_gpu = gpu_available() and choice.kind == IVF
+    working = faiss.index_cpu_to_all_gpus(index) if on_gpu else index
+    if not working.is_trained:
+        rng = np.random.default_rng(seed)
+        sample = vectors[rng.choice(len(vectors), min(train_sample, len(vectors)), replace=False)]
+        working.train(sample)
+    working.add(vectors)
+    # Saved and served from the CPU copy: the file format and per-call search parameters are the CPU ones.
+    return faiss.index_gpu_to_cpu(working) if on_gpu else working
+
+
+def gpu_available() -> bool:
+    """True only with the faiss-gpu build and a visible CUDA device (faiss-cpu lacks the function)."""
+    return getattr(faiss, "get_num_gpus", lambda: 0)() > 0
+
+
+def search_parameters(kind: str, params: dict[str, int]) -> faiss.SearchParameters | None:
+    """Per-call search parameters for an index of this kind (None for exact search)."""
+    if kind == HNSW:
+        return faiss.SearchParametersHNSW(efSearch=params["efSearch"])
+    if kind == IVF:
+        ivf = faiss.SearchParametersIVF(nprobe=params["nprobe"])
+        return faiss.SearchParametersPreTransform(index_params=ivf) if params.get("pretransform") else ivf
+    return None
+
+
+def candidate_settings(kind: str, index: faiss.Index) -> list[dict[str, int]]:
+    if kind == HNSW:
+        return [{"efSearch": ef} for ef in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)]
+    if kind == IVF:
+        nlist = faiss.extract_index_ivf(index).nlist
+        pretransform = int(isinstance(index, faiss.IndexPreTransform))
+        probes = [p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512) if p <= nlist]
+        return [{"nprobe": p, "pretransform": pretransform} for p in probes]
+    return [{}]
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
+    """Mean fraction of the true top-k found in the returned top-k."""
+    hits = [len(set(f[:k]) & set(t[:k])) for f, t in zip(found, truth, strict=True)]
+    return float(np.mean(hits)) / k
+
+
+def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return flat.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+
+
+def tune(
+    index: faiss.Index,
+    kind: str,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    *,
+    target_recall: float = 0.95,
+    k: int = 10,
+    rerank_factor: int = 1,
+) -> TuneResult:
+    """Cheapest search setting reaching `target_recall`@k against exact search on `queries`.
+
+    When none does, the setting with the best recall is kept and `reached_target` is False.
+    """
+    truth = exact_neighbours(vectors, queries, k)
+    tried = []
+    for params in candidate_settings(kind, index):
+        start = time.perf_counter()
+        found = search(
+            index,
+            kind,
+            queries,
+            k,
+            params,
+            vectors=vectors if rerank_factor > 1 else None,
+            rerank_factor=rerank_factor,
+        )[1]
+        latency = (time.perf_counter() - start) * 1000 / len(queries)
+        tried.append({**params, "recall": recall_at(found, truth, k), "latency_ms": latency})
+        if tried[-1]["recall"] >= target_recall:
+            break
+    best = next((t for t in tried if t["recall"] >= target_recall), max(tried, key=lambda t: t["recall"]))
+    params = {key: value for key, value in best.items() if key not in ("recall", "latency_ms")}
+    return TuneResult(params, best["recall"], best["latency_ms"], best["recall"] >= target_recall, tried)
+
+
+def search(
+    index: faiss.Index,
+    kind: str,
+    queries: np.ndarray,
+    k: int,
+    params: dict[str, int],
+    *,
+    vectors: np.ndarray | None = None,
+    rerank_factor: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, positions) of the top-k; with `vectors`, the ANN short list is re-scored exactly."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    depth = min(index.ntotal, k * rerank_factor if vectors is not None else k)
+    scores, positions = index.search(queries, depth, params=search_parameters(kind, params))
+    if vectors is None:
+        return scores, positions
+    return rerank_exact(queries, positions, vectors, k)
+
+
+def rerank_exact(queries: np.ndarray, positions: np.ndarray, vectors: np.ndarray, k: int):
+    safe = np.where(positions < 0, 0, positions)
+    exact = np.einsum("qd,qcd->qc", queries, vectors[safe].astype(np.float32))
+    exact[positions < 0] = -np.inf
+    order = np.argsort(-exact, axis=1)[:, :k]
+    return np.take_along_axis(exact, order, axis=1), np.take_along_axis(positions, order, axis=1)
+
+
+# --- persistence -----------------------------------------------------------------------------------
+@dataclass(slots=True)
+class IndexManifest:
+    kind: str
+    factory: str
+    dim: int
+    count: int
+    params: dict[str, int]
+    rerank_factor: int
+    recall_at_10: float
+    latency_ms: float
+    bytes_per_vector: float
+    model: str
+    reason: str
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class LoadedIndex:
+    index: faiss.Index
+    manifest: IndexManifest
+    ids: pd.DataFrame
+    vectors: np.ndarray  # float16 memmap: exact re-scoring without holding float32 copies in RAM
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        rerank = self.vectors if self.manifest.rerank_factor > 1 else None
+        return search(
+            self.index,
+            self.manifest.kind,
+            queries,
+            k,
+            self.manifest.params,
+            vectors=rerank,
+            rerank_factor=self.manifest.rerank_factor,
+        )
+
+
+def save_index_atomic(
+    folder: Path, index: faiss.Index, manifest: IndexManifest, ids: pd.DataFrame, vectors: np.ndarray
+) -> Path:
+    """Write into a temporary sibling, then swap it in: readers see the old index or the new one, whole."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    faiss.write_index(index, str(staging / INDEX_FILE))
+    ids.to_parquet(staging / IDS_FILE, index=False)
+    np.save(staging / VECTORS_FILE, vectors.astype(np.float16))
+    (staging / MANIFEST_FILE).write_text(
+        json.dumps(asdict(manifest), indent=2)
+    )  # written last: marks complete
+    _swap_in(staging, folder)
+    return folder
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    retired = folder.with_name(f".{folder.name}.retired-{os.getpid()}")
+    if folder.exists():
+        os.rename(folder, retired)
+    os.rename(staging, folder)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def load_index(folder: Path) -> LoadedIndex:
+    manifest_path = folder / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no complete index in {folder} (manifest.json missing): build one first")
+    manifest = IndexManifest(**json.loads(manifest_path.read_text()))
+    index = faiss.read_index(str(folder / INDEX_FILE))
+    ids = pd.read_parquet(folder / IDS_FILE)
+    vectors = np.load(folder / VECTORS_FILE, mmap_mode="r")
+    if index.ntotal != len(ids) or len(vectors) != len(ids):
+        raise ValueError(f"index in {folder} is inconsistent: {index.ntotal} vectors, {len(ids)} ids")
+    return LoadedIndex(index, manifest, ids, vectors)
