@@ -61,7 +61,7 @@ def user_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except USER_ERRORS as error:
-            Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+            Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {error}", highlight=False)
             raise typer.Exit(2) from error
 
     return wrapper
@@ -274,12 +274,12 @@ def search(
     """Search an index by text, by image, or with a file of queries (one JSON line out per query)."""
     if sum(option is not None for option in (text, image, queries)) != 1:
         raise ValueError("give exactly one of --text, --image or --queries")
-    loaded = load_index(index)
     batch = (
         list(read_queries(queries))
         if queries
         else [{"text": text} if text is not None else {"image": str(image)}]
     )
+    loaded = load_index(index)
     encoder = load_encoder(model or loaded.manifest.model, Settings())
     if encoder.dim != loaded.manifest.dim:
         raise ValueError(f"encoder dimension {encoder.dim} does not match the index ({loaded.manifest.dim})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import tempfile
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -49,6 +50,10 @@ class RegisteredEncoder:
     run_id: str
     version: str
     uri: str
+
+
+# MLflow asks for type hints on predict; ours takes three alternative columns, so the signature says it.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class EncoderPyfunc(mlflow.pyfunc.PythonModel):

@@ -99,3 +99,44 @@ def test_embed_images_and_texts_with_a_saved_encoder(tmp_path, tiny_folder, zero
 def test_embed_without_a_champion_says_how_to_get_one(tmp_path):
     result = run_cli("embed", "--text", "x", "--out", str(tmp_path / "t.parquet"), home=tmp_path / "ws")
     assert result.returncode == 2 and "register-v0" in result.stderr
+
+
+def test_index_build_and_batch_search_find_the_query_image_first(tmp_path, tiny_folder, zeroshot_encoder):
+    folder = zeroshot_encoder.save(tmp_path / "encoder")
+    index = tmp_path / "index"
+    built = run_cli(
+        "index",
+        "build",
+        "--images",
+        str(tiny_folder),
+        "--out",
+        str(index),
+        "--model",
+        str(folder),
+        home=tmp_path / "ws",
+    )
+    assert built.returncode == 0, built.stderr
+    assert json.loads((index / "manifest.json").read_text())["count"] == 6
+    images = sorted(tiny_folder.rglob("*.png"))
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("\n".join([json.dumps({"image": str(p)}) for p in images[:3]] + ['{"text": "a cat"}']))
+    searched = run_cli(
+        "search", "--index", str(index), "--queries", str(queries), "-k", "3", home=tmp_path / "ws"
+    )
+    assert searched.returncode == 0, searched.stderr
+    lines = [json.loads(line) for line in searched.stdout.splitlines()]
+    assert len(lines) == 4
+    for query, line in zip(images[:3], lines, strict=False):
+        assert line["results"][0]["path"] == str(query)
+        assert line["results"][0]["score"] == pytest.approx(1.0, abs=1e-3)
+    assert len(lines[3]["results"]) == 3 and set(lines[3]["results"][0]) == {"id", "path", "score"}
+
+
+def test_search_rejects_a_bad_query_line_clearly(tmp_path):
+    queries = tmp_path / "q.jsonl"
+    queries.write_text('{"text": "ok"}\n{"colour": "red"}\n')
+    (tmp_path / "index").mkdir()
+    result = run_cli(
+        "search", "--index", str(tmp_path / "index"), "--queries", str(queries), home=tmp_path / "ws"
+    )
+    assert result.returncode == 2 and "q.jsonl:2: expected" in result.stderr and "Traceback" not in result.stderr
