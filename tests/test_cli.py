@@ -139,4 +139,5 @@ def test_search_rejects_a_bad_query_line_clearly(tmp_path):
     result = run_cli(
         "search", "--index", str(tmp_path / "index"), "--queries", str(queries), home=tmp_path / "ws"
     )
-    assert result.returncode == 2 and "q.jsonl:2: expected" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2
+    assert "q.jsonl:2: expected" in result.stderr and "Traceback" not in result.stderr
