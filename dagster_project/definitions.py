@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import catalog, model
+from assets import catalog, embeddings, index, model
 from dagster_project.resources import WorkspaceResource
 
-all_assets = dg.load_assets_from_modules([catalog, model])
-all_checks = dg.load_asset_checks_from_modules([catalog])
+all_assets = dg.load_assets_from_modules([catalog, model, embeddings, index])
+all_checks = dg.load_asset_checks_from_modules([catalog, index])
 
 catalog_job = dg.define_asset_job(
     "catalog_job",

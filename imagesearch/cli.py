@@ -24,7 +24,7 @@ from imagesearch.registry import CHAMPION, RegistryError, load_encoder, pin_refe
 from imagesearch.search import build_folder_index, hits_as_json, read_queries, search_queries
 from imagesearch.settings import Settings
 from imagesearch.sources import SourceError
-from imagesearch.steps import CATALOG_STAGE, catalog_step
+from imagesearch.steps import CATALOG_STAGE, backfill_step, catalog_step, index_step
 from imagesearch.versioning import VersioningError
 from imagesearch.workspace import data_repo, init_workspace, require_workspace
 
@@ -34,11 +34,13 @@ catalog_app = typer.Typer(help="The image catalog (first step of the pipeline)."
 versions_app = typer.Typer(help="DVC versions of pipeline outputs.", no_args_is_help=True)
 model_app = typer.Typer(help="Encoders in the MLflow registry.", no_args_is_help=True)
 index_app = typer.Typer(help="Search indexes over your own images.", no_args_is_help=True)
+embeddings_app = typer.Typer(help="Embeddings of the catalog, per model version.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(versions_app, name="versions")
 app.add_typer(model_app, name="model")
 app.add_typer(index_app, name="index")
+app.add_typer(embeddings_app, name="embeddings")
 
 console = Console(soft_wrap=True)
 USER_ERRORS = (
@@ -249,8 +251,56 @@ def index_build(
     with console.status(f"loading encoder {pinned}"):
         encoder = load_encoder(pinned, settings)
     manifest = build_folder_index(encoder, images, out, model=pinned, settings=settings)
+    _print_index(out, manifest)
+
+
+@embeddings_app.command("backfill")
+@user_errors
+def embeddings_backfill(
+    model: Annotated[str | None, typer.Option("--model", help="default: settings (champion)")] = None,
+    shard: Annotated[
+        list[str] | None, typer.Option("--shard", help="catalog shard 0-f (repeatable); default all")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Embed every catalog image the model has not embedded yet (incremental, resumable by shard)."""
+    report = backfill_step(Settings(), model=model, shards=shard, progress=not (quiet or as_json))
+    summary = {
+        "model": report.model_key,
+        "embedded": report.embedded,
+        "reused": report.reused,
+        "dropped": report.dropped,
+        "failed": report.failed,
+        "images_per_second": round(report.images_per_second, 1),
+    }
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        console.print(
+            f"{report.model_key}: embedded {report.embedded} new images "
+            f"({summary['images_per_second']} img/s), reused {report.reused}, dropped {report.dropped}"
+            + (f", [red]failed {len(report.failed)}[/]: {report.failed}" if report.failed else "")
+        )
+
+
+@index_app.command("from-catalog")
+@user_errors
+def index_from_catalog(
+    model: Annotated[str | None, typer.Option("--model", help="default: settings (champion)")] = None,
+    record: Annotated[bool, typer.Option(help="commit embeddings + index as a DVC version")] = True,
+) -> None:
+    """Build the workspace's search index from the catalog's embeddings (run the backfill first)."""
+    settings = Settings()
+    result = index_step(settings, model=model, record=record)
+    _print_index(settings.search_index_dir, result.manifest)
+    if result.version:
+        console.print(f"DVC version {result.version.short_commit}: {result.version.outputs}")
+
+
+def _print_index(folder: Path, manifest) -> None:
     console.print(
-        f"indexed {manifest.count} images in [bold]{out}[/]: {manifest.factory} ({manifest.reason}); "
+        f"indexed {manifest.count} images in [bold]{folder}[/]: {manifest.factory} ({manifest.reason}); "
         f"params {manifest.params}, recall@10 {manifest.recall_at_10:.3f} vs exact, "
         f"{manifest.latency_ms:.2f} ms/query, {manifest.bytes_per_vector:.0f} B/vector"
     )
@@ -259,7 +309,10 @@ def index_build(
 @app.command()
 @user_errors
 def search(
-    index: Annotated[Path, typer.Option("--index", help="index folder from `imagesearch index build`")],
+    index: Annotated[
+        Path | None,
+        typer.Option("--index", help="index folder; default: the workspace's index of the catalog"),
+    ] = None,
     text: Annotated[str | None, typer.Option("--text")] = None,
     image: Annotated[Path | None, typer.Option("--image")] = None,
     queries: Annotated[
@@ -279,8 +332,9 @@ def search(
         if queries
         else [{"text": text} if text is not None else {"image": str(image)}]
     )
-    loaded = load_index(index)
-    encoder = load_encoder(model or loaded.manifest.model, Settings())
+    settings = Settings()
+    loaded = load_index(index or settings.search_index_dir)
+    encoder = load_encoder(model or loaded.manifest.model, settings)
     if encoder.dim != loaded.manifest.dim:
         raise ValueError(f"encoder dimension {encoder.dim} does not match the index ({loaded.manifest.dim})")
     results = search_queries(encoder, loaded, batch, k)

@@ -67,11 +67,13 @@ def embed_texts(encoder: Encoder, texts: list[str], out: Path) -> EmbedSummary:
     return EmbedSummary(len(texts), encoder.dim)
 
 
-def write_embeddings(frame: pd.DataFrame, matrix: np.ndarray, out: Path) -> None:
-    """Parquet with the frame's columns plus a fixed-size float32 list column `embedding`."""
+def write_embeddings(frame: pd.DataFrame, matrix: np.ndarray, out: Path, dtype: str = "float32") -> None:
+    """Parquet with the frame's columns plus a fixed-size list column `embedding` (float32 or float16)."""
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"embedding dtype must be float32 or float16, not {dtype!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    flat = pa.array(matrix.astype(np.float32).ravel(), type=pa.float32())
+    flat = pa.array(matrix.astype(dtype).ravel(), type=pa.from_numpy_dtype(np.dtype(dtype)))
     table = table.append_column("embedding", pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]))
     pq.write_table(table, out)
 

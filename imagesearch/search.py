@@ -11,15 +11,7 @@ import numpy as np
 
 from imagesearch.embed import embed_folder
 from imagesearch.encoders import Encoder
-from imagesearch.index import (
-    IndexManifest,
-    LoadedIndex,
-    build_index,
-    choose_index,
-    gpu_available,
-    save_index_atomic,
-    tune,
-)
+from imagesearch.index import IndexManifest, LoadedIndex, build_tuned_index
 from imagesearch.settings import Settings
 
 
@@ -37,50 +29,16 @@ def build_folder_index(
     frame, vectors, rejected = embed_folder(encoder, images, batch_size=32, limits=settings.catalog)
     if len(frame) == 0:
         raise ValueError(f"no decodable images under {images} (rejected: {dict(rejected) or 'none found'})")
-    frame, vectors = _drop_duplicate_ids(frame, vectors)
-    config = settings.index
-    budget = config.memory_budget_mb * 2**20 if config.memory_budget_mb else None
-    choice = choose_index(
-        len(vectors),
-        vectors.shape[1],
-        memory_budget_bytes=budget,
-        latency_budget_ms=config.latency_budget_ms,
-        gpu=gpu_available(),
-        hnsw_m=config.hnsw_m,
-    )
-    index = build_index(vectors, choice, train_sample=config.train_sample)
-    rerank = config.rerank_factor if "PQ" in choice.factory else 1
-    queries = vectors[
-        np.random.default_rng(0).choice(len(vectors), min(config.tune_queries, len(vectors)), False)
-    ]
-    tuned = tune(
-        index, choice.kind, vectors, queries, target_recall=config.target_recall, rerank_factor=rerank
-    )
-    manifest = IndexManifest(
-        kind=choice.kind,
-        factory=choice.factory,
-        dim=int(vectors.shape[1]),
-        count=len(vectors),
-        params=tuned.params,
-        rerank_factor=rerank,
-        recall_at_10=tuned.recall_at_10,
-        latency_ms=tuned.latency_ms,
-        bytes_per_vector=choice.bytes_per_vector,
-        model=model,
-        reason=choice.reason,
-        extra={
-            "rejected": dict(rejected),
-            "source": str(images.resolve()),
-            "reached_target": tuned.reached_target,
-        },
-    )
-    save_index_atomic(out, index, manifest, frame, vectors)
-    return manifest
-
-
-def _drop_duplicate_ids(frame, vectors):
     keep = ~frame["id"].duplicated().to_numpy()
-    return frame[keep].reset_index(drop=True), vectors[keep]
+    extra = {"rejected": dict(rejected), "source": str(images.resolve())}
+    return build_tuned_index(
+        vectors[keep],
+        frame[keep].reset_index(drop=True),
+        out,
+        model=model,
+        config=settings.index,
+        extra=extra,
+    )
 
 
 def read_queries(path: Path) -> Iterator[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,6 +73,17 @@ class ModelSettings(BaseModel):
     registered_name: str = Field(default="imagesearch", description="MLflow registered model name")
 
 
+class EmbeddingSettings(BaseModel):
+    """How the backfill embeds the catalog."""
+
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    workers: int = Field(default=0, ge=0, description="decode/preprocess processes; 0 = one per spare core")
+    dtype: Literal["float16", "float32"] = Field(
+        default="float16", description="stored precision (search always computes in float32)"
+    )
+    model: str = Field(default="champion", description="registry alias, version, models:/ URI or 'v0'")
+
+
 class IndexSettings(BaseModel):
     """How the search index is chosen and tuned."""
 
@@ -83,6 +95,9 @@ class IndexSettings(BaseModel):
     )
     target_recall: float = Field(
         default=0.95, gt=0, le=1, description="recall@10 vs exact search to tune for"
+    )
+    recall_floor: float = Field(
+        default=0.9, gt=0, le=1, description="the index check fails below this recall@10 vs exact"
     )
     rerank_factor: int = Field(default=4, ge=1, description="PQ indexes re-score k*factor candidates exactly")
     hnsw_m: int = Field(default=32, ge=4)
@@ -109,6 +124,7 @@ class Settings(BaseSettings):
     )
     catalog: CatalogSettings = CatalogSettings()
     model: ModelSettings = ModelSettings()
+    embeddings: EmbeddingSettings = EmbeddingSettings()
     index: IndexSettings = IndexSettings()
 
     @field_validator("home", mode="after")
@@ -140,6 +156,16 @@ class Settings(BaseSettings):
     @property
     def index_dir(self) -> Path:
         return self.data_dir / "indexes"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        """One sub-folder per model version: embeddings/<model key>/shard-<k>.parquet."""
+        return self.data_dir / "embeddings"
+
+    @property
+    def search_index_dir(self) -> Path:
+        """The workspace's index over the catalog (what the service serves), versioned with DVC."""
+        return self.index_dir / "catalog"
 
     @property
     def dagster_home(self) -> Path:

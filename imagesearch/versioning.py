@@ -88,14 +88,18 @@ class DataRepo:
         link.symlink_to(self.pipeline_file.resolve())
 
     # --- versions ----------------------------------------------------------------------------
-    def record(self, stage: str, message: str) -> StageVersion:
-        """Cache the stage's current outputs, commit their hashes, push them to the local remote."""
+    def record(self, stages: str | list[str], message: str) -> StageVersion:
+        """Cache the stages' current outputs, commit their hashes, push them to the local remote.
+
+        Returns the version of the last stage named.
+        """
+        stages = [stages] if isinstance(stages, str) else stages
         with self._lock():
-            self._dvc("commit", "--force", stage)
+            self._dvc("commit", "--force", *stages)
             self._git("add", "--all", LOCK_FILE, *self._gitignores())
             self._commit_if_changed(message)
-            self._dvc("push", "--quiet", "--remote", REMOTE_NAME, stage)
-            return self.current(stage)
+            self._dvc("push", "--quiet", "--remote", REMOTE_NAME, *stages)
+            return self.current(stages[-1])
 
     def current(self, stage: str) -> StageVersion:
         commit = self._git("rev-parse", "HEAD").strip()

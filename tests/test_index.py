@@ -16,10 +16,10 @@ from imagesearch.index import (
     IndexManifest,
     build_index,
     choose_index,
+    fastscan_subquantizers,
     gpu_available,
     ivf_list_count,
     load_index,
-    pq_code_bytes,
     save_index_atomic,
     search,
     tune,
@@ -34,10 +34,11 @@ MB = 2**20
         (1_000, 256, None, False, FLAT, "Flat"),  # exact search is ~0.1 ms
         (50_000, 384, None, False, FLAT, "Flat"),  # ~7.7 ms, under the 10 ms budget
         (1_000_000, 256, None, False, HNSW, "HNSW32,Flat"),  # no memory limit: best recall/speed
-        (1_000_000, 256, 1_000_000 * 256 * 4 / 8, False, IVF, "OPQ64,IVF4096,PQ64"),  # 1/8 of float32
-        (1_000_000, 256, 1_000_000 * 20, False, IVF, "OPQ8,IVF4096,PQ8"),  # 20 B/vector
+        (1_000_000, 256, 1_000_000 * 256 * 4 / 8, False, IVF, "IVF4096,PQ128x4fs"),  # 1/8 of float32
+        (1_000_000, 384, 1_000_000 * 384 * 4 / 8, False, IVF, "IVF4096,PQ192x4fs"),
+        (1_000_000, 256, 1_000_000 * 20, False, IVF, "IVF4096,PQ16x4fs"),  # 20 B/vector
         (100_000, 256, None, True, IVF, "IVF1024,Flat"),  # GPU: no HNSW in faiss-gpu
-        (100_000, 256, 100_000 * 300, False, IVF, "OPQ256,IVF1024,PQ256"),  # HNSW needs 1280 B
+        (100_000, 256, 100_000 * 300, False, IVF, "IVF1024,PQ256x4fs"),  # HNSW needs 1280 B
     ],
 )
 def test_index_choice_table(n, dim, budget, gpu, kind, factory):
@@ -49,7 +50,7 @@ def test_index_choice_table(n, dim, budget, gpu, kind, factory):
 
 def test_too_small_a_budget_is_refused():
     with pytest.raises(ValueError, match="cannot hold"):
-        choose_index(1_000_000, 256, memory_budget_bytes=1_000_000 * 10)
+        choose_index(1_000_000, 256, memory_budget_bytes=1_000_000 * 9)
 
 
 @pytest.mark.parametrize(("n", "lists"), [(1_000, 25), (100_000, 1024), (1_000_000, 4096), (10**9, 65536)])
@@ -58,10 +59,11 @@ def test_ivf_list_count(n, lists):
 
 
 @pytest.mark.parametrize(
-    ("dim", "budget", "code"), [(256, 126, 64), (256, 12, 8), (384, 100, 96), (256, 3, None)]
+    ("dim", "budget", "subquantizers"),
+    [(256, 126, 128), (256, 12, 16), (384, 100, 192), (384, 40, 64), (256, 1, None)],
 )
-def test_pq_code_bytes(dim, budget, code):
-    assert pq_code_bytes(dim, budget) == code
+def test_fastscan_subquantizers(dim, budget, subquantizers):
+    assert fastscan_subquantizers(dim, budget) == subquantizers
 
 
 def clustered(n: int, dim: int = 32, clusters: int = 50, seed: int = 0) -> np.ndarray:
@@ -71,9 +73,8 @@ def clustered(n: int, dim: int = 32, clusters: int = 50, seed: int = 0) -> np.nd
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
-# PQ training (k-means with 256 centroids per sub-quantizer) is slow on small CPUs, so these tests build
-# IVF indexes from explicit factories; the choice itself is covered by the table above.
-IVF_PQ = IndexChoice(IVF, "IVF32,PQ16x4", 16, "test")
+# Small explicit factories keep training instant; the choice itself is covered by the table above.
+IVF_PQ = IndexChoice(IVF, "IVF32,PQ32x4fs", 24, "test")
 IVF_FLAT = IndexChoice(IVF, "IVF32,Flat", 136, "test")
 
 

@@ -1,0 +1,68 @@
+"""Stage: the search index over the catalog's embeddings, chosen, tuned and versioned with DVC."""
+
+import dagster as dg
+
+from dagster_project.resources import WorkspaceResource
+from imagesearch.catalog import read_catalog
+from imagesearch.index import load_index
+from imagesearch.steps import index_step
+
+
+class SearchIndexConfig(dg.Config):
+    model: str | None = None  # must match the model the embeddings were made with; default from settings
+
+
+@dg.asset(
+    deps=["image_embeddings"],
+    group_name="index",
+    kinds={"faiss", "dvc"},
+    owners=["team:imagesearch"],
+    description="FAISS index of every catalog image: structure chosen from size and memory/latency "
+    "budgets, search parameters tuned for the target recall@10 against exact search, written "
+    "atomically with its id map and manifest, versioned and pushed with DVC.",
+)
+def search_index(config: SearchIndexConfig, workspace: WorkspaceResource) -> dg.MaterializeResult:
+    result = index_step(workspace.settings(), model=config.model)
+    manifest, version = result.manifest, result.version
+    metadata = {
+        "model": manifest.model,
+        "vectors": manifest.count,
+        "factory": manifest.factory,
+        "reason": manifest.reason,
+        "search_params": dg.MetadataValue.json(manifest.params),
+        "recall_at_10_vs_exact": round(manifest.recall_at_10, 4),
+        "latency_ms_per_query": round(manifest.latency_ms, 3),
+        "bytes_per_vector": manifest.bytes_per_vector,
+        "catalog_dvc_md5": manifest.extra["catalog_dvc_md5"],
+    }
+    if version is not None:
+        metadata["dvc_md5"] = dg.MetadataValue.json(version.outputs)
+        metadata["dvc_commit"] = version.commit
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset_check(asset=search_index, blocking=True, description="one vector per catalog image, ids equal")
+def index_covers_the_catalog(workspace: WorkspaceResource) -> dg.AssetCheckResult:
+    settings = workspace.settings()
+    loaded = load_index(settings.search_index_dir)
+    catalog_ids = set(read_catalog(settings.catalog_path)["id"])
+    index_ids = set(loaded.ids["id"])
+    return dg.AssetCheckResult(
+        passed=loaded.index.ntotal == len(catalog_ids) and index_ids == catalog_ids,
+        metadata={
+            "index_vectors": loaded.index.ntotal,
+            "catalog_images": len(catalog_ids),
+            "missing": len(catalog_ids - index_ids),
+        },
+    )
+
+
+@dg.asset_check(asset=search_index, blocking=True, description="tuned recall@10 vs exact above the floor")
+def index_recall_above_floor(workspace: WorkspaceResource) -> dg.AssetCheckResult:
+    settings = workspace.settings()
+    manifest = load_index(settings.search_index_dir).manifest
+    floor = settings.index.recall_floor
+    return dg.AssetCheckResult(
+        passed=manifest.recall_at_10 >= floor,
+        metadata={"recall_at_10": manifest.recall_at_10, "floor": floor},
+    )
