@@ -10,11 +10,15 @@ setup:  ## venvs (project + DVC tool venv) and the workspace; does nothing when 
 demo: setup  ## fetch the default corpus and run the pipeline end to end through Dagster
 	$(CLI) corpus fetch
 	$(PY) -m dagster_project.run materialize --select image_catalog,baseline_model
+	$(PY) -m dagster_project.run materialize --select image_embeddings --partition-range 0...f
+	$(PY) -m dagster_project.run materialize --select search_index
 	$(CLI) catalog summary
+	$(CLI) search --text "a red apple" -k 5
 	@echo ""
 	@echo "Where to look:"
 	@echo "  catalog + quarantine tables   the two paths above (parquet)"
-	@echo "  data versions (DVC)           $(CLI) versions list catalog"
+	@echo "  data versions (DVC)           $(CLI) versions list catalog   (or: index)"
+	@echo "  search from the shell         $(CLI) search --text 'a cat' | --image FILE.png"
 	@echo "  Dagster UI (runs, metadata)   make ui  ->  http://127.0.0.1:3000"
 	@echo "  everything resolved           $(CLI) doctor"
 

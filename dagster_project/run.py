@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     ui.add_argument("--port", default="3000")
     run = commands.add_parser("materialize", help="materialize assets, recorded in the workspace instance")
     run.add_argument("--select", required=True, help="asset selection, e.g. image_catalog")
+    run.add_argument("--partition-range", help="partitions to run as one run, e.g. 0...f")
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
             "--select",
             args.select,
         ]
+        if args.partition_range:
+            command += ["--partition-range", args.partition_range]
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_DFL)
     os.execv(dagster, command)

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 DVC_VERSION="3.67.1"   # own venv: DVC's antlr4 pin breaks Dagster's asset selection parser
 WANT_GPU="${IMAGESEARCH_GPU:-0}"
+WANT_BENCH="${IMAGESEARCH_BENCH:-0}"   # `make bench`: the autofaiss peer venv
+AUTOFAISS_PINS="autofaiss==2.18.0 faiss-cpu==1.8.0.post1 pyarrow==16.1.0"  # own venv: numpy<2; newer faiss breaks its OPQ call
 
 "$PYTHON" - <<'PY' || { echo "imagesearch needs Python 3.11 (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
 import sys; sys.exit(sys.version_info[:2] != (3, 11))
@@ -44,6 +46,15 @@ if [[ "$(cat .tools/dvc/.setup-stamp 2>/dev/null)" != "$DVC_VERSION" ]]; then
   echo "    done in $(( $(date +%s) - start ))s, $(du -sh .tools/dvc | cut -f1) on disk"
 else
   echo "==> DVC up to date (.tools/dvc)"
+fi
+
+# --- benchmark-only peer venv -------------------------------------------------------------------
+if [[ "$WANT_BENCH" == "1" && "$(cat .tools/autofaiss/.setup-stamp 2>/dev/null)" != "$AUTOFAISS_PINS" ]]; then
+  echo "==> installing the benchmark peer ($AUTOFAISS_PINS) in .tools/autofaiss"
+  [[ -x .tools/autofaiss/bin/python ]] || "$PYTHON" -m venv .tools/autofaiss
+  # shellcheck disable=SC2086
+  pip_install .tools/autofaiss/bin/python -m pip install --quiet $AUTOFAISS_PINS
+  echo "$AUTOFAISS_PINS" > .tools/autofaiss/.setup-stamp
 fi
 
 # --- workspace --------------------------------------------------------------------------------
