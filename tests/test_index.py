@@ -150,3 +150,19 @@ def test_gpu_build_returns_a_cpu_index_with_the_same_recall():
     index = build_index(vectors, choice)
     assert not hasattr(faiss, "GpuIndex") or not isinstance(index, faiss.GpuIndex)
     assert tune(index, choice.kind, vectors, clustered(200, seed=1), target_recall=0.9).reached_target
+
+
+def test_memory_bound_build_tunes_probe_and_rerank_depth_to_the_target(tmp_path):
+    from imagesearch.settings import IndexSettings
+
+    vectors = clustered(4000)
+    ids = pd.DataFrame({"id": [str(i) for i in range(4000)], "path": ""})
+    config = IndexSettings(memory_budget_mb=4000 * 32 * 4 / 8 / MB, tune_queries=200)
+    manifest = index_module.build_tuned_index(vectors, ids, tmp_path / "ix", model="m", config=config)
+    assert manifest.factory.endswith("PQ16x4fs") and manifest.bytes_per_vector <= 16
+    assert manifest.extra["reached_target"] and manifest.recall_at_10 >= 0.95
+    assert manifest.rerank_factor in (4, 16, 64)
+    held_out = clustered(100, seed=7)
+    found = load_index(tmp_path / "ix").search(held_out, 10)[1]
+    truth = index_module.exact_neighbours(vectors, held_out, 10)
+    assert index_module.recall_at(found, truth) >= 0.9
