@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from assets.metadata import version_metadata
 from dagster_project.resources import WorkspaceResource
 from imagesearch.catalog import read_catalog
 from imagesearch.steps import catalog_step
@@ -37,10 +38,8 @@ def image_catalog(config: CatalogConfig, workspace: WorkspaceResource) -> dg.Mat
         "splits": dg.MetadataValue.json(report.splits),
         "sources": dg.MetadataValue.json(report.sources),
         "catalog_path": dg.MetadataValue.path(str(settings.catalog_path)),
+        **version_metadata(version),
     }
-    if version is not None:
-        metadata["dvc_md5"] = dg.MetadataValue.json(version.outputs)
-        metadata["dvc_commit"] = version.commit
     return dg.MaterializeResult(metadata=metadata)
 
 

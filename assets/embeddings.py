@@ -1,5 +1,7 @@
 """Stage: embedding backfill, partitioned over catalog shards (the first hex digit of the image id)."""
 
+import warnings
+
 import dagster as dg
 
 from dagster_project.resources import WorkspaceResource
@@ -7,6 +9,8 @@ from imagesearch.backfill import SHARD_KEYS
 from imagesearch.steps import backfill_step
 
 catalog_shards = dg.StaticPartitionsDefinition(list(SHARD_KEYS))
+# Single-run backfills (a range of shards in one run, one model load) are what we want, beta or not.
+warnings.filterwarnings("ignore", message=".*backfill_policy", category=dg.BetaWarning)
 
 
 class EmbeddingsConfig(dg.Config):

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from assets.metadata import version_metadata
 from dagster_project.resources import WorkspaceResource
 from imagesearch.catalog import read_catalog
 from imagesearch.index import load_index
@@ -34,10 +35,8 @@ def search_index(config: SearchIndexConfig, workspace: WorkspaceResource) -> dg.
         "latency_ms_per_query": round(manifest.latency_ms, 3),
         "bytes_per_vector": manifest.bytes_per_vector,
         "catalog_dvc_md5": manifest.extra["catalog_dvc_md5"],
+        **version_metadata(version),
     }
-    if version is not None:
-        metadata["dvc_md5"] = dg.MetadataValue.json(version.outputs)
-        metadata["dvc_commit"] = version.commit
     return dg.MaterializeResult(metadata=metadata)
 
 
