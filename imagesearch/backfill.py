@@ -117,23 +117,21 @@ def backfill(
     catalog = catalog.assign(shard=catalog["id"].str[0])
     catalog = catalog[catalog["shard"].isin(shards)].sort_values(["shard", "id"]).reset_index(drop=True)
     existing = {shard: _read_shard(folder, shard, encoder.dim) for shard in shards}
-    done = set().union(*(set(e["id"]) for e in existing.values()))
+    done = set().union(*(ids for ids, _ in existing.values()))
     todo = catalog[~catalog["id"].isin(done)]
     report.reused = len(catalog) - len(todo)
     stream = _embed_stream(encoder, todo, batch_size, workers or default_workers(), limits, progress)
-    pending: dict[str, list[tuple[pd.DataFrame, np.ndarray]]] = {shard: [] for shard in shards}
+    pending: dict[str, list[tuple[list[str], np.ndarray]]] = {shard: [] for shard in shards}
 
     def flush(shard: str) -> None:
         wanted = set(catalog.loc[catalog["shard"] == shard, "id"])
-        report.dropped += _write_shard(
-            folder, shard, existing.pop(shard), pending.pop(shard), wanted, dtype, encoder.dim
-        )
+        report.dropped += _write_shard(folder, shard, existing.pop(shard), pending.pop(shard), wanted, dtype)
 
     for shard, ids, vectors, failed in stream:
         report.failed.update(failed)
         report.embedded += len(ids)
         if len(ids):
-            pending[shard].append((pd.DataFrame({"id": ids}), vectors))
+            pending[shard].append((ids, vectors))
         for finished in [s for s in existing if s < shard]:  # batches arrive in shard order
             flush(finished)
     for shard in list(existing):
@@ -173,46 +171,45 @@ def _embed_stream(
     )
     bar = tqdm(total=len(ids), desc="embedding", unit="img", disable=not progress, mininterval=2)
     for rows, (good, pixels, failed) in zip(batches, loader, strict=True):
-        vectors = encoder.encode_pixels(pixels) if pixels is not None else np.zeros((0, encoder.dim))
+        vectors = (
+            encoder.encode_pixels(pixels) if pixels is not None else np.zeros((0, encoder.dim), np.float32)
+        )
         bar.update(len(rows))
         yield ids[rows[0]][0], [ids[p] for p in good], vectors, {ids[p]: why for p, why in failed}
     bar.close()
 
 
-def _read_shard(folder: Path, shard: str, dim: int) -> pd.DataFrame:
+def _read_shard(folder: Path, shard: str, dim: int) -> tuple[list[str], np.ndarray]:
     path = shard_path(folder, shard)
     if not path.exists():
-        return pd.DataFrame({"id": pd.Series(dtype=str), "vector": pd.Series(dtype=object)})
+        return [], np.zeros((0, dim), np.float32)
     frame, matrix = read_embeddings(path)
     if matrix.shape[1] != dim:
         raise ValueError(f"{path} holds {matrix.shape[1]}-d vectors, the model makes {dim}-d: delete it")
-    return frame.assign(vector=list(matrix))
+    return frame["id"].tolist(), matrix
 
 
 def _write_shard(
     folder: Path,
     shard: str,
-    existing: pd.DataFrame,
-    new: list[tuple[pd.DataFrame, np.ndarray]],
+    existing: tuple[list[str], np.ndarray],
+    new: list[tuple[list[str], np.ndarray]],
     wanted: set[str],
     dtype: str,
-    dim: int,
 ) -> int:
     """Writer: old rows still in the catalog + new rows, sorted by id; returns how many were dropped."""
-    kept = existing[existing["id"].isin(wanted)]
-    frames = [kept[["id"]]] + [frame for frame, _ in new]
-    matrices = [np.stack(kept["vector"].to_list())] if len(kept) else []
-    matrices += [vectors for _, vectors in new if len(vectors)]
-    dropped = len(existing) - len(kept)
+    old_ids, old_vectors = existing
+    keep = np.array([image_id in wanted for image_id in old_ids], dtype=bool)
+    dropped = int((~keep).sum())
     if not new and not dropped and shard_path(folder, shard).exists():
         return 0
-    frame = pd.concat(frames, ignore_index=True)
-    matrix = np.concatenate(matrices) if matrices else np.zeros((0, dim), np.float32)
-    order = np.argsort(frame["id"].to_numpy(), kind="stable")
+    ids = np.array([i for i, k in zip(old_ids, keep, strict=True) if k] + [i for b, _ in new for i in b])
+    matrix = np.concatenate([old_vectors[keep], *(vectors for _, vectors in new)])
+    order = np.argsort(ids, kind="stable")
     folder.mkdir(parents=True, exist_ok=True)
     final = shard_path(folder, shard)
     staging = final.with_suffix(f".tmp-{os.getpid()}")
-    write_embeddings(frame.iloc[order].reset_index(drop=True), matrix[order], staging, dtype=dtype)
+    write_embeddings(pd.DataFrame({"id": ids[order].astype(str)}), matrix[order], staging, dtype=dtype)
     os.replace(staging, final)
     return dropped
 

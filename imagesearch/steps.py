@@ -16,7 +16,7 @@ from imagesearch.index import IndexManifest, build_tuned_index
 from imagesearch.registry import load_encoder, pin_reference
 from imagesearch.settings import Settings, SourceSettings
 from imagesearch.versioning import StageVersion
-from imagesearch.workspace import data_repo, init_workspace
+from imagesearch.workspace import init_workspace
 
 CATALOG_STAGE = "catalog"
 EMBEDDINGS_STAGE = "embeddings"
@@ -103,7 +103,7 @@ def index_step(settings: Settings, *, model: str | None = None, record: bool = T
             f"(shards {','.join(shards)}): run `imagesearch embeddings backfill` first"
         )
     repo = init_workspace(settings) if record else None
-    catalog_version = data_repo(settings).current(CATALOG_STAGE).outputs if record else {}
+    catalog_version = repo.current(CATALOG_STAGE).outputs if repo else {}
     manifest = build_tuned_index(
         vectors,
         catalog[["id", "path"]].reset_index(drop=True),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import dagster as dg
 import numpy as np
@@ -21,6 +19,7 @@ from imagesearch.index import load_index
 from imagesearch.steps import catalog_step
 from imagesearch.workspace import data_repo
 from tests.conftest import noise_image
+from tests.test_cli import run_cli
 
 ALL_SHARDS = {
     "dagster/asset_partition_range_start": SHARD_KEYS[0],
@@ -144,14 +143,12 @@ def test_chain_backfills_indexes_versions_and_restores(tmp_path, tiny_folder, sa
 
 
 @pytest.mark.usefixtures("dvc_available")
-def test_workspace_search_cli_finds_the_query_image_first(tmp_path, tiny_folder, saved_encoder):
-    env = {"IMAGESEARCH_HOME": str(tmp_path / "ws"), "HF_HUB_OFFLINE": "1"}
-    env["IMAGESEARCH_SOURCES"] = json.dumps([{"name": "tiny", "path": str(tiny_folder)}])
-    env["IMAGESEARCH_EMBEDDINGS__MODEL"] = str(saved_encoder)
+def test_workspace_search_cli_finds_the_query_image_first(tmp_path, tiny_folder, saved_encoder, monkeypatch):
+    monkeypatch.setenv("IMAGESEARCH_EMBEDDINGS__MODEL", str(saved_encoder))
+    sources = [{"name": "tiny", "path": str(tiny_folder)}]
 
     def cli(*args):
-        command = [sys.executable, "-m", "imagesearch.cli", *args]
-        result = subprocess.run(command, capture_output=True, text=True, env=env | _path_env())
+        result = run_cli(*args, home=tmp_path / "ws", sources=sources)
         assert result.returncode == 0, result.stderr
         return result.stdout
 
@@ -163,9 +160,3 @@ def test_workspace_search_cli_finds_the_query_image_first(tmp_path, tiny_folder,
     assert hits[0]["path"] == str(query) and len(hits) == 3
     again = json.loads(cli("embeddings", "backfill", "--json"))
     assert (again["embedded"], again["reused"]) == (0, 6)
-
-
-def _path_env() -> dict[str, str]:
-    import os
-
-    return {"PATH": os.environ["PATH"]}

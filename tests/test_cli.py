@@ -60,10 +60,10 @@ def test_doctor_reports_settings_versions_and_missing(tmp_path):
     assert "torch_cuda" in report["gpu"]
 
 
-def test_embed_images_and_texts_with_a_saved_encoder(tmp_path, tiny_folder, zeroshot_encoder):
+def test_embed_images_and_texts_with_a_saved_encoder(tmp_path, tiny_folder, saved_encoder, zeroshot_encoder):
     from imagesearch.embed import read_embeddings
 
-    folder = zeroshot_encoder.save(tmp_path / "encoder")
+    folder = saved_encoder
     (tiny_folder / "tools" / "broken.png").write_bytes(b"")
     images = run_cli(
         "embed",
@@ -101,8 +101,8 @@ def test_embed_without_a_champion_says_how_to_get_one(tmp_path):
     assert result.returncode == 2 and "register-v0" in result.stderr
 
 
-def test_index_build_and_batch_search_find_the_query_image_first(tmp_path, tiny_folder, zeroshot_encoder):
-    folder = zeroshot_encoder.save(tmp_path / "encoder")
+def test_index_build_and_batch_search_find_the_query_image_first(tmp_path, tiny_folder, saved_encoder):
+    folder = saved_encoder
     index = tmp_path / "index"
     built = run_cli(
         "index",
