@@ -16,15 +16,18 @@ from rich.table import Table
 
 from imagesearch.backbones import WeightsNotFound
 from imagesearch.catalog import read_catalog
+from imagesearch.clicklog import ClickLog
 from imagesearch.corpus import CorpusFetchError, fetch_openclipart
 from imagesearch.doctor import diagnose
 from imagesearch.embed import embed_image_folder, embed_texts
 from imagesearch.index import load_index
+from imagesearch.judgments import JudgmentsError
 from imagesearch.registry import CHAMPION, RegistryError, load_encoder, pin_reference, register_v0
 from imagesearch.search import build_folder_index, hits_as_json, read_queries, search_queries
 from imagesearch.settings import Settings
 from imagesearch.sources import SourceError
 from imagesearch.steps import CATALOG_STAGE, backfill_step, catalog_step, index_step
+from imagesearch.training_steps import mix_step, simulate_workspace_clicks, source_step, train_step
 from imagesearch.versioning import VersioningError
 from imagesearch.workspace import data_repo, init_workspace, require_workspace
 
@@ -35,12 +38,18 @@ versions_app = typer.Typer(help="DVC versions of pipeline outputs.", no_args_is_
 model_app = typer.Typer(help="Encoders in the MLflow registry.", no_args_is_help=True)
 index_app = typer.Typer(help="Search indexes over your own images.", no_args_is_help=True)
 embeddings_app = typer.Typer(help="Embeddings of the catalog, per model version.", no_args_is_help=True)
+training_data_app = typer.Typer(
+    help="Training examples from five sources, and their mix.", no_args_is_help=True
+)
+clicks_app = typer.Typer(help="The impression/click log.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(versions_app, name="versions")
 app.add_typer(model_app, name="model")
 app.add_typer(index_app, name="index")
 app.add_typer(embeddings_app, name="embeddings")
+app.add_typer(training_data_app, name="training-data")
+app.add_typer(clicks_app, name="clicks")
 
 console = Console(soft_wrap=True)
 USER_ERRORS = (
@@ -51,6 +60,7 @@ USER_ERRORS = (
     ValueError,
     WeightsNotFound,
     RegistryError,
+    JudgmentsError,
 )
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
@@ -349,3 +359,63 @@ def search(
 
 if __name__ == "__main__":
     app()
+
+
+@training_data_app.command("build")
+@user_errors
+def training_data_build(
+    source: Annotated[str, typer.Argument(help="augmentation | classifier | tags | judgments | clicks")],
+    record: Annotated[bool, typer.Option(help="commit the examples as a DVC version")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+) -> None:
+    """Build one source's training examples (data/training/<source>.parquet) from the catalog."""
+    result = source_step(Settings(), source, record=record, progress=not quiet)
+    console.print(f"{source}: {result.rows} examples {result.summary}")
+    if result.report:
+        console.print(result.report)
+
+
+@training_data_app.command("mix")
+@user_errors
+def training_data_mix(
+    record: Annotated[bool, typer.Option(help="commit the mix as a DVC version")] = True,
+) -> None:
+    """Mix the enabled sources with their weights into data/training/examples.parquet."""
+    result = mix_step(Settings(), record=record)
+    console.print(f"{result.rows} training examples: {result.summary}")
+    if result.problems:
+        raise ValueError(f"leakage: {'; '.join(result.problems)}")
+
+
+@clicks_app.command("simulate")
+@user_errors
+def clicks_simulate() -> None:
+    """Write position-biased simulated clicks on the workspace index into the click log."""
+    settings = Settings()
+    written = simulate_workspace_clicks(
+        settings, ClickLog(settings.effective_click_log_url), read_catalog(settings.catalog_path)
+    )
+    console.print(f"{written} simulated clicks written to {settings.effective_click_log_url}")
+
+
+@app.command()
+@user_errors
+def train(
+    record: Annotated[bool, typer.Option(help="commit the trained encoder as a DVC version")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+) -> None:
+    """Co-train the two towers on the training examples; register the result as `challenger`."""
+    result = train_step(
+        Settings(),
+        record=record,
+        progress=not quiet,
+        on_epoch=lambda epoch, metrics: console.print(
+            f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch")
+        ),
+    )
+    trained = result.result
+    console.print(
+        f"challenger = version {result.registered.version} (MLflow run {result.registered.run_id}); "
+        f"{trained.rows} examples, {trained.images} images, {trained.seconds:.0f} s "
+        f"(feature cache {trained.cache_seconds:.0f} s)"
+    )

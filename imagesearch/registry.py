@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -112,15 +114,47 @@ def log_encoder(
     alias: str | None = None,
 ) -> RegisteredEncoder:
     """Log the encoder as a pyfunc in a new MLflow run, register a new version, optionally alias it."""
+    with tracked_run(settings, run_name=run_name, params=params, tags=tags):
+        mlflow.log_metrics(metrics or {})
+        return register_encoder(encoder, settings, alias=alias)
+
+
+@contextmanager
+def tracked_run(
+    settings: Settings,
+    *,
+    run_name: str,
+    params: dict | None = None,
+    tags: dict | None = None,
+    resume_run_id: str | None = None,
+) -> Iterator[str]:
+    """An MLflow run (a resumed one when `resume_run_id` names one); yields its id."""
+    connect(settings)
+    with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name) as run:
+        if not resume_run_id:
+            mlflow.log_params(params or {})
+            mlflow.set_tags(tags or {})
+        yield run.info.run_id
+
+
+def log_step_metrics(metrics: dict[str, float], step: int) -> None:
+    """Metrics of one epoch into the active run (finite values only: MLflow refuses NaN in some stores)."""
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)}, step=step)
+
+
+def log_artifacts(paths: list[Path], folder: str | None = None) -> None:
+    for path in paths:
+        mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+def register_encoder(encoder: Encoder, settings: Settings, *, alias: str | None = None) -> RegisteredEncoder:
+    """Log the encoder as a pyfunc in the active run, register it as a new version, optionally alias it."""
     client = connect(settings)
     name = settings.model.registered_name
-    with (
-        tempfile.TemporaryDirectory(prefix="imagesearch-encoder-") as scratch,
-        mlflow.start_run(run_name=run_name) as run,
-    ):
-        mlflow.log_params({"encoder_kind": encoder.spec.kind, "dim": encoder.dim, **(params or {})})
-        mlflow.log_metrics(metrics or {})
-        mlflow.set_tags({"encoder_kind": encoder.spec.kind, **(tags or {})})
+    run = mlflow.active_run()
+    with tempfile.TemporaryDirectory(prefix="imagesearch-encoder-") as scratch:
+        mlflow.log_params({"encoder_kind": encoder.spec.kind, "dim": encoder.dim})
+        mlflow.set_tag("encoder_kind", encoder.spec.kind)
         info = mlflow.pyfunc.log_model(
             name="encoder",
             python_model=EncoderPyfunc(),

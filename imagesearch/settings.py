@@ -105,6 +105,75 @@ class IndexSettings(BaseModel):
     tune_queries: int = Field(default=1000, ge=10, description="held-out queries for tuning")
 
 
+TRAINING_SOURCES = ("augmentation", "classifier", "tags", "judgments", "clicks")
+
+
+class TrainingDataSettings(BaseModel):
+    """Where training examples come from and how the sources are mixed (only train-split images)."""
+
+    source_weights: dict[str, float] = Field(
+        default={"augmentation": 0.5, "classifier": 1.0, "tags": 1.0, "judgments": 2.0, "clicks": 1.0},
+        description="per-source multiplier of the example weights in the mix; 0 (or absent) = source off",
+    )
+    augmentation_per_image: int = Field(default=1, ge=0, description="two-view rows per train image")
+    classifier_threshold: float = Field(
+        default=0.35, gt=0, le=1, description="top-1 probability above which a classifier label is trusted"
+    )
+    classifier_prompt: str = Field(default="clip art of a {}", description="class name -> positive text")
+    same_label_positives: int = Field(default=2, ge=0, description="image positives per image and label")
+    tag_max_share: float = Field(
+        default=0.3, gt=0, le=1, description="tags on more of the train images are too generic to pair images"
+    )
+    judgments_path: Path | None = Field(
+        default=None,
+        description="CSV/parquet of human judgments: query_text or query_image_id, image_id, grade",
+    )
+    judgment_eval_fraction: float = Field(
+        default=0.5, ge=0, lt=1, description="share of judged queries held out for evaluation (by query hash)"
+    )
+    propensity_eta: float = Field(
+        default=1.0, ge=0, description="examination probability at rank r is (1/r)**eta"
+    )
+    max_click_weight: float = Field(default=10.0, ge=1, description="cap of inverse-propensity weights")
+    simulate_clicks_when_empty: bool = Field(
+        default=True, description="fill an empty click log from the click simulator (known relevance: tags)"
+    )
+    simulated_queries: int = Field(default=200, ge=1)
+    simulated_sessions: int = Field(default=5, ge=1, description="simulated users per query")
+    simulated_depth: int = Field(default=20, ge=1, description="results shown per simulated query")
+    seed: int = 0
+
+
+class TrainingSettings(BaseModel):
+    """Optimisation of the two towers (architecture lives in ModelSettings)."""
+
+    frozen_epochs: int = Field(default=10, ge=0, description="epochs training only the projection heads")
+    unfrozen_epochs: int = Field(
+        default=1, ge=0, description="epochs with the last backbone stages trainable"
+    )
+    unfreeze_stages: int = Field(
+        default=1, ge=0, description="backbone stages trained after the frozen phase"
+    )
+    unfrozen_rows_per_epoch: int | None = Field(
+        default=8192, ge=1, description="examples per unfrozen epoch (each costs backbone passes); None = all"
+    )
+    batch_size: int = Field(default=256, ge=2)
+    learning_rate: float = Field(default=2e-3, gt=0, description="projection heads and temperature")
+    backbone_learning_rate: float = Field(default=1e-4, gt=0, description="unfrozen backbone stages")
+    weight_decay: float = Field(default=0.05, ge=0)
+    warmup_fraction: float = Field(default=0.1, ge=0, lt=1, description="share of steps with linear warm-up")
+    temperature: float = Field(default=0.07, gt=0, description="initial softmax temperature")
+    learn_temperature: bool = True
+    loss: Literal["infonce", "triplet"] = "infonce"
+    triplet_margin: float = Field(default=0.2, gt=0)
+    image_image_weight: float = Field(default=1.0, ge=0, description="image-image term next to image-text")
+    mined_negatives: bool = Field(default=True, description="add each anchor's nearest non-positive image")
+    views: int = Field(default=2, ge=1, description="augmented views cached per training image")
+    max_train_images: int | None = Field(default=None, ge=2, description="subsample for small configs")
+    seed: int = 0
+    device: str = Field(default="auto", description="'auto' (CUDA when present, with AMP), 'cpu' or 'cuda'")
+
+
 class Settings(BaseSettings):
     """Resolved configuration of one imagesearch workspace."""
 
@@ -126,6 +195,11 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     embeddings: EmbeddingSettings = EmbeddingSettings()
     index: IndexSettings = IndexSettings()
+    training_data: TrainingDataSettings = TrainingDataSettings()
+    training: TrainingSettings = TrainingSettings()
+    click_log_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the impression/click log; default: sqlite in home"
+    )
 
     @field_validator("home", mode="after")
     @classmethod
@@ -166,6 +240,27 @@ class Settings(BaseSettings):
     def search_index_dir(self) -> Path:
         """The workspace's index over the catalog (what the service serves), versioned with DVC."""
         return self.index_dir / "catalog"
+
+    @property
+    def training_dir(self) -> Path:
+        """Training examples per source (<source>.parquet), the mix, feature caches, checkpoints."""
+        return self.data_dir / "training"
+
+    @property
+    def examples_path(self) -> Path:
+        return self.training_dir / "examples.parquet"
+
+    def source_path(self, source: str) -> Path:
+        return self.training_dir / f"{source}.parquet"
+
+    @property
+    def trained_model_dir(self) -> Path:
+        """The last trained encoder (a saved folder, versioned with DVC) and its metrics."""
+        return self.data_dir / "model"
+
+    @property
+    def effective_click_log_url(self) -> str:
+        return self.click_log_url or f"sqlite:///{self.home / 'clicklog' / 'clicks.sqlite'}"
 
     @property
     def dagster_home(self) -> Path:

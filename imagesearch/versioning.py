@@ -204,3 +204,13 @@ def _ensure_lines(path: Path, lines: list[str]) -> None:
     missing = [line for line in lines if line not in existing]
     if missing:
         path.write_text("\n".join([*existing, *missing]) + "\n")
+
+
+def code_version(root: Path) -> dict[str, str]:
+    """The git commit of the code at `root` and whether the working tree has uncommitted changes."""
+    try:
+        commit = _run(["git", "rev-parse", "HEAD"], cwd=root).strip()
+        dirty = bool(_run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root).strip())
+    except (VersioningError, OSError):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+    return {"git_commit": commit, "git_dirty": str(dirty).lower()}

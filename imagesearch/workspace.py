@@ -9,7 +9,16 @@ from imagesearch.versioning import DataRepo
 
 PIPELINE_FILE = PROJECT_ROOT / "dvc.yaml"
 # Inside the workspace repository only pipeline outputs (via DVC) and dvc.lock are versioned.
-UNVERSIONED = ["/corpus/", "/dagster/", "/mlflow/", "/dvc/", "/.imagesearch.lock", "/logs/"]
+UNVERSIONED = [
+    "/corpus/",
+    "/dagster/",
+    "/mlflow/",
+    "/dvc/",
+    "/.imagesearch.lock",
+    "/logs/",
+    "/clicklog/",
+    "/data/training/work/",
+]
 
 DAGSTER_YAML = """\
 # Written by `imagesearch init`. Local sqlite storage; telemetry off because the network is closed.

@@ -1,0 +1,141 @@
+"""The impression/click log: a real SQL database (SQLite by default, any SQLAlchemy URL).
+
+Schema (one row per query shown, per result shown, per click):
+
+    queries      query_id, created_at, query_text | query_image_hash, model_version, simulated
+    impressions  query_id, rank (1-based), image_id, score
+    clicks       query_id, rank, image_id, clicked_at
+
+The search service writes it; `click_pairs` and online metrics read it. The click simulator writes
+the same tables with ``simulated = true`` so simulated traffic never passes for real traffic.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+queries_table = sa.Table(
+    "queries",
+    metadata,
+    sa.Column("query_id", sa.String(32), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("query_text", sa.Text, nullable=True),
+    sa.Column("query_image_hash", sa.String(64), nullable=True),
+    sa.Column("model_version", sa.String(200), nullable=False, index=True),
+    sa.Column("simulated", sa.Boolean, nullable=False, default=False),
+)
+impressions_table = sa.Table(
+    "impressions",
+    metadata,
+    sa.Column("query_id", sa.String(32), sa.ForeignKey("queries.query_id"), primary_key=True),
+    sa.Column("rank", sa.Integer, primary_key=True),
+    sa.Column("image_id", sa.String(64), nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+)
+clicks_table = sa.Table(
+    "clicks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("query_id", sa.String(32), sa.ForeignKey("queries.query_id"), nullable=False, index=True),
+    sa.Column("rank", sa.Integer, nullable=False),
+    sa.Column("image_id", sa.String(64), nullable=False),
+    sa.Column("clicked_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+class UnknownQuery(LookupError):
+    """A click names a query id the log has never shown, or a rank it did not show."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogTables:
+    queries: pd.DataFrame
+    impressions: pd.DataFrame
+    clicks: pd.DataFrame
+
+
+class ClickLog:
+    """Writes and reads the log; the tables are created on first use."""
+
+    def __init__(self, url: str):
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = sa.create_engine(url)
+        metadata.create_all(self.engine)
+
+    def log_query(
+        self,
+        results: Sequence[tuple[str, float]],
+        *,
+        model_version: str,
+        query_text: str | None = None,
+        query_image_hash: str | None = None,
+        simulated: bool = False,
+        at: datetime | None = None,
+    ) -> str:
+        """Record a query and the ranked (image id, score) results it showed; returns its query id."""
+        query_id = uuid.uuid4().hex
+        with self.engine.begin() as connection:
+            connection.execute(
+                queries_table.insert().values(
+                    query_id=query_id,
+                    created_at=at or datetime.now(UTC),
+                    query_text=query_text,
+                    query_image_hash=query_image_hash,
+                    model_version=model_version,
+                    simulated=simulated,
+                )
+            )
+            if results:
+                connection.execute(
+                    impressions_table.insert(),
+                    [
+                        {"query_id": query_id, "rank": rank, "image_id": image_id, "score": float(score)}
+                        for rank, (image_id, score) in enumerate(results, start=1)
+                    ],
+                )
+        return query_id
+
+    def log_click(self, query_id: str, rank: int, *, at: datetime | None = None) -> str:
+        """Record a click on the result shown at `rank` for `query_id`; returns the clicked image id."""
+        with self.engine.begin() as connection:
+            shown = connection.execute(
+                sa.select(impressions_table.c.image_id).where(
+                    impressions_table.c.query_id == query_id, impressions_table.c.rank == rank
+                )
+            ).scalar_one_or_none()
+            if shown is None:
+                raise UnknownQuery(f"query {query_id} showed no result at rank {rank}")
+            connection.execute(
+                clicks_table.insert().values(
+                    query_id=query_id, rank=rank, image_id=shown, clicked_at=at or datetime.now(UTC)
+                )
+            )
+        return shown
+
+    def read(self, *, include_simulated: bool = True) -> LogTables:
+        with self.engine.connect() as connection:
+            queries = pd.read_sql(sa.select(queries_table), connection)
+            impressions = pd.read_sql(sa.select(impressions_table), connection)
+            clicks = pd.read_sql(sa.select(clicks_table), connection)
+        if not include_simulated:
+            real = set(queries.loc[~queries["simulated"].astype(bool), "query_id"])
+            queries = queries[queries["query_id"].isin(real)]
+            impressions = impressions[impressions["query_id"].isin(real)]
+            clicks = clicks[clicks["query_id"].isin(real)]
+        return LogTables(queries, impressions, clicks)
+
+    def count_queries(self, *, simulated: bool | None = None) -> int:
+        statement = sa.select(sa.func.count()).select_from(queries_table)
+        if simulated is not None:
+            statement = statement.where(queries_table.c.simulated == simulated)
+        with self.engine.connect() as connection:
+            return int(connection.execute(statement).scalar_one())

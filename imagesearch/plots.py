@@ -1,0 +1,79 @@
+"""Pictures for MLflow runs: the loss curve and a grid of example queries with their results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers
+import matplotlib.pyplot as plt
+from PIL import Image, ImageDraw, ImageOps
+
+from imagesearch.images import DEFAULT_LIMITS, ImageRejected, open_rgb
+
+
+def training_curves(history: list[dict[str, float]], path: Path) -> Path:
+    """Losses (left) and validation recall@10 (right) per epoch."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in sorted({k for row in history for k in row}):
+        epochs = [row["epoch"] for row in history if key in row]
+        values = [row[key] for row in history if key in row]
+        if key.startswith("loss"):
+            left.plot(epochs, values, marker="o", label=key)
+        elif key.startswith("val_"):
+            right.plot(epochs, values, marker="o", label=key.removeprefix("val_"))
+    left.set(title="training loss", xlabel="epoch")
+    right.set(title="validation recall@10 (val split)", xlabel="epoch", ylim=(0, 1))
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class ExampleQuery:
+    label: str
+    image_path: str | None  # the query image, or None for a text query
+    results: list[tuple[str, float]]  # (image path, score), best first
+
+
+def result_grid(queries: list[ExampleQuery], path: Path, *, tile: int = 128) -> Path:
+    """One row per query: the query (image or text) then its results with scores."""
+    columns = 1 + max((len(q.results) for q in queries), default=0)
+    grid = Image.new("RGB", (columns * tile, len(queries) * (tile + 16)), "white")
+    draw = ImageDraw.Draw(grid)
+    for row, query in enumerate(queries):
+        top = row * (tile + 16)
+        if query.image_path:
+            grid.paste(_thumbnail(query.image_path, tile), (0, top))
+        _wrapped(draw, query.label, (4, top + 4), width=tile // 7)
+        for column, (image_path, score) in enumerate(query.results, start=1):
+            grid.paste(_thumbnail(image_path, tile), (column * tile, top))
+            draw.text((column * tile + 4, top + tile + 2), f"{score:.3f}", fill="black")
+    grid.save(path)
+    return path
+
+
+def _thumbnail(image_path: str, tile: int) -> Image.Image:
+    try:
+        image = open_rgb(Path(image_path), DEFAULT_LIMITS).rgb
+    except (ImageRejected, OSError):
+        return Image.new("RGB", (tile, tile), "lightgray")
+    return ImageOps.pad(image, (tile - 4, tile - 4), color="white").crop((-2, -2, tile - 2, tile - 2))
+
+
+def _wrapped(draw: ImageDraw.ImageDraw, text: str, origin: tuple[int, int], width: int) -> None:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if len(line) + len(word) + 1 > width and line:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    draw.multiline_text(origin, "\n".join(lines[:6]), fill="darkblue")
