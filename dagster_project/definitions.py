@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import catalog, embeddings, index, model
+from assets import catalog, embeddings, index, model, training, training_data
 from dagster_project.resources import WorkspaceResource
 
-all_assets = dg.load_assets_from_modules([catalog, model, embeddings, index])
-all_checks = dg.load_asset_checks_from_modules([catalog, index])
+all_assets = dg.load_assets_from_modules([catalog, model, embeddings, index, training_data, training])
+all_checks = dg.load_asset_checks_from_modules([catalog, index, training_data, training])
 
 catalog_job = dg.define_asset_job(
     "catalog_job",
@@ -16,9 +16,15 @@ catalog_job = dg.define_asset_job(
     description="Scan and catalogue images",
 )
 
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=dg.AssetSelection.groups("training_data") | dg.AssetSelection.assets(training.trained_model),
+    description="Build training examples from every source, mix them and train a challenger",
+)
+
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
-    jobs=[catalog_job],
+    jobs=[catalog_job, training_job],
     resources={"workspace": WorkspaceResource()},
 )

@@ -42,8 +42,18 @@ EXAMPLES_STAGE = "training_examples"
 TRAIN_STAGE = "train"
 
 
+STAGES = {
+    "augmentation": "augmentation_pairs",
+    "classifier": "classifier_pairs",
+    "tags": "tag_pairs",
+    "judgments": "judgment_pairs",
+    "clicks": "click_pairs",
+}
+
+
 def source_stage(source: str) -> str:
-    return f"{source}_pairs"
+    """The DVC stage (and Dagster asset) name of a source."""
+    return STAGES[source]
 
 
 @dataclass(slots=True)
@@ -281,7 +291,12 @@ def train_step(
         registry.log_artifacts(_pictures(encoder, catalog, result, work_dir), folder="plots")
         registered = registry.register_encoder(encoder, settings, alias=registry.CHALLENGER)
     encoder.save(settings.trained_model_dir / "encoder")
-    summary = {"mlflow_run_id": registered.run_id, "model_version": registered.version, **result.final}
+    summary = {
+        "mlflow_run_id": registered.run_id,
+        "model_version": registered.version,
+        **result.final,
+        "untrained": result.history[0],
+    }
     (settings.trained_model_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     version = repo.record(TRAIN_STAGE, f"train: challenger v{registered.version}") if repo else None
     return TrainStepResult(result, registered, version)

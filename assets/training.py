@@ -1,0 +1,63 @@
+"""Stage: contrastive co-training of the two towers, tracked in MLflow, registered as challenger."""
+
+import json
+
+import dagster as dg
+
+from assets.metadata import version_metadata
+from dagster_project.resources import WorkspaceResource
+from imagesearch.training_steps import train_step
+
+
+@dg.asset(
+    deps=["training_examples"],
+    group_name="model",
+    kinds={"pytorch", "mlflow", "dvc"},
+    owners=["team:imagesearch"],
+    description="Image and text towers co-trained with symmetric InfoNCE (image-text and image-image), "
+    "learnable temperature, in-batch and mined hard negatives; backbone frozen then partly unfrozen. "
+    "Logged as an MLflow run (params, data hashes, git commit, per-epoch losses and val recall, plots) and "
+    "registered as a new version of `imagesearch` with alias `challenger`. Resumes after an interruption.",
+)
+def trained_model(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
+    def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        context.log.info(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+    outcome = train_step(workspace.settings(), progress=False, on_epoch=log_epoch)
+    result, registered = outcome.result, outcome.registered
+    final = {k: round(v, 4) for k, v in result.final.items() if k.startswith("val_")}
+    return dg.MaterializeResult(
+        metadata={
+            "model_uri": registered.uri,
+            "model_version": registered.version,
+            "alias": "challenger",
+            "mlflow_run_id": registered.run_id,
+            "examples": result.rows,
+            "images": result.images,
+            "train_seconds": round(result.seconds, 1),
+            "feature_cache_seconds": round(result.cache_seconds, 1),
+            "resumed_from_epoch": result.resumed_from_epoch,
+            "history": dg.MetadataValue.json(result.history),
+            **final,
+            **version_metadata(outcome.version),
+        }
+    )
+
+
+@dg.asset_check(
+    asset=trained_model,
+    description="every validation recall@10 beats the same towers with untrained heads (epoch 0)",
+)
+def training_beat_untrained_heads(workspace: WorkspaceResource) -> dg.AssetCheckResult:
+    metrics = json.loads((workspace.settings().trained_model_dir / "metrics.json").read_text())
+    compared = {
+        key: (metrics["untrained"][key], value)
+        for key, value in metrics.items()
+        if key.startswith("val_") and key in metrics["untrained"]
+    }
+    worse = [key for key, (before, after) in compared.items() if not after > before]
+    return dg.AssetCheckResult(
+        passed=bool(compared) and not worse,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"untrained_vs_trained": dg.MetadataValue.json(compared), "not_improved": worse or "none"},
+    )
