@@ -1,8 +1,12 @@
 # Thin targets: each calls the setup script, the CLI or a Dagster entry point.
 PY := .venv/bin/python
 CLI := .venv/bin/imagesearch
+# The demo's judgments: drafted by rule for the default corpus (scripts/draft_judgments.py), standing in
+# for a labelers' file; absolute because DVC stages run inside the workspace.
+DEMO_JUDGMENTS := IMAGESEARCH_TRAINING_DATA__JUDGMENTS_PATH=$(CURDIR)/examples/openclipart-judgments.csv
+TRAINING_ASSETS := augmentation_pairs,classifier_pairs,tag_pairs,judgment_pairs,click_pairs,training_examples,trained_model
 
-.PHONY: setup demo test ui lint bench
+.PHONY: setup demo test ui mlflow lint bench
 
 setup:  ## venvs (project + DVC tool venv) and the workspace; does nothing when already done
 	bash scripts/setup.sh
@@ -12,12 +16,14 @@ demo: setup  ## fetch the default corpus and run the pipeline end to end through
 	$(PY) -m dagster_project.run materialize --select image_catalog,baseline_model
 	$(PY) -m dagster_project.run materialize --select image_embeddings --partition-range 0...f
 	$(PY) -m dagster_project.run materialize --select search_index
+	$(DEMO_JUDGMENTS) $(PY) -m dagster_project.run materialize --select $(TRAINING_ASSETS)
 	$(CLI) catalog summary
 	$(CLI) search --text "a red apple" -k 5
 	@echo ""
 	@echo "Where to look:"
 	@echo "  catalog + quarantine tables   the two paths above (parquet)"
-	@echo "  data versions (DVC)           $(CLI) versions list catalog   (or: index)"
+	@echo "  data versions (DVC)           $(CLI) versions list catalog   (or: index, training_examples, train)"
+	@echo "  training runs, challenger     make mlflow  ->  http://127.0.0.1:5000"
 	@echo "  search from the shell         $(CLI) search --text 'a cat' | --image FILE.png"
 	@echo "  Dagster UI (runs, metadata)   make ui  ->  http://127.0.0.1:3000"
 	@echo "  everything resolved           $(CLI) doctor"
@@ -27,6 +33,9 @@ test: setup  ## the test suite
 
 ui: setup  ## Dagster webserver + daemon on 127.0.0.1:3000
 	$(PY) -m dagster_project.run ui
+
+mlflow: setup  ## MLflow UI on 127.0.0.1:5000 over the workspace's tracking store and registry
+	.venv/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$$($(PY) -c 'from imagesearch.settings import Settings; print(Settings().mlflow_tracking_uri)')"
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -128,8 +128,13 @@ def tracked_run(
     tags: dict | None = None,
     resume_run_id: str | None = None,
 ) -> Iterator[str]:
-    """An MLflow run (a resumed one when `resume_run_id` names one); yields its id."""
-    connect(settings)
+    """An MLflow run (a resumed one when `resume_run_id` names one that exists); yields its id."""
+    client = connect(settings)
+    if resume_run_id:
+        try:
+            client.get_run(resume_run_id)
+        except MlflowException:
+            resume_run_id = None
     with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name) as run:
         if not resume_run_id:
             mlflow.log_params(params or {})

@@ -334,7 +334,7 @@ class _Trainer:
             self.scheduler.step()
             for key, value in parts.items():
                 totals[key] += float(value.detach()) * len(rows) / len(order)
-        return {**totals, "temperature": float(1 / self.parts.scale())}
+        return {**totals, "temperature": 1 / self.parts.scale().item()}
 
     def _top_outputs(self, features: torch.Tensor) -> torch.Tensor:
         """Top outputs (backbone features) of cached trunk features, without gradients, on the CPU."""

@@ -8,7 +8,7 @@ Each source step writes ``data/training/<source>.parquet`` (EXAMPLE_SCHEMA), the
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -288,8 +288,11 @@ def train_step(
             },
             0,
         )
-        registry.log_artifacts(_pictures(encoder, catalog, result, work_dir), folder="plots")
-        registered = registry.register_encoder(encoder, settings, alias=registry.CHALLENGER)
+        registered = _registered_before(work_dir)
+        if registered is None:  # a finished run re-materialized with the same inputs registers nothing new
+            registry.log_artifacts(_pictures(encoder, catalog, result, work_dir), folder="plots")
+            registered = registry.register_encoder(encoder, settings, alias=registry.CHALLENGER)
+            (work_dir / "registered.json").write_text(json.dumps(asdict(registered)))
     encoder.save(settings.trained_model_dir / "encoder")
     summary = {
         "mlflow_run_id": registered.run_id,
@@ -300,6 +303,11 @@ def train_step(
     (settings.trained_model_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     version = repo.record(TRAIN_STAGE, f"train: challenger v{registered.version}") if repo else None
     return TrainStepResult(result, registered, version)
+
+
+def _registered_before(work_dir: Path) -> registry.RegisteredEncoder | None:
+    path = work_dir / "registered.json"
+    return registry.RegisteredEncoder(**json.loads(path.read_text())) if path.exists() else None
 
 
 def _run_params(settings: Settings) -> dict[str, str]:

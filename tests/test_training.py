@@ -56,8 +56,10 @@ def metadata(result, key: str) -> dict:
 
 def write_judgments(catalog: pd.DataFrame, path: Path) -> Path:
     train = catalog[catalog["split"] == "train"]
+    # "some food" falls on the training side of the query hash, "animals" on the evaluation side
     rows = [
-        {"query_text": row.category, "image_id": row.id, "grade": 3 if row.category == "animals" else 0}
+        {"query_text": query, "image_id": row.id, "grade": 3 if row.category == category else 0}
+        for query, category in [("some food", "food"), ("animals", "animals")]
         for row in train.itertuples()
     ]
     rows.append({"query_text": "animals", "image_id": "not-an-id", "grade": 3})
@@ -92,19 +94,17 @@ def test_chain_builds_every_source_mixes_trains_and_registers_a_challenger(
         trained_model,
         training_beat_untrained_heads,
     ]
-    result = dg.materialize(
-        [image_catalog, image_embeddings, search_index, *chain],
-        selection=[a.key for a in [*source_assets, training_examples, trained_model]],
-        resources=resources,
-        run_config=config,
-    )
+    result = dg.materialize(chain, resources=resources)
     assert result.success
     settings = workspace.settings()
     for source in ["augmentation", "classifier", "tags", "judgments", "clicks"]:
         frame = pd.read_parquet(settings.source_path(source))
         assert list(frame.columns) == EXAMPLE_COLUMNS, source
         assert len(frame) > 0 and set(frame["source"]) == {source}
-    assert metadata(result, "judgment_pairs")["report"]["rejected_by_reason"] == {"unknown image_id": 1}
+    judged = metadata(result, "judgment_pairs")["report"]
+    assert judged["rejected_by_reason"] == {"unknown image_id": 1}
+    assert judged["queries"] == {"train": 1, "eval": 1}
+    assert set(pd.read_parquet(settings.source_path("judgments"))["positive_text"]) == {"some food"}
     assert metadata(result, "click_pairs")["report"]["simulated_clicks_written"] > 0
     assert set(metadata(result, "training_examples")["by_source"]) == {
         "augmentation",
