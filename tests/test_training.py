@@ -132,6 +132,19 @@ def test_chain_builds_every_source_mixes_trains_and_registers_a_challenger(
     saved = json.loads((settings.trained_model_dir / "metrics.json").read_text())
     assert saved["model_version"] == version
 
+    # a val image slipped into a source: the blocking check stops the chain before training
+    augmentation = pd.read_parquet(settings.source_path("augmentation"))
+    val_image = read_catalog(settings.catalog_path).query("split == 'val'")["id"].iloc[0]
+    augmentation.loc[0, "positive_id"] = val_image
+    augmentation.to_parquet(settings.source_path("augmentation"), index=False)
+    leaked = dg.materialize(
+        [training_examples, no_evaluation_leakage, trained_model], resources=resources, raise_on_error=False
+    )
+    assert not leaked.success
+    check = leaked.get_asset_check_evaluations()[0]
+    assert not check.passed and "non-train images" in str(check.metadata["problems"].value)
+    assert alias_version(settings, CHALLENGER) == version  # nothing new was trained
+
 
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, training_folder):
     from imagesearch.catalog import build_catalog
