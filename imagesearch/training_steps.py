@@ -21,7 +21,14 @@ from imagesearch.clicks import click_pairs, simulate_clicks, tag_queries
 from imagesearch.encoders import build_two_tower_encoder
 from imagesearch.images import DecodeLimits
 from imagesearch.index import load_index
-from imagesearch.judgments import eval_qrels, import_judgments, judgment_pairs, read_judgments
+from imagesearch.judgments import COLUMNS as JUDGMENT_COLUMNS
+from imagesearch.judgments import (
+    ImportedJudgments,
+    eval_qrels,
+    import_judgments,
+    judgment_pairs,
+    read_judgments,
+)
 from imagesearch.labels import classifier_labels
 from imagesearch.plots import ExampleQuery, result_grid, training_curves
 from imagesearch.settings import PROJECT_ROOT, TRAINING_SOURCES, Settings
@@ -123,20 +130,19 @@ def _tags(settings: Settings, catalog: pd.DataFrame, progress: bool) -> tuple[pd
 def _judgments(settings: Settings, catalog: pd.DataFrame, progress: bool) -> tuple[pd.DataFrame, dict]:
     config = settings.training_data
     qrels_path = settings.training_dir / "judgments_eval.parquet"
-    rejected_path = settings.training_dir / "judgments_rejected.parquet"
     if config.judgments_path is None:
-        for stale in (qrels_path, rejected_path):
-            stale.unlink(missing_ok=True)
-        return judgment_pairs(_no_judgments(), catalog, seed=config.seed), {
-            "status": "no judgments file configured"
-        }
-    imported = import_judgments(
-        read_judgments(config.judgments_path), catalog, eval_fraction=config.judgment_eval_fraction
-    )
+        imported = ImportedJudgments(_no_judgments(), pd.DataFrame(columns=[*JUDGMENT_COLUMNS, "reason"]))
+        report: dict = {"status": "no judgments file configured"}
+    else:
+        table = read_judgments(config.judgments_path)
+        imported = import_judgments(table, catalog, eval_fraction=config.judgment_eval_fraction)
+        report = {**imported.report, "file": str(config.judgments_path), "eval_qrels": str(qrels_path)}
+    # always written (empty without a file): the held-out qrels are a versioned output of this stage
     write_parquet_atomic(eval_qrels(imported.accepted), qrels_path)
-    write_parquet_atomic(imported.rejected.astype("string"), rejected_path)
-    frame = judgment_pairs(imported.accepted, catalog, seed=config.seed)
-    return frame, {**imported.report, "file": str(config.judgments_path), "eval_qrels": str(qrels_path)}
+    write_parquet_atomic(
+        imported.rejected.astype("string"), settings.training_dir / "judgments_rejected.parquet"
+    )
+    return judgment_pairs(imported.accepted, catalog, seed=config.seed), report
 
 
 def _no_judgments() -> pd.DataFrame:
