@@ -6,7 +6,7 @@ CLI := .venv/bin/imagesearch
 DEMO_JUDGMENTS := IMAGESEARCH_TRAINING_DATA__JUDGMENTS_PATH=$(CURDIR)/examples/openclipart-judgments.csv
 TRAINING_ASSETS := augmentation_pairs,classifier_pairs,tag_pairs,judgment_pairs,click_pairs,training_examples,trained_model
 
-.PHONY: setup demo test ui mlflow lint bench
+.PHONY: setup demo test ui serve mlflow lint bench
 
 setup:  ## venvs (project + DVC tool venv) and the workspace; does nothing when already done
 	bash scripts/setup.sh
@@ -33,6 +33,9 @@ test: setup  ## the test suite
 
 ui: setup  ## Dagster webserver + daemon on 127.0.0.1:3000
 	$(PY) -m dagster_project.run ui
+
+serve: setup  ## the search service on 127.0.0.1:8000 over the workspace index (after make demo)
+	$(CLI) serve
 
 mlflow: setup  ## MLflow UI on 127.0.0.1:5000 over the workspace's tracking store and registry
 	.venv/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$$($(PY) -c 'from imagesearch.settings import Settings; print(Settings().mlflow_tracking_uri)')"

@@ -419,3 +419,25 @@ def train(
         f"{trained.rows} examples, {trained.images} images, {trained.seconds:.0f} s "
         f"(feature cache {trained.cache_seconds:.0f} s)"
     )
+
+
+@app.command()
+@user_errors
+def serve(
+    index: Annotated[Path | None, typer.Option("--index", help="default: the workspace's index")] = None,
+    host: Annotated[str | None, typer.Option(help="default: service.host (127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="default: service.port (8000)")] = None,
+) -> None:
+    """Start the HTTP search service (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from imagesearch.service import create_app
+
+    settings = Settings()
+    load_index(index or settings.search_index_dir)  # fail here, with a clear line, not inside uvicorn
+    uvicorn.run(
+        create_app(settings, index_dir=index),
+        host=host or settings.service.host,
+        port=port or settings.service.port,
+        log_level="info",
+    )

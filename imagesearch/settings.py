@@ -174,6 +174,25 @@ class TrainingSettings(BaseModel):
     device: str = Field(default="auto", description="'auto' (CUDA when present, with AMP), 'cpu' or 'cuda'")
 
 
+class ServiceSettings(BaseModel):
+    """The search service: where it listens, request limits and the default query path."""
+
+    host: str = Field(default="127.0.0.1", description="loopback by default; set 0.0.0.0 deliberately")
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_upload_bytes: int = Field(
+        default=10 * 1024 * 1024, gt=0, description="image uploads above are refused"
+    )
+    max_text_chars: int = Field(default=1000, gt=0)
+    max_k: int = Field(default=100, ge=1, description="most results per page")
+    max_offset: int = Field(default=1000, ge=0)
+    candidates: int = Field(default=100, ge=1, description="ANN candidates re-scored exactly and re-ranked")
+    dedup_threshold: float = Field(
+        default=0.97, gt=0, le=1, description="cosine above which results collapse"
+    )
+    diversity: float = Field(default=0.85, ge=0, le=1, description="MMR lambda; 1.0 = relevance order only")
+    thumbnail_side: int = Field(default=256, ge=16)
+
+
 class Settings(BaseSettings):
     """Resolved configuration of one imagesearch workspace."""
 
@@ -197,6 +216,7 @@ class Settings(BaseSettings):
     index: IndexSettings = IndexSettings()
     training_data: TrainingDataSettings = TrainingDataSettings()
     training: TrainingSettings = TrainingSettings()
+    service: ServiceSettings = ServiceSettings()
     click_log_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the impression/click log; default: sqlite in home"
     )

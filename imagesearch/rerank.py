@@ -1,0 +1,39 @@
+"""Result re-ranking after the ANN stage: near-duplicate collapse and MMR diversity (pure functions)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def collapse_near_duplicates(vectors: np.ndarray, threshold: float) -> np.ndarray:
+    """Positions to keep, in order: a candidate is dropped when its cosine to a kept one exceeds `threshold`.
+
+    `vectors` are unit rows sorted best first, so the best of each near-duplicate group survives.
+    """
+    kept: list[int] = []
+    for position in range(len(vectors)):
+        if not kept or float(np.max(vectors[kept] @ vectors[position])) <= threshold:
+            kept.append(position)
+    return np.array(kept, dtype=np.int64)
+
+
+def mmr(query_scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np.ndarray:
+    """Maximal marginal relevance: greedily pick argmax(λ·relevance - (1-λ)·max similarity to picked).
+
+    `diversity` is λ: 1.0 keeps the relevance order (off), lower values trade relevance for variety.
+    Returns positions into the candidates, best first.
+    """
+    count = min(k, len(query_scores))
+    if diversity >= 1.0 or count == 0:
+        return np.argsort(-query_scores, kind="stable")[:count]
+    similarity = vectors @ vectors.T
+    picked: list[int] = []
+    redundancy = np.full(len(query_scores), -np.inf)
+    for _ in range(count):
+        penalty = np.where(np.isfinite(redundancy), redundancy, 0.0)
+        value = diversity * query_scores - (1 - diversity) * penalty
+        value[picked] = -np.inf
+        best = int(np.argmax(value))
+        picked.append(best)
+        redundancy = np.maximum(redundancy, similarity[best])
+    return np.array(picked, dtype=np.int64)

@@ -1,0 +1,230 @@
+"""The HTTP search service: `create_app(settings)` builds the FastAPI app; routes delegate to SearchService.
+
+The lifespan loads the model and the index it was built with once into `app.state`; requests read
+the current pair through one attribute, so a later swap replaces both at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from io import BytesIO
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, PlainTextResponse, Response
+from PIL import Image, ImageOps
+from pydantic import BaseModel, Field
+
+from imagesearch.clicklog import ClickLog, UnknownQuery
+from imagesearch.images import DEFAULT_LIMITS, ImageRejected, open_rgb
+from imagesearch.serving import Answer, BadQuery, PageRequest, SearchService, image_hash
+from imagesearch.settings import ServiceSettings, Settings
+from imagesearch.telemetry import Telemetry
+
+
+class SearchRequest(BaseModel):
+    """A JSON query: a text, a catalog image id ("more like this"), or a raw embedding."""
+
+    text: str | None = Field(default=None, description="text query")
+    image_id: str | None = Field(default=None, description="catalog image to find more like")
+    embedding: list[float] | None = Field(default=None, description="a vector in the model's space")
+    k: int = Field(default=10, ge=1, description="results per page (at most service.max_k)")
+    offset: int = Field(default=0, ge=0)
+    diversity: float | None = Field(default=None, ge=0, le=1, description="MMR lambda; 1.0 = off")
+    dedup: bool = True
+
+
+class ResultOut(BaseModel):
+    id: str
+    score: float
+    rank: int
+    image_url: str
+    thumbnail_url: str
+
+
+class SearchResponse(BaseModel):
+    query_id: str
+    model_version: str
+    results: list[ResultOut]
+    timings_ms: dict[str, float]
+
+
+class ClickEvent(BaseModel):
+    type: Literal["click"] = "click"
+    query_id: str = Field(min_length=1, max_length=64)
+    rank: int = Field(ge=1)
+
+
+def current_service(request: Request) -> SearchService:
+    """The model + index pair serving now (read once per request, so a swap never mixes two pairs)."""
+    return request.app.state.service
+
+
+Service = Annotated[SearchService, Depends(current_service)]
+
+
+def create_app(
+    settings: Settings, *, index_dir: Path | None = None, service: SearchService | None = None
+) -> FastAPI:
+    """The app over `index_dir` (default: the workspace's index); `service` skips loading (tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.service = service or await run_in_threadpool(SearchService.from_index, settings, index_dir)
+        app.state.clicks = ClickLog(settings.effective_click_log_url)
+        app.state.telemetry = Telemetry()
+        yield
+
+    app = FastAPI(title="imagesearch", version="0.1.0", lifespan=lifespan)
+    config = settings.service
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        request.app.state.telemetry.observe(
+            getattr(route, "path", "unmatched"), response.status_code, time.perf_counter() - started
+        )
+        return response
+
+    @app.post("/search", response_model=SearchResponse)
+    async def search(request: Request, service: Service) -> SearchResponse:
+        """JSON body (SearchRequest) or multipart upload (field `image`, plus k/offset/diversity/dedup)."""
+        started = time.perf_counter()
+        query, upload = await _parse_search(request, config.max_upload_bytes)
+        _check_page(query, config)
+        diversity = config.diversity if query.diversity is None else query.diversity
+        page = PageRequest(query.k, query.offset, diversity, query.dedup)
+        timings: dict[str, float] = {}
+        try:
+            vector = await run_in_threadpool(_embed, service, query, upload)
+        except BadQuery as error:
+            raise HTTPException(422, str(error)) from error
+        timings["encode"] = round((time.perf_counter() - started) * 1000, 3)
+        answer: Answer = await run_in_threadpool(service.search, vector, page, timings)
+        query_id = await run_in_threadpool(
+            request.app.state.clicks.log_query,
+            [(r.id, r.score) for r in answer.results],
+            model_version=answer.model_version,
+            query_text=query.text,
+            query_image_hash=image_hash(upload) if upload else query.image_id,
+        )
+        results = [
+            ResultOut(
+                id=r.id,
+                score=r.score,
+                rank=r.rank,
+                image_url=f"/images/{r.id}",
+                thumbnail_url=f"/images/{r.id}?thumbnail=true",
+            )
+            for r in answer.results
+        ]
+        timings["total"] = round((time.perf_counter() - started) * 1000, 3)
+        return SearchResponse(
+            query_id=query_id, model_version=answer.model_version, results=results, timings_ms=timings
+        )
+
+    @app.get("/images/{image_id}")
+    async def image(image_id: str, service: Service, thumbnail: bool = False) -> Response:
+        """A catalog image by id (the original, or a thumbnail): ids only, never a path."""
+        path = service.path_of(image_id)
+        if path is None or not path.is_file():
+            raise HTTPException(404, f"no catalog image with id {image_id!r}")
+        if not thumbnail:
+            return FileResponse(path)
+        return Response(
+            await run_in_threadpool(_thumbnail, path, config.thumbnail_side), media_type="image/png"
+        )
+
+    @app.post("/events", status_code=201)
+    async def event(click: ClickEvent, request: Request) -> dict:
+        """A click on the result shown at `rank` for `query_id` (impressions are logged by /search)."""
+        try:
+            image_id = await run_in_threadpool(request.app.state.clicks.log_click, click.query_id, click.rank)
+        except UnknownQuery as error:
+            raise HTTPException(404, str(error)) from error
+        return {"query_id": click.query_id, "rank": click.rank, "image_id": image_id}
+
+    @app.get("/health")
+    async def health(service: Service) -> dict:
+        return {"status": "ok", "model_version": service.model_version, "vectors": service.index.index.ntotal}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(request: Request) -> str:
+        """Prometheus text format: request counts and latency histograms per route and status."""
+        return request.app.state.telemetry.render()
+
+    return app
+
+
+async def _parse_search(request: Request, max_bytes: int) -> tuple[SearchRequest, bytes | None]:
+    content_type = request.headers.get("content-type", "")
+    upload = None
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=10)
+        file = form.get("image")
+        if file is None or isinstance(file, str):
+            raise HTTPException(422, "multipart search needs a file field named 'image'")
+        upload = await file.read(max_bytes + 1)
+        if len(upload) > max_bytes:
+            raise HTTPException(413, f"the image is larger than {max_bytes} bytes")
+        fields = {key: value for key, value in form.items() if key != "image"}
+        query = _validated(fields)
+    else:
+        try:
+            body = await request.json()
+        except ValueError as error:
+            raise HTTPException(422, "the body must be JSON (or multipart with an 'image' file)") from error
+        query = _validated(body)
+        given = [name for name in ("text", "image_id", "embedding") if getattr(query, name) is not None]
+        if len(given) != 1:
+            raise HTTPException(422, "give exactly one of text, image_id or embedding")
+    return query, upload
+
+
+def _validated(fields: object) -> SearchRequest:
+    from pydantic import ValidationError
+
+    if not isinstance(fields, dict):
+        raise HTTPException(422, "the body must be a JSON object")
+    try:
+        return SearchRequest.model_validate(fields)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise HTTPException(422, problems) from error
+
+
+def _check_page(query: SearchRequest, config: ServiceSettings) -> None:
+    if query.k > config.max_k:
+        raise HTTPException(422, f"k must be at most {config.max_k}")
+    if query.offset > config.max_offset:
+        raise HTTPException(422, f"offset must be at most {config.max_offset}")
+
+
+def _embed(service: SearchService, query: SearchRequest, upload: bytes | None) -> np.ndarray:
+    if upload is not None:
+        return service.embed_image(upload)
+    if query.text is not None:
+        return service.embed_text(query.text)
+    if query.image_id is not None:
+        vector = service.vector_of(query.image_id)
+        if vector is None:
+            raise BadQuery(f"no indexed image with id {query.image_id!r}")
+        return vector / np.linalg.norm(vector)
+    return service.check_vector(query.embedding or [])
+
+
+def _thumbnail(path, side: int) -> bytes:
+    try:
+        image = open_rgb(path, DEFAULT_LIMITS).rgb
+    except ImageRejected as error:
+        raise HTTPException(422, f"the catalog image cannot be read ({error.reason})") from error
+    buffer = BytesIO()
+    ImageOps.contain(image, (side, side), Image.Resampling.BICUBIC).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,147 @@
+"""The query path of the search service, without any web framework.
+
+encode (text / image bytes / raw vector) -> ANN top-N -> exact re-score of the candidates from the
+index's float16 vectors -> near-duplicate collapse -> MMR diversity re-rank -> one page of results,
+with the model version that served them and the time spent in each stage.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from imagesearch.encoders import Encoder
+from imagesearch.images import DecodeLimits
+from imagesearch.index import LoadedIndex, load_index
+from imagesearch.registry import load_encoder
+from imagesearch.rerank import collapse_near_duplicates, mmr
+from imagesearch.settings import ServiceSettings, Settings
+
+
+class BadQuery(ValueError):
+    """The query cannot be answered as asked (empty text, unreadable image, wrong dimension...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    id: str
+    score: float
+    rank: int
+
+
+@dataclass(slots=True)
+class Answer:
+    results: list[Result]
+    model_version: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    k: int
+    offset: int
+    diversity: float
+    dedup: bool
+
+
+class SearchService:
+    """One model + the index built with it: a pair that is always swapped together."""
+
+    def __init__(self, encoder: Encoder, index: LoadedIndex, paths: pd.Series, config: ServiceSettings):
+        if index.manifest.count and index.vectors.shape[1] != encoder.dim:
+            raise ValueError(
+                f"index holds {index.vectors.shape[1]}-d vectors, the model makes {encoder.dim}-d"
+            )
+        self.encoder, self.index, self.paths, self.config = encoder, index, paths, config
+        self.model_version = index.manifest.model
+        self.limits = DecodeLimits(64_000_000, 8, config.max_upload_bytes)
+
+    @classmethod
+    def from_index(cls, settings: Settings, index_dir: Path | None = None) -> SearchService:
+        """An index (default: the workspace's) and the model it was built with (from its manifest).
+
+        Images resolve through the index's own id -> path map, so a bring-your-own index serves too.
+        """
+        index = load_index(index_dir or settings.search_index_dir)
+        encoder = load_encoder(index.manifest.model, settings)
+        return cls(encoder, index, index.ids.set_index("id")["path"], settings.service)
+
+    # --- encoding ------------------------------------------------------------------------------
+    def embed_text(self, text: str) -> np.ndarray:
+        text = text.strip()
+        if not text:
+            raise BadQuery("the text query is empty")
+        if len(text) > self.config.max_text_chars:
+            raise BadQuery(
+                f"the text query has {len(text)} characters; the limit is {self.config.max_text_chars}"
+            )
+        return self.encoder.encode_texts([text])[0]
+
+    def embed_image(self, data: bytes) -> np.ndarray:
+        if len(data) > self.config.max_upload_bytes:
+            raise BadQuery(f"the image has {len(data)} bytes; the limit is {self.config.max_upload_bytes}")
+        from imagesearch.images import ImageRejected
+
+        try:
+            pixels = self.encoder.preprocessor(data, self.limits)
+        except ImageRejected as error:
+            raise BadQuery(f"the upload is not a usable image ({error.reason})") from error
+        return self.encoder.encode_pixels(pixels[None])[0]
+
+    def check_vector(self, values: list[float]) -> np.ndarray:
+        vector = np.asarray(values, dtype=np.float32)
+        if vector.shape != (self.encoder.dim,):
+            raise BadQuery(f"the embedding has {vector.size} values; this model makes {self.encoder.dim}")
+        norm = float(np.linalg.norm(vector))
+        if not np.isfinite(norm) or norm == 0:
+            raise BadQuery("the embedding must be finite and non-zero")
+        return vector / norm
+
+    # --- search --------------------------------------------------------------------------------
+    def search(self, vector: np.ndarray, page: PageRequest, timings: dict[str, float]) -> Answer:
+        started = time.perf_counter()
+        wanted = page.offset + page.k
+        depth = min(max(self.config.candidates, wanted * 2), self.index.index.ntotal)
+        _, positions = self.index.search(vector[None].astype(np.float32), depth)
+        positions = positions[0][positions[0] >= 0]
+        timings["ann"] = _ms(started)
+        started = time.perf_counter()
+        candidates = self.index.vectors[positions].astype(np.float32)
+        scores = candidates @ vector
+        order = np.argsort(-scores, kind="stable")
+        positions, candidates, scores = positions[order], candidates[order], scores[order]
+        if page.dedup:
+            keep = collapse_near_duplicates(candidates, self.config.dedup_threshold)
+            positions, candidates, scores = positions[keep], candidates[keep], scores[keep]
+        picked = mmr(scores, candidates, wanted, page.diversity)[page.offset :]
+        timings["rerank"] = _ms(started)
+        ids = self.index.ids["id"].to_numpy()
+        results = [
+            Result(str(ids[positions[i]]), float(scores[i]), page.offset + rank)
+            for rank, i in enumerate(picked, start=1)
+        ]
+        return Answer(results, self.model_version, timings)
+
+    def path_of(self, image_id: str) -> Path | None:
+        """The file of a catalog image, or None: only catalog ids resolve, never a client path."""
+        path = self.paths.get(image_id)
+        return Path(path) if isinstance(path, str) else None
+
+    def vector_of(self, image_id: str) -> np.ndarray | None:
+        matches = np.flatnonzero(self.index.ids["id"].to_numpy() == image_id)
+        return self.index.vectors[matches[0]].astype(np.float32) if len(matches) else None
+
+
+def image_hash(data: bytes) -> str:
+    """The same content hash the catalog uses, so an uploaded catalog image is recognised."""
+    from imagesearch.catalog import content_id
+
+    return content_id(data)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

@@ -1,0 +1,148 @@
+"""The HTTP service through TestClient on a real index of tiny images (v0 encoder, real click log)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from imagesearch.clicklog import ClickLog
+from imagesearch.index import load_index
+from imagesearch.search import build_folder_index
+from imagesearch.service import create_app
+from imagesearch.serving import SearchService
+from imagesearch.settings import ServiceSettings, Settings
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon", "page", "coins", "horse")
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, zeroshot_encoder):
+    """An index over real photos plus an exact copy of one (a near-duplicate for the collapse)."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("service")
+    images = root / "images"
+    (images / "photos").mkdir(parents=True)
+    for name in PHOTOS:
+        pixels = getattr(data, name)()
+        Image.fromarray(pixels if pixels.dtype == "uint8" else (pixels * 255).astype("uint8")).save(
+            images / "photos" / f"{name}.png"
+        )
+    Image.open(images / "photos" / "coffee.png").save(images / "photos" / "coffee_copy.png", compress_level=1)
+    settings = Settings(home=root / "ws")
+    build_folder_index(zeroshot_encoder, images, root / "index", model="v0", settings=settings)
+    return root, images
+
+
+@pytest.fixture
+def client(indexed, zeroshot_encoder, tmp_path):
+    root, _ = indexed
+    settings = Settings(
+        home=tmp_path / "ws",
+        service=ServiceSettings(max_upload_bytes=2_000_000, max_k=10),
+    )
+    loaded = load_index(root / "index")
+    service = SearchService(zeroshot_encoder, loaded, loaded.ids.set_index("id")["path"], settings.service)
+    with TestClient(create_app(settings, service=service)) as test_client:
+        test_client.settings = settings
+        yield test_client
+
+
+def test_text_search_returns_ranked_results_with_model_version_and_timings(client):
+    response = client.post("/search", json={"text": "a cup of coffee", "k": 5, "diversity": 1.0})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == "v0" and len(body["results"]) == 5
+    assert [r["rank"] for r in body["results"]] == [1, 2, 3, 4, 5]
+    scores = [r["score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert {"encode", "ann", "rerank", "total"} <= set(body["timings_ms"])
+
+
+def test_image_upload_finds_itself_first_and_dedup_collapses_its_copy(client, indexed):
+    upload = (indexed[1] / "photos" / "coffee.png").read_bytes()
+    files = {"image": ("q.png", upload, "image/png")}
+    with_dedup = client.post("/search", files=files, data={"k": "3", "diversity": "1.0"}).json()
+    without = client.post(
+        "/search", files=files, data={"k": "3", "diversity": "1.0", "dedup": "false"}
+    ).json()
+    assert without["results"][0]["score"] == pytest.approx(1.0, abs=1e-3)
+    assert without["results"][1]["score"] == pytest.approx(1.0, abs=1e-3)  # the copy
+    copy = without["results"][1]["id"]
+    assert with_dedup["results"][0]["id"] == without["results"][0]["id"]
+    assert copy not in {r["id"] for r in with_dedup["results"]}
+
+
+def test_more_like_this_and_raw_embedding_and_paging(client):
+    first = client.post("/search", json={"text": "noise", "k": 4, "diversity": 1.0}).json()["results"]
+    image_id = first[0]["id"]
+    similar = client.post("/search", json={"image_id": image_id, "k": 2, "dedup": False}).json()
+    assert similar["results"][0]["id"] == image_id
+    second_page = client.post("/search", json={"text": "noise", "k": 2, "offset": 2, "diversity": 1.0}).json()
+    assert [r["id"] for r in second_page["results"]] == [r["id"] for r in first[2:4]]
+    assert [r["rank"] for r in second_page["results"]] == [3, 4]
+    wrong = client.post("/search", json={"embedding": [0.1, 0.2], "k": 2})
+    assert wrong.status_code == 422 and "values" in wrong.json()["detail"]
+
+
+def test_images_are_served_by_catalog_id_only(client):
+    result = client.post("/search", json={"text": "noise", "k": 1}).json()["results"][0]
+    original = client.get(result["image_url"])
+    assert original.status_code == 200 and original.headers["content-type"] == "image/png"
+    thumbnail = client.get(result["thumbnail_url"])
+    assert Image.open(io.BytesIO(thumbnail.content)).size[0] <= 256
+    assert client.get("/images/does-not-exist").status_code == 404
+    assert client.get("/images/..%2F..%2Fetc%2Fpasswd").status_code == 404
+
+
+def test_clicks_are_logged_against_the_impressions(client):
+    searched = client.post("/search", json={"text": "noise", "k": 3}).json()
+    clicked = client.post("/events", json={"type": "click", "query_id": searched["query_id"], "rank": 2})
+    assert clicked.status_code == 201
+    assert clicked.json()["image_id"] == searched["results"][1]["id"]
+    assert client.post("/events", json={"query_id": searched["query_id"], "rank": 9}).status_code == 404
+    tables = ClickLog(client.settings.effective_click_log_url).read()
+    assert len(tables.impressions) == 3 and tables.clicks["rank"].tolist() == [2]
+    assert tables.queries["model_version"].tolist() == ["v0"]
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "message"),
+    [
+        ({"json": {"text": "   "}}, 422, "empty"),
+        ({"json": {"text": "x" * 1001}}, 422, "limit"),
+        ({"json": {"text": "cat", "k": 0}}, 422, "k"),
+        ({"json": {"text": "cat", "k": 11}}, 422, "at most 10"),
+        ({"json": {"text": "cat", "image_id": "abc"}}, 422, "exactly one"),
+        ({"json": {}}, 422, "exactly one"),
+        ({"json": {"image_id": "unknown"}}, 422, "no indexed image"),
+        ({"content": b"not json", "headers": {"content-type": "application/json"}}, 422, "JSON"),
+        ({"files": {"image": ("x.png", b"not an image", "image/png")}}, 422, "not a usable image"),
+        (
+            {"files": {"image": ("x.png", b"\x89PNG\r\n\x1a\n" + b"0" * 2_100_000, "image/png")}},
+            413,
+            "larger",
+        ),
+        ({"files": {"other": ("x.png", b"abc", "image/png")}}, 422, "'image'"),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_a_message(client, request_kwargs, status, message):
+    response = client.post("/search", **request_kwargs)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+
+
+def test_health_metrics_and_openapi(client):
+    assert client.get("/health").json()["vectors"] == len(PHOTOS) + 1
+    client.post("/search", json={"text": ""})
+    metrics = client.get("/metrics").text
+    assert 'imagesearch_requests_total{route="/search",status="422"}' in metrics
+    assert "imagesearch_request_seconds_bucket" in metrics
+    assert "/search" in client.get("/openapi.json").json()["paths"]
+
+
+def test_default_host_is_loopback():
+    assert Settings().service.host == "127.0.0.1"
