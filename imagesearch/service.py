@@ -6,8 +6,10 @@ the current pair through one attribute, so a later swap replaces both at once.
 
 from __future__ import annotations
 
+import hmac
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from io import BytesIO
 from pathlib import Path
@@ -17,6 +19,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image, ImageOps
 from pydantic import BaseModel, Field
 
@@ -54,6 +57,10 @@ class SearchResponse(BaseModel):
     timings_ms: dict[str, float]
 
 
+class ReloadRequest(BaseModel):
+    index_dir: str | None = Field(default=None, description="default: the index the service started with")
+
+
 class ClickEvent(BaseModel):
     type: Literal["click"] = "click"
     query_id: str = Field(min_length=1, max_length=64)
@@ -78,10 +85,13 @@ def create_app(
         app.state.service = service or await run_in_threadpool(SearchService.from_index, settings, index_dir)
         app.state.clicks = ClickLog(settings.effective_click_log_url)
         app.state.telemetry = Telemetry()
+        app.state.swapper = Swapper(app.state)
         yield
 
     app = FastAPI(title="imagesearch", version="0.1.0", lifespan=lifespan)
     config = settings.service
+    index_dir_default = index_dir
+    app.state.admin_token = config.admin_token
 
     @app.middleware("http")
     async def measure(request: Request, call_next):
@@ -150,6 +160,23 @@ def create_app(
         except UnknownQuery as error:
             raise HTTPException(404, str(error)) from error
         return {"query_id": click.query_id, "rank": click.rank, "image_id": image_id}
+
+    @app.post("/admin/reload", status_code=202, dependencies=[Depends(require_admin)])
+    async def reload(request: Request, body: ReloadRequest | None = None) -> dict:
+        """Load the index (and its model) in the background, then swap the pair in atomically.
+
+        Requests in flight finish on the pair they started with; a load that fails keeps the old pair.
+        """
+        swapper: Swapper = request.app.state.swapper
+        index_dir = Path(body.index_dir) if body and body.index_dir else index_dir_default
+        started = swapper.start(lambda: SearchService.from_index(settings, index_dir))
+        if not started:
+            raise HTTPException(409, "a reload is already running")
+        return {"status": "loading", "serving": request.app.state.service.model_version}
+
+    @app.get("/admin/reload", dependencies=[Depends(require_admin)])
+    async def reload_status(request: Request) -> dict:
+        return request.app.state.swapper.status(request.app.state.service.model_version)
 
     @app.get("/health")
     async def health(service: Service) -> dict:
@@ -228,3 +255,53 @@ def _thumbnail(path, side: int) -> bytes:
     buffer = BytesIO()
     ImageOps.contain(image, (side, side), Image.Resampling.BICUBIC).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+_bearer = HTTPBearer(auto_error=False)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def require_admin(request: Request, credentials: Credentials) -> None:
+    """The bearer token must equal service.admin_token (compared in constant time)."""
+    token = request.app.state.admin_token
+    if token is None:
+        raise HTTPException(403, "admin routes are disabled: set IMAGESEARCH_SERVICE__ADMIN_TOKEN")
+    given = credentials.credentials if credentials else ""
+    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+        raise HTTPException(401, "a valid admin bearer token is required", {"WWW-Authenticate": "Bearer"})
+
+
+class Swapper:
+    """Loads a new model + index pair on a thread and swaps it into `state.service` in one assignment."""
+
+    def __init__(self, state) -> None:
+        self.state = state
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.last: dict = {"status": "idle"}
+
+    def start(self, load: Callable[[], SearchService]) -> bool:
+        with self.lock:
+            if self.thread is not None and self.thread.is_alive():
+                return False
+            self.last = {"status": "loading"}
+            self.thread = threading.Thread(target=self._run, args=(load,), name="index-swap", daemon=True)
+            self.thread.start()
+            return True
+
+    def _run(self, load: Callable[[], SearchService]) -> None:
+        try:
+            fresh = load()
+        except Exception as error:  # any failure to load must leave the serving pair untouched
+            self.last = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+            return
+        previous = self.state.service.model_version
+        self.state.service = fresh  # one reference assignment: a request sees the old pair or the new
+        self.last = {"status": "swapped", "from": previous, "to": fresh.model_version}
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def status(self, serving: str) -> dict:
+        return {**self.last, "serving": serving}

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -191,6 +191,9 @@ class ServiceSettings(BaseModel):
     )
     diversity: float = Field(default=0.85, ge=0, le=1, description="MMR lambda; 1.0 = relevance order only")
     thumbnail_side: int = Field(default=256, ge=16)
+    admin_token: SecretStr | None = Field(
+        default=None, description="bearer token for /admin routes; unset = admin routes refuse everyone"
+    )
 
 
 class Settings(BaseSettings):

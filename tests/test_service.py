@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import shutil
+import threading
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -146,3 +149,67 @@ def test_health_metrics_and_openapi(client):
 
 def test_default_host_is_loopback():
     assert Settings().service.host == "127.0.0.1"
+
+
+def test_admin_routes_need_the_token(client):
+    assert client.post("/admin/reload").status_code == 403  # no token configured: disabled
+
+
+@pytest.fixture
+def swappable(indexed, saved_encoder, zeroshot_encoder, tmp_path):
+    """A service started on index A (photos), with index B (photos + one more) ready to swap in."""
+    _, images = indexed
+    settings = Settings(home=tmp_path / "ws", service=ServiceSettings(admin_token="s3cret"))
+    model = str(saved_encoder)  # a saved v0 folder: loads in seconds, like a registry model would
+    first = build_folder_index(zeroshot_encoder, images, tmp_path / "a", model=model, settings=settings)
+    extra = tmp_path / "more"
+    shutil.copytree(images, extra)
+    Image.open(images / "photos" / "chelsea.png").rotate(90).save(extra / "photos" / "chelsea_rotated.png")
+    second = build_folder_index(zeroshot_encoder, extra, tmp_path / "b", model=model, settings=settings)
+    assert second.count == first.count + 1
+    with TestClient(create_app(settings, index_dir=tmp_path / "a")) as test_client:
+        yield test_client, tmp_path / "b", first.count
+
+
+def test_hot_swap_under_load_fails_no_request(swappable):
+    client, second_index, first_count = swappable
+    auth = {"Authorization": "Bearer s3cret"}
+    assert client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.post("/admin/reload").status_code == 401
+
+    statuses, counts, stop = [], set(), threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            statuses.append(client.post("/search", json={"text": "a cat", "k": 3}).status_code)
+            counts.add(client.get("/health").json()["vectors"])
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.0)
+    started = client.post("/admin/reload", json={"index_dir": str(second_index)}, headers=auth)
+    assert started.status_code == 202
+    deadline = time.time() + 120
+    while client.get("/admin/reload", headers=auth).json()["status"] == "loading" and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    assert client.get("/admin/reload", headers=auth).json()["status"] == "swapped"
+    assert statuses and set(statuses) == {200}
+    assert counts == {first_count, first_count + 1}
+    assert client.get("/health").json()["vectors"] == first_count + 1
+
+
+def test_a_failed_reload_keeps_serving_the_old_pair(swappable, tmp_path):
+    client, _, first_count = swappable
+    auth = {"Authorization": "Bearer s3cret"}
+    (tmp_path / "half-written").mkdir()
+    client.post("/admin/reload", json={"index_dir": str(tmp_path / "half-written")}, headers=auth)
+    client.app.state.swapper.wait(60)
+    status = client.get("/admin/reload", headers=auth).json()
+    assert status["status"] == "failed" and "manifest.json missing" in status["error"]
+    assert client.get("/health").json()["vectors"] == first_count
+    assert client.post("/search", json={"text": "a cat"}).status_code == 200
