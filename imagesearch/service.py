@@ -6,6 +6,8 @@ the current pair through one attribute, so a later swap replaces both at once.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import threading
 import time
@@ -21,7 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image, ImageOps
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from imagesearch.clicklog import ClickLog, UnknownQuery
 from imagesearch.images import DEFAULT_LIMITS, ImageRejected, open_rgb
@@ -55,6 +57,26 @@ class SearchResponse(BaseModel):
     model_version: str
     results: list[ResultOut]
     timings_ms: dict[str, float]
+
+
+class KnnRequest(BaseModel):
+    """The body clip-retrieval's ClipClient posts; its safety/aesthetic/mclip options do not apply here."""
+
+    model_config = ConfigDict(extra="ignore")
+    text: str | None = None
+    image: str | None = Field(default=None, description="base64-encoded image bytes")
+    image_url: str | None = None
+    embedding_input: list[float] | None = None
+    modality: str = "image"
+    num_images: int = Field(default=40, ge=1)
+    deduplicate: bool = True
+
+
+class KnnResult(BaseModel):
+    id: str
+    similarity: float
+    url: str
+    caption: str
 
 
 class ReloadRequest(BaseModel):
@@ -139,6 +161,53 @@ def create_app(
         return SearchResponse(
             query_id=query_id, model_version=answer.model_version, results=results, timings_ms=timings
         )
+
+    @app.post("/knn-service", response_model=list[KnnResult])
+    async def knn_service(request: Request, service: Service) -> list[KnnResult]:
+        """clip-retrieval's ClipClient protocol: `ClipClient(url=".../knn-service", indice_name=...)`.
+
+        Body: KnnRequest as JSON. ClipClient sends it without a content-type, so it is parsed as JSON
+        whatever the header says.
+        """
+        body = _knn_request(await request.body())
+        if body.image_url:
+            raise HTTPException(
+                422, "image_url is not fetched (the service makes no outbound requests): send image"
+            )
+        if body.modality != "image":
+            raise HTTPException(422, f"modality {body.modality!r}: this service indexes images only")
+        upload = _base64_image(body.image, config.max_upload_bytes) if body.image else None
+        query = _validated(
+            {
+                "text": body.text,
+                "embedding": body.embedding_input,
+                "k": body.num_images,
+                "dedup": body.deduplicate,
+            }
+        )
+        if upload is None and (query.text is None) == (query.embedding is None):
+            raise HTTPException(422, "give exactly one of text, image or embedding_input")
+        _check_page(query, config)
+        try:
+            vector = await run_in_threadpool(_embed, service, query, upload)
+        except BadQuery as error:
+            raise HTTPException(422, str(error)) from error
+        page = PageRequest(query.k, 0, config.diversity, query.dedup)
+        answer: Answer = await run_in_threadpool(service.search, vector, page, {})
+        await run_in_threadpool(
+            request.app.state.clicks.log_query,
+            [(r.id, r.score) for r in answer.results],
+            model_version=answer.model_version,
+            query_text=query.text,
+            query_image_hash=image_hash(upload) if upload else None,
+        )
+        base = str(request.base_url).rstrip("/")
+        return [
+            KnnResult(
+                id=r.id, similarity=r.score, url=f"{base}/images/{r.id}", caption=service.caption_of(r.id)
+            )
+            for r in answer.results
+        ]
 
     @app.get("/images/{image_id}")
     async def image(image_id: str, service: Service, thumbnail: bool = False) -> Response:
@@ -225,6 +294,25 @@ def _validated(fields: object) -> SearchRequest:
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise HTTPException(422, problems) from error
+
+
+def _knn_request(raw: bytes) -> KnnRequest:
+    from pydantic import ValidationError
+
+    try:
+        return KnnRequest.model_validate_json(raw)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise HTTPException(422, problems or "the body must be a JSON object") from error
+
+
+def _base64_image(encoded: str, max_bytes: int) -> bytes:
+    if len(encoded) > max_bytes * 4 // 3 + 4:
+        raise HTTPException(413, f"the image is larger than {max_bytes} bytes")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except binascii.Error as error:
+        raise HTTPException(422, "image must be base64-encoded bytes") from error
 
 
 def _check_page(query: SearchRequest, config: ServiceSettings) -> None:

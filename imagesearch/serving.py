@@ -131,6 +131,11 @@ class SearchService:
         path = self.paths.get(image_id)
         return Path(path) if isinstance(path, str) else None
 
+    def caption_of(self, image_id: str) -> str:
+        """A readable caption: the file name without extension (the index keeps no captions)."""
+        path = self.path_of(image_id)
+        return path.stem.replace("_", " ") if path else ""
+
     def vector_of(self, image_id: str) -> np.ndarray | None:
         matches = np.flatnonzero(self.index.ids["id"].to_numpy() == image_id)
         return self.index.vectors[matches[0]].astype(np.float32) if len(matches) else None

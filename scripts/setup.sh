@@ -57,5 +57,14 @@ if [[ "$WANT_BENCH" == "1" && "$(cat .tools/autofaiss/.setup-stamp 2>/dev/null)"
   echo "$AUTOFAISS_PINS" > .tools/autofaiss/.setup-stamp
 fi
 
+# --- test peer: clip-retrieval's own client, to check /knn-service against it unchanged --------
+# Only its wheel (no dependencies): the test loads clip_client.py from it; the package's __init__ would
+# pull in its whole server stack.
+CLIP_RETRIEVAL_WHEEL=".tools/wheels/clip_retrieval-2.45.0-py3-none-any.whl"
+if [[ ! -f "$CLIP_RETRIEVAL_WHEEL" ]]; then
+  echo "==> downloading clip-retrieval 2.45.0 (its ClipClient is a test peer) into .tools/wheels"
+  pip_install .venv/bin/python -m pip download --quiet --no-deps "clip-retrieval==2.45.0" -d .tools/wheels
+fi
+
 # --- workspace --------------------------------------------------------------------------------
 .venv/bin/imagesearch init

@@ -213,3 +213,63 @@ def test_a_failed_reload_keeps_serving_the_old_pair(swappable, tmp_path):
     assert status["status"] == "failed" and "manifest.json missing" in status["error"]
     assert client.get("/health").json()["vectors"] == first_count
     assert client.post("/search", json={"text": "a cat"}).status_code == 200
+
+
+@pytest.fixture
+def real_server(client):
+    """The same app under a real uvicorn server on a free 127.0.0.1 port."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def clip_client_module(tmp_path):
+    """clip-retrieval's own client module, loaded from its wheel (scripts/setup.sh downloads it)."""
+    import importlib.util
+    import zipfile
+
+    from imagesearch.settings import PROJECT_ROOT
+
+    wheel = PROJECT_ROOT / ".tools" / "wheels" / "clip_retrieval-2.45.0-py3-none-any.whl"
+    if not wheel.is_file():
+        pytest.fail(f"{wheel} is missing: run `make setup`")
+    source = tmp_path / "clip_client.py"
+    source.write_bytes(zipfile.ZipFile(wheel).read("clip_retrieval/clip_client.py"))
+    spec = importlib.util.spec_from_file_location("clip_client", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_clip_retrievals_client_works_unchanged_against_knn_service(real_server, indexed, tmp_path):
+    module = clip_client_module(tmp_path)
+    client = module.ClipClient(url=f"{real_server}/knn-service", indice_name="imagesearch", num_images=3)
+    by_text = client.query(text="a cup of coffee")
+    assert len(by_text) == 3 and {"id", "similarity", "url", "caption"} <= set(by_text[0])
+    coffee = str(indexed[1] / "photos" / "coffee.png")
+    by_image = client.query(image=coffee)
+    assert by_image[0]["caption"].startswith("coffee") and by_image[0]["similarity"] == pytest.approx(
+        1.0, abs=1e-3
+    )
+    assert by_image[0]["url"].startswith(real_server + "/images/")
+    bad = module.requests.post(
+        f"{real_server}/knn-service", json={"embedding_input": [0.1] * 7, "num_images": 3}
+    )
+    assert bad.status_code == 422 and "values" in bad.json()["detail"]
+    refused = module.requests.post(
+        f"{real_server}/knn-service", json={"image_url": "http://example.com/x.png"}
+    )
+    assert refused.status_code == 422 and "outbound" in refused.json()["detail"]
