@@ -273,3 +273,20 @@ def test_clip_retrievals_client_works_unchanged_against_knn_service(real_server,
         f"{real_server}/knn-service", json={"image_url": "http://example.com/x.png"}
     )
     assert refused.status_code == 422 and "outbound" in refused.json()["detail"]
+
+
+def test_online_metrics_asset_reads_the_services_click_log(client):
+    import dagster as dg
+
+    from assets.online import online_metrics
+    from dagster_project.resources import WorkspaceResource
+
+    searched = client.post("/search", json={"text": "coffee", "k": 3}).json()
+    client.post("/events", json={"query_id": searched["query_id"], "rank": 1})
+    client.post("/search", json={"text": "rocket", "k": 3})  # abandoned
+    workspace = WorkspaceResource(home=str(client.settings.home))
+    result = dg.materialize([online_metrics], resources={"workspace": workspace})
+    event = result.get_asset_materialization_events()[0].materialization
+    rows = event.metadata["by_model_and_day"].value
+    assert event.metadata["real_queries"].value == 2
+    assert rows[0]["ctr_at_k"] == 0.5 and rows[0]["mrr"] == 0.5 and rows[0]["abandonment"] == 0.5

@@ -219,3 +219,34 @@ def test_simulated_clicks_recover_the_relevant_items_with_position_bias_removed(
 def test_examination_probability_follows_the_position_model():
     np.testing.assert_allclose(examination_probability(np.array([1, 2, 4]), 1.0), [1, 0.5, 0.25])
     np.testing.assert_allclose(examination_probability(np.array([1, 2, 4]), 0.0), [1, 1, 1])
+
+
+def test_online_metrics_per_model_and_day(tmp_path):
+    from datetime import UTC, datetime
+
+    from imagesearch.online_metrics import online_metrics, plot_online_metrics
+
+    log = ClickLog(f"sqlite:///{tmp_path / 'clicks.sqlite'}")
+    day = datetime(2026, 11, 1, 12, tzinfo=UTC)
+    shown = [("a", 0.9), ("b", 0.8), ("c", 0.7)]
+    first = log.log_query(shown, model_version="v1", query_text="x", at=day)
+    log.log_click(first, 2)
+    log.log_click(first, 3)
+    log.log_query(shown, model_version="v1", query_text="y", at=day)  # abandoned
+    third = log.log_query(shown, model_version="v2", query_text="x", at=day)
+    log.log_click(third, 1)
+    simulated = log.log_query(shown, model_version="v2", query_text="x", simulated=True, at=day)
+    log.log_click(simulated, 3)
+    summary = online_metrics(log.read(), k=2).set_index(["model_version", "simulated"])
+    v1 = summary.loc[("v1", False)]
+    assert (v1["queries"], v1["ctr_at_k"], v1["mrr"], v1["abandonment"], v1["clicks_per_query"]) == (
+        2,
+        0.5,
+        pytest.approx(0.25),
+        0.5,
+        1.0,
+    )
+    v2 = summary.loc[("v2", False)]
+    assert (v2["ctr_at_k"], v2["mrr"], v2["abandonment"]) == (1.0, 1.0, 0.0)
+    assert summary.loc[("v2", True), "ctr_at_k"] == 0.0  # its click is at rank 3 > k
+    assert plot_online_metrics(summary.reset_index(), tmp_path / "online.png").stat().st_size > 0
