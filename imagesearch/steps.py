@@ -53,6 +53,12 @@ def catalog_step(
     return StepResult(report, version)
 
 
+def decode_limits(settings: Settings) -> DecodeLimits:
+    """The catalog's decode limits, applied again wherever catalog images are read."""
+    catalog = settings.catalog
+    return DecodeLimits(catalog.max_image_pixels, catalog.min_side, catalog.max_file_bytes)
+
+
 def _adhoc_source(path: Path) -> SourceSettings:
     name = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in path.resolve().name) or "images"
     return SourceSettings(name=name, path=path)
@@ -71,7 +77,6 @@ def backfill_step(
     """
     pinned = pin_reference(model or settings.embeddings.model, settings)
     encoder = load_encoder(pinned, settings)
-    limits = settings.catalog
     return backfill(
         encoder,
         read_catalog(settings.catalog_path),
@@ -80,7 +85,7 @@ def backfill_step(
         batch_size=settings.embeddings.batch_size,
         workers=settings.embeddings.workers,
         dtype=settings.embeddings.dtype,
-        limits=DecodeLimits(limits.max_image_pixels, limits.min_side, limits.max_file_bytes),
+        limits=decode_limits(settings),
         progress=progress,
     )
 

@@ -385,7 +385,7 @@ class _Trainer:
                 int(text_rows.sum()),
             )
         image_rows = ~text_rows
-        if image_rows.any():
+        if image_rows.any() and self.settings.image_image_weight > 0:
             positives = data.positive_image[rows][image_rows]
             positive_emb = self._image_embeddings(positives, view_b[image_rows])
             a = anchors[image_rows]
@@ -409,6 +409,8 @@ class _Trainer:
             )
         mix = {"loss_image_text": 1.0, "loss_image_image": self.settings.image_image_weight}
         weight_total = sum(mix[name] * count for name, (_, count) in terms.items())
+        if not terms:  # a batch of image-image rows while that term is switched off
+            return {"loss": anchor_emb.sum() * 0.0}
         loss = sum(mix[name] * count * value for name, (value, count) in terms.items()) / weight_total
         return {"loss": loss, **{name: value.detach() for name, (value, _) in terms.items()}}
 

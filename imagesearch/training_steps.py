@@ -19,7 +19,6 @@ from imagesearch.catalog import read_catalog, write_parquet_atomic
 from imagesearch.clicklog import ClickLog
 from imagesearch.clicks import click_pairs, simulate_clicks, tag_queries
 from imagesearch.encoders import build_two_tower_encoder
-from imagesearch.images import DecodeLimits
 from imagesearch.index import load_index
 from imagesearch.judgments import COLUMNS as JUDGMENT_COLUMNS
 from imagesearch.judgments import (
@@ -32,6 +31,7 @@ from imagesearch.judgments import (
 from imagesearch.labels import classifier_labels
 from imagesearch.plots import ExampleQuery, result_grid, training_curves
 from imagesearch.settings import PROJECT_ROOT, TRAINING_SOURCES, Settings
+from imagesearch.steps import decode_limits
 from imagesearch.train import EpochCallback, TrainResult, ValidationSet, fingerprint, train_towers
 from imagesearch.training_data import (
     augmentation_pairs,
@@ -72,12 +72,6 @@ class SourceResult:
     version: StageVersion | None = None
 
 
-def limits_of(settings: Settings) -> DecodeLimits:
-    return DecodeLimits(
-        settings.catalog.max_image_pixels, settings.catalog.min_side, settings.catalog.max_file_bytes
-    )
-
-
 def source_step(
     settings: Settings, source: str, *, record: bool = True, progress: bool = True
 ) -> SourceResult:
@@ -99,7 +93,9 @@ def _augmentation(settings: Settings, catalog: pd.DataFrame, progress: bool) -> 
 
 def _classifier(settings: Settings, catalog: pd.DataFrame, progress: bool) -> tuple[pd.DataFrame, dict]:
     config = settings.training_data
-    labels = classifier_labels(train_images(catalog), settings.model, limits_of(settings), progress=progress)
+    labels = classifier_labels(
+        train_images(catalog), settings.model, decode_limits(settings), progress=progress
+    )
     frame = classifier_pairs(
         labels,
         threshold=config.classifier_threshold,
@@ -281,7 +277,7 @@ def train_step(
             catalog,
             settings.training,
             work_dir=work_dir,
-            limits=limits_of(settings),
+            limits=decode_limits(settings),
             on_epoch=log_epoch,
             progress=progress,
         )
