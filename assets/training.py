@@ -21,7 +21,8 @@ from imagesearch.training_steps import train_step
 )
 def trained_model(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
     def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        context.log.info(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch")
+        context.log.info(f"epoch {epoch}: {shown}")
 
     outcome = train_step(workspace.settings(), progress=False, on_epoch=log_epoch)
     result, registered = outcome.result, outcome.registered
@@ -37,6 +38,7 @@ def trained_model(context: dg.AssetExecutionContext, workspace: WorkspaceResourc
             "train_seconds": round(result.seconds, 1),
             "feature_cache_seconds": round(result.cache_seconds, 1),
             "resumed_from_epoch": result.resumed_from_epoch,
+            "unreadable_images": dg.MetadataValue.json(result.failed),
             "history": dg.MetadataValue.json(result.history),
             **final,
             **version_metadata(outcome.version),

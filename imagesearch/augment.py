@@ -40,13 +40,14 @@ AUGMENTATIONS = (
 class ImageViews(Dataset):
     """Reader: (position, tensor of `views` views or None, rejection reason) per image path.
 
-    `augment=False` gives the clean view. Each (image, view) draws from its own seed, so the cached
-    views are the same on every run and machine, whatever the worker count.
+    `augment=False` gives the clean view. Each (image id, view) draws from its own seed, so the cached
+    views are the same on every run and machine, whatever the worker count or checkout location.
     """
 
     def __init__(
         self,
         paths: list[str],
+        ids: list[str],
         preprocessor: Preprocessor,
         limits: DecodeLimits,
         *,
@@ -54,7 +55,7 @@ class ImageViews(Dataset):
         augment: bool,
         seed: int,
     ):
-        self.paths, self.preprocessor, self.limits = paths, preprocessor, limits
+        self.paths, self.ids, self.preprocessor, self.limits = paths, ids, preprocessor, limits
         self.views, self.augment, self.seed = views, augment, seed
         self.transform = view_transform(preprocessor.size)
 
@@ -74,6 +75,6 @@ class ImageViews(Dataset):
     def _view(self, square: Image.Image, position: int, view: int) -> Image.Image:
         if not self.augment:
             return square
-        key = f"{self.seed}:{self.paths[position]}:{view}".encode()
+        key = f"{self.seed}:{self.ids[position]}:{view}".encode()
         torch.manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little"))
         return self.transform(square)

@@ -165,74 +165,75 @@ class FeatureCache:
     train: torch.Tensor  # (images, views, *trunk output) float16
     val: torch.Tensor  # (val images, *trunk output) float16
     texts: torch.Tensor  # (texts, hidden) float32: pooled, frozen transformer outputs
-    failed: dict[str, str]
+    failed: dict[str, str]  # image id -> why its views could not be made
 
 
 def build_feature_cache(
     encoder: Encoder,
     trunk: nn.Module,
-    train_paths: list[str],
+    train_images: pd.Series,
     validation: ValidationSet,
     texts: list[str],
     settings: TrainingSettings,
     limits: DecodeLimits,
     progress: bool,
 ) -> FeatureCache:
-    failed: dict[str, str] = {}
-    train = _trunk_features(
-        encoder, trunk, train_paths, settings.views, True, settings, limits, failed, progress
+    """`train_images` maps image id -> path, in the order of the cache's rows."""
+
+    def views_of(paths: list[str], ids: list[str], views: int, augment: bool) -> ImageViews:
+        return ImageViews(
+            paths, ids, encoder.preprocessor, limits, views=views, augment=augment, seed=settings.seed
+        )
+
+    train, failed = _trunk_features(
+        encoder,
+        trunk,
+        views_of(train_images.tolist(), train_images.index.tolist(), settings.views, True),
+        progress,
     )
-    val = _trunk_features(encoder, trunk, validation.paths, 1, False, settings, limits, failed, progress)[
-        :, 0
-    ]
+    val, failed_val = _trunk_features(
+        encoder, trunk, views_of(validation.paths, validation.image_ids, 1, False), progress
+    )
     with torch.inference_mode():
         pooled = [
             encoder.text_model.pooled(**encoder.tokenize(texts[i : i + 256])).float().cpu()
             for i in range(0, len(texts), 256)
         ]
     text_features = torch.cat(pooled) if pooled else torch.zeros(0, 1)
-    return FeatureCache(train, val, text_features, failed)
+    return FeatureCache(train, val[:, 0], text_features, {**failed, **failed_val})
 
 
 def _trunk_features(
-    encoder: Encoder,
-    trunk: nn.Module,
-    paths: list[str],
-    views: int,
-    augment: bool,
-    settings: TrainingSettings,
-    limits: DecodeLimits,
-    failed: dict[str, str],
-    progress: bool,
-) -> torch.Tensor:
-    """Trunk outputs of every view of every path; an undecodable image gets zeros and is reported."""
-    dataset = ImageViews(
-        paths, encoder.preprocessor, limits, views=views, augment=augment, seed=settings.seed
-    )
-    workers = default_workers()
+    encoder: Encoder, trunk: nn.Module, dataset: ImageViews, progress: bool
+) -> tuple[torch.Tensor, dict[str, str]]:
+    """Trunk outputs of every view of every image (zeros for an undecodable one) + failures by id."""
+    views, failed = dataset.views, {}
     loader = DataLoader(
-        dataset, batch_size=max(1, 64 // views), num_workers=workers, collate_fn=collate, prefetch_factor=4
+        dataset,
+        batch_size=max(1, 64 // views),
+        num_workers=default_workers(),
+        collate_fn=collate,
+        prefetch_factor=4,
     )
     out: torch.Tensor | None = None
-    bar = tqdm(
-        total=len(paths) * views, desc="caching features", unit="view", disable=not progress, mininterval=2
-    )
+    total = len(dataset) * views
+    bar = tqdm(total=total, desc="caching features", unit="view", disable=not progress, mininterval=2)
     with torch.inference_mode(), _autocast(encoder.device):
         for positions, pixels, bad in loader:
-            failed.update({paths[p]: reason for p, reason in bad})
+            failed.update({dataset.ids[p]: reason for p, reason in bad})
             if pixels is None:
                 continue
             flat = pixels.flatten(0, 1).to(encoder.device, memory_format=torch.channels_last)
             features = trunk(flat).float().cpu().to(torch.float16)
             features = features.view(len(positions), views, *features.shape[1:])
             if out is None:
-                out = torch.zeros(len(paths), views, *features.shape[2:], dtype=torch.float16)
+                out = torch.zeros(len(dataset), views, *features.shape[2:], dtype=torch.float16)
             out[positions] = features
             bar.update(len(positions) * views)
     bar.close()
     if out is None:
         raise ValueError("no training image could be decoded")
-    return out
+    return out, failed
 
 
 def _autocast(device: torch.device):
@@ -560,7 +561,7 @@ def train_towers(
         encoder, trunk, data, catalog, validation, settings, limits, work_dir, progress
     )
     cache_seconds = time.perf_counter() - cache_seconds
-    failed = _failed_positions(cache, data, catalog)
+    failed = _failed_positions(cache, data)
     data = _without_images(data, set(failed))
     trainer = _Trainer(encoder, data, cache, validation, top, settings)
     history: list[dict[str, float]] = []
@@ -578,7 +579,6 @@ def train_towers(
         _save_atomic(trainer.state(epoch, history), checkpoint)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-    failed_ids = {data.image_ids[i]: why for i, why in failed.items()}
     return TrainResult(
         history,
         time.perf_counter() - started,
@@ -586,7 +586,7 @@ def train_towers(
         start_epoch,
         len(data.image_ids),
         len(data.anchor),
-        failed_ids,
+        dict(cache.failed),
     )
 
 
@@ -620,16 +620,14 @@ def _load_or_build_cache(
         raise ValueError(
             f"{int(paths.isna().sum())} example images are not in the catalog: rebuild the examples"
         )
-    cache = build_feature_cache(
-        encoder, trunk, paths.tolist(), validation, data.texts, settings, limits, progress
-    )
+    cache = build_feature_cache(encoder, trunk, paths, validation, data.texts, settings, limits, progress)
     _save_atomic(asdict(cache), path)
     return cache
 
 
-def _failed_positions(cache: FeatureCache, data: IndexedExamples, catalog: pd.DataFrame) -> dict[int, str]:
-    position_of_path = {p: i for i, p in enumerate(catalog.set_index("id")["path"].reindex(data.image_ids))}
-    return {position_of_path[p]: why for p, why in cache.failed.items() if p in position_of_path}
+def _failed_positions(cache: FeatureCache, data: IndexedExamples) -> dict[int, str]:
+    position = {image_id: i for i, image_id in enumerate(data.image_ids)}
+    return {position[i]: why for i, why in cache.failed.items() if i in position}
 
 
 def _without_images(data: IndexedExamples, images: set[int]) -> IndexedExamples:

@@ -250,3 +250,34 @@ def test_online_metrics_per_model_and_day(tmp_path):
     assert (v2["ctr_at_k"], v2["mrr"], v2["abandonment"]) == (1.0, 1.0, 0.0)
     assert summary.loc[("v2", True), "ctr_at_k"] == 0.0  # its click is at rank 3 > k
     assert plot_online_metrics(summary.reset_index(), tmp_path / "online.png").stat().st_size > 0
+
+
+def test_augmented_views_depend_on_the_image_id_not_its_path(tmp_path):
+    import torch
+
+    from imagesearch.augment import ImageViews
+    from imagesearch.images import DEFAULT_LIMITS
+    from imagesearch.preprocess import Preprocessor
+    from tests.conftest import noise_image
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        noise_image(7).save(tmp_path / folder / "x.png")
+    preprocessor = Preprocessor(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+    def views(folder: str, image_id: str) -> torch.Tensor:
+        dataset = ImageViews(
+            [str(tmp_path / folder / "x.png")],
+            [image_id],
+            preprocessor,
+            DEFAULT_LIMITS,
+            views=2,
+            augment=True,
+            seed=0,
+        )
+        return dataset[0][1]
+
+    same = views("a", "id1")
+    assert torch.equal(same, views("b", "id1"))  # another checkout, same views
+    assert not torch.equal(same[0], same[1])  # two different views of one image
+    assert not torch.equal(same, views("a", "id2"))
