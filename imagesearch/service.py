@@ -114,6 +114,7 @@ def create_app(
     config = settings.service
     index_dir_default = index_dir
     app.state.admin_token = config.admin_token
+    app.state.settings = settings
 
     @app.middleware("http")
     async def measure(request: Request, call_next):
@@ -130,23 +131,10 @@ def create_app(
         """JSON body (SearchRequest) or multipart upload (field `image`, plus k/offset/diversity/dedup)."""
         started = time.perf_counter()
         query, upload = await _parse_search(request, config.max_upload_bytes)
-        _check_page(query, config)
         diversity = config.diversity if query.diversity is None else query.diversity
         page = PageRequest(query.k, query.offset, diversity, query.dedup)
-        timings: dict[str, float] = {}
-        try:
-            vector = await run_in_threadpool(_embed, service, query, upload)
-        except BadQuery as error:
-            raise HTTPException(422, str(error)) from error
-        timings["encode"] = round((time.perf_counter() - started) * 1000, 3)
-        answer: Answer = await run_in_threadpool(service.search, vector, page, timings)
-        query_id = await run_in_threadpool(
-            request.app.state.clicks.log_query,
-            [(r.id, r.score) for r in answer.results],
-            model_version=answer.model_version,
-            query_text=query.text,
-            query_image_hash=image_hash(upload) if upload else query.image_id,
-        )
+        answer, query_id = await _answer(request, service, query, upload, page)
+        timings = answer.timings_ms
         results = [
             ResultOut(
                 id=r.id,
@@ -187,20 +175,8 @@ def create_app(
         )
         if upload is None and (query.text is None) == (query.embedding is None):
             raise HTTPException(422, "give exactly one of text, image or embedding_input")
-        _check_page(query, config)
-        try:
-            vector = await run_in_threadpool(_embed, service, query, upload)
-        except BadQuery as error:
-            raise HTTPException(422, str(error)) from error
         page = PageRequest(query.k, 0, config.diversity, query.dedup)
-        answer: Answer = await run_in_threadpool(service.search, vector, page, {})
-        await run_in_threadpool(
-            request.app.state.clicks.log_query,
-            [(r.id, r.score) for r in answer.results],
-            model_version=answer.model_version,
-            query_text=query.text,
-            query_image_hash=image_hash(upload) if upload else None,
-        )
+        answer, _ = await _answer(request, service, query, upload, page)
         base = str(request.base_url).rstrip("/")
         return [
             KnnResult(
@@ -257,6 +233,28 @@ def create_app(
         return request.app.state.telemetry.render()
 
     return app
+
+
+async def _answer(
+    request: Request, service: SearchService, query: SearchRequest, upload: bytes | None, page: PageRequest
+) -> tuple[Answer, str]:
+    """encode -> search -> log the impressions; the answer carries the stage timings."""
+    started = time.perf_counter()
+    _check_page(query, request.app.state.settings.service)
+    try:
+        vector = await run_in_threadpool(_embed, service, query, upload)
+    except BadQuery as error:
+        raise HTTPException(422, str(error)) from error
+    timings = {"encode": round((time.perf_counter() - started) * 1000, 3)}
+    answer: Answer = await run_in_threadpool(service.search, vector, page, timings)
+    query_id = await run_in_threadpool(
+        request.app.state.clicks.log_query,
+        [(r.id, r.score) for r in answer.results],
+        model_version=answer.model_version,
+        query_text=query.text,
+        query_image_hash=image_hash(upload) if upload else query.image_id,
+    )
+    return answer, query_id
 
 
 async def _parse_search(request: Request, max_bytes: int) -> tuple[SearchRequest, bytes | None]:
