@@ -1,4 +1,4 @@
-"""Online metrics from the impression/click log, per model version and day (pure pandas + one plot).
+"""Online metrics from the impression/click log, per model version and day (pure pandas).
 
 Per group: queries; ctr_at_k (share of queries with a click in the top k); mrr (mean over queries of
 1 / rank of the first click, 0 without a click); abandonment (share of queries without any click);
@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from imagesearch.clicklog import LogTables
+from imagesearch.catalog import write_parquet_atomic
+from imagesearch.clicklog import ClickLog, LogTables
+from imagesearch.plots import online_metrics_plot
+from imagesearch.settings import Settings
 
 GROUP = ["model_version", "day", "simulated"]
 COLUMNS = [*GROUP, "queries", "ctr_at_k", "mrr", "abandonment", "clicks_per_query"]
@@ -39,36 +42,11 @@ def online_metrics(tables: LogTables, *, k: int = 10) -> pd.DataFrame:
     return summary[COLUMNS].sort_values(GROUP).reset_index(drop=True)
 
 
-def plot_online_metrics(summary: pd.DataFrame, path: Path) -> Path:
-    """CTR@k and MRR per day, one line per (model version, real/simulated)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for (model, simulated), rows in summary.groupby(["model_version", "simulated"]):
-        label = f"{model}{' (simulated)' if simulated else ''}"
-        for axis, metric in zip(axes, ["ctr_at_k", "mrr"], strict=True):
-            axis.plot(rows["day"], rows[metric], marker="o", label=label)
-    for axis, title in zip(axes, ["CTR@k", "MRR of clicks"], strict=True):
-        axis.set(title=title, ylim=(0, 1))
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-def online_metrics_step(settings, *, k: int = 10) -> tuple[pd.DataFrame, Path, Path]:
+def online_metrics_step(settings: Settings, *, k: int = 10) -> tuple[pd.DataFrame, Path, Path]:
     """Read the workspace's click log; write data/online/metrics.parquet and its plot."""
-    from imagesearch.catalog import write_parquet_atomic
-    from imagesearch.clicklog import ClickLog
-
     summary = online_metrics(ClickLog(settings.effective_click_log_url).read(), k=k)
     folder = settings.data_dir / "online"
     folder.mkdir(parents=True, exist_ok=True)
     table = folder / "metrics.parquet"
     write_parquet_atomic(summary, table)
-    return summary, table, plot_online_metrics(summary, folder / "metrics.png")
+    return summary, table, online_metrics_plot(summary, folder / "metrics.png")

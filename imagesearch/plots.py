@@ -26,7 +26,24 @@ def training_curves(history: list[dict[str, float]], path: Path) -> Path:
             right.plot(epochs, values, marker="o", label=key.removeprefix("val_"))
     left.set(title="training loss", xlabel="epoch")
     right.set(title="validation recall@10 (val split)", xlabel="epoch", ylim=(0, 1))
-    for axis in (left, right):
+    return _save(figure, path)
+
+
+def online_metrics_plot(summary, path: Path) -> Path:
+    """CTR@k and MRR per day, one line per (model version, real/simulated)."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for (model, simulated), rows in summary.groupby(["model_version", "simulated"]):
+        label = f"{model}{' (simulated)' if simulated else ''}"
+        for axis, metric in zip(axes, ["ctr_at_k", "mrr"], strict=True):
+            axis.plot(rows["day"], rows[metric], marker="o", label=label)
+    for axis, title in zip(axes, ["CTR@k", "MRR of clicks"], strict=True):
+        axis.set(title=title, ylim=(0, 1))
+    return _save(figure, path)
+
+
+def _save(figure, path: Path) -> Path:
+    """Grid and legend on every axis, tight layout, PNG file, figure closed."""
+    for axis in figure.axes:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()

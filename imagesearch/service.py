@@ -23,11 +23,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image, ImageOps
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from imagesearch.catalog import content_id
 from imagesearch.clicklog import ClickLog, UnknownQuery
 from imagesearch.images import DEFAULT_LIMITS, ImageRejected, open_rgb
-from imagesearch.serving import Answer, BadQuery, PageRequest, SearchService, image_hash
+from imagesearch.serving import Answer, BadQuery, PageRequest, SearchService
 from imagesearch.settings import ServiceSettings, Settings
 from imagesearch.telemetry import Telemetry
 
@@ -252,7 +253,7 @@ async def _answer(
         [(r.id, r.score) for r in answer.results],
         model_version=answer.model_version,
         query_text=query.text,
-        query_image_hash=image_hash(upload) if upload else query.image_id,
+        query_image_hash=content_id(upload) if upload else query.image_id,
     )
     return answer, query_id
 
@@ -283,25 +284,25 @@ async def _parse_search(request: Request, max_bytes: int) -> tuple[SearchRequest
 
 
 def _validated(fields: object) -> SearchRequest:
-    from pydantic import ValidationError
-
     if not isinstance(fields, dict):
         raise HTTPException(422, "the body must be a JSON object")
     try:
         return SearchRequest.model_validate(fields)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise HTTPException(422, problems) from error
+        raise _unprocessable(error) from error
 
 
 def _knn_request(raw: bytes) -> KnnRequest:
-    from pydantic import ValidationError
-
     try:
         return KnnRequest.model_validate_json(raw)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise HTTPException(422, problems or "the body must be a JSON object") from error
+        raise _unprocessable(error) from error
+
+
+def _unprocessable(error: ValidationError) -> HTTPException:
+    """A 422 naming each invalid field and why."""
+    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+    return HTTPException(422, problems or "the body must be a JSON object")
 
 
 def _base64_image(encoded: str, max_bytes: int) -> bytes:

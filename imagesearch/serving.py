@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from imagesearch.encoders import Encoder
-from imagesearch.images import DecodeLimits
+from imagesearch.images import DecodeLimits, ImageRejected
 from imagesearch.index import LoadedIndex, load_index
 from imagesearch.registry import load_encoder
 from imagesearch.rerank import collapse_near_duplicates, mmr
@@ -58,6 +58,8 @@ class SearchService:
             )
         self.encoder, self.index, self.paths, self.config = encoder, index, paths, config
         self.model_version = index.manifest.model
+        # id -> row, built once: "more like this" must not scan every id per request
+        self.positions = pd.Index(index.ids["id"].to_numpy())
         self.limits = DecodeLimits(64_000_000, 8, config.max_upload_bytes)
 
     @classmethod
@@ -84,8 +86,6 @@ class SearchService:
     def embed_image(self, data: bytes) -> np.ndarray:
         if len(data) > self.config.max_upload_bytes:
             raise BadQuery(f"the image has {len(data)} bytes; the limit is {self.config.max_upload_bytes}")
-        from imagesearch.images import ImageRejected
-
         try:
             pixels = self.encoder.preprocessor(data, self.limits)
         except ImageRejected as error:
@@ -119,9 +119,8 @@ class SearchService:
             positions, candidates, scores = positions[keep], candidates[keep], scores[keep]
         picked = mmr(scores, candidates, wanted, page.diversity)[page.offset :]
         timings["rerank"] = _ms(started)
-        ids = self.index.ids["id"].to_numpy()
         results = [
-            Result(str(ids[positions[i]]), float(scores[i]), page.offset + rank)
+            Result(str(self.positions[positions[i]]), float(scores[i]), page.offset + rank)
             for rank, i in enumerate(picked, start=1)
         ]
         return Answer(results, self.model_version, timings)
@@ -137,15 +136,9 @@ class SearchService:
         return path.stem.replace("_", " ") if path else ""
 
     def vector_of(self, image_id: str) -> np.ndarray | None:
-        matches = np.flatnonzero(self.index.ids["id"].to_numpy() == image_id)
-        return self.index.vectors[matches[0]].astype(np.float32) if len(matches) else None
-
-
-def image_hash(data: bytes) -> str:
-    """The same content hash the catalog uses, so an uploaded catalog image is recognised."""
-    from imagesearch.catalog import content_id
-
-    return content_id(data)
+        if image_id not in self.positions:
+            return None
+        return self.index.vectors[self.positions.get_loc(image_id)].astype(np.float32)
 
 
 def _ms(started: float) -> float:

@@ -224,7 +224,8 @@ def test_examination_probability_follows_the_position_model():
 def test_online_metrics_per_model_and_day(tmp_path):
     from datetime import UTC, datetime
 
-    from imagesearch.online_metrics import online_metrics, plot_online_metrics
+    from imagesearch.online_metrics import online_metrics
+    from imagesearch.plots import online_metrics_plot
 
     log = ClickLog(f"sqlite:///{tmp_path / 'clicks.sqlite'}")
     day = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -249,7 +250,7 @@ def test_online_metrics_per_model_and_day(tmp_path):
     v2 = summary.loc[("v2", False)]
     assert (v2["ctr_at_k"], v2["mrr"], v2["abandonment"]) == (1.0, 1.0, 0.0)
     assert summary.loc[("v2", True), "ctr_at_k"] == 0.0  # its click is at rank 3 > k
-    assert plot_online_metrics(summary.reset_index(), tmp_path / "online.png").stat().st_size > 0
+    assert online_metrics_plot(summary.reset_index(), tmp_path / "online.png").stat().st_size > 0
 
 
 def test_augmented_views_depend_on_the_image_id_not_its_path(tmp_path):
