@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from importlib.resources import files
 from io import BytesIO
 from pathlib import Path
 from typing import Annotated, Literal
@@ -20,7 +21,7 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -49,6 +50,7 @@ class ResultOut(BaseModel):
     id: str
     score: float
     rank: int
+    caption: str
     image_url: str
     thumbnail_url: str
 
@@ -127,6 +129,13 @@ def create_app(
         )
         return response
 
+    page_html = files("imagesearch").joinpath("web/index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def search_page() -> str:
+        """The search page: text box, image drop, results grid, "more like this", click logging."""
+        return page_html
+
     @app.post("/search", response_model=SearchResponse)
     async def search(request: Request, service: Service) -> SearchResponse:
         """JSON body (SearchRequest) or multipart upload (field `image`, plus k/offset/diversity/dedup)."""
@@ -141,6 +150,7 @@ def create_app(
                 id=r.id,
                 score=r.score,
                 rank=r.rank,
+                caption=service.caption_of(r.id),
                 image_url=f"/images/{r.id}",
                 thumbnail_url=f"/images/{r.id}?thumbnail=true",
             )

@@ -66,5 +66,17 @@ if [[ ! -f "$CLIP_RETRIEVAL_WHEEL" ]]; then
   pip_install .venv/bin/python -m pip download --quiet --no-deps "clip-retrieval==2.45.0" -d .tools/wheels
 fi
 
+# --- Debian packages: headless Chromium + ChromeDriver for the search page's browser test --------
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "==> installing Debian's chromium and chromium-driver (the web page test drives them)"
+  SUDO=""; [[ "$(id -u)" == "0" ]] || SUDO="sudo -n"
+  if command -v apt-get >/dev/null && $SUDO true 2>/dev/null; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "    cannot install them here (needs apt-get as root or passwordless sudo); the browser test will fail" >&2
+  fi
+fi
+
 # --- workspace --------------------------------------------------------------------------------
 .venv/bin/imagesearch init

@@ -16,8 +16,10 @@ from imagesearch.index import load_index
 from imagesearch.search import build_folder_index
 from imagesearch.service import create_app
 from imagesearch.serving import SearchService
-from imagesearch.settings import ServiceSettings, Settings
+from imagesearch.settings import PROJECT_ROOT, ServiceSettings, Settings
 
+# The browser test's screenshot stays here for people to look at (git-ignored).
+PROJECT_SCREENSHOT_DIR = PROJECT_ROOT / "test-artifacts"
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon", "page", "coins", "horse")
 
 
@@ -241,8 +243,6 @@ def clip_client_module(tmp_path):
     import importlib.util
     import zipfile
 
-    from imagesearch.settings import PROJECT_ROOT
-
     wheel = PROJECT_ROOT / ".tools" / "wheels" / "clip_retrieval-2.45.0-py3-none-any.whl"
     if not wheel.is_file():
         pytest.fail(f"{wheel} is missing: run `make setup`")
@@ -290,3 +290,80 @@ def test_online_metrics_asset_reads_the_services_click_log(client):
     rows = event.metadata["by_model_and_day"].value
     assert event.metadata["real_queries"].value == 2
     assert rows[0]["ctr_at_k"] == 0.5 and rows[0]["mrr"] == 0.5 and rows[0]["abandonment"] == 0.5
+
+
+def chromium_driver(tmp_path):
+    """Debian's headless Chromium under its ChromeDriver (scripts/setup.sh installs both)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if browser is None or driver is None:
+        pytest.fail("chromium and chromedriver are missing: run `make setup` (installs Debian's packages)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1100,900",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=DriverService(executable_path=driver), options=options)
+
+
+def test_search_page_in_a_real_browser(real_server, client, indexed, tmp_path):
+    """Type a query, see results, click one (recorded in the click log), more like this, upload."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = chromium_driver(tmp_path)
+    wait = WebDriverWait(browser, 30)
+    try:
+        browser.get(real_server + "/")
+        box = browser.find_element(By.ID, "query")
+        box.send_keys("a cup of coffee")
+        box.submit()
+        wait.until(seen.text_to_be_present_in_element((By.ID, "status"), "results for"))
+        cards = browser.find_elements(By.CSS_SELECTOR, "#results .result")
+        assert len(cards) == len(PHOTOS)  # 10 indexed; dedup collapses the coffee copy
+        assert all(float(card.find_element(By.CLASS_NAME, "score").text) for card in cards)
+        wait.until(
+            lambda _: all(
+                img.get_property("naturalWidth") > 0
+                for img in browser.find_elements(By.CSS_SELECTOR, "#results img")
+            )
+        )
+        screenshot = PROJECT_SCREENSHOT_DIR / "search-page.png"
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(screenshot))
+
+        second = cards[1]
+        clicked_id = second.get_attribute("data-id")
+        second.find_element(By.TAG_NAME, "img").click()
+        wait.until(seen.text_to_be_present_in_element((By.ID, "status"), "click on #2 recorded"))
+        browser.switch_to.window(browser.window_handles[0])
+        clicks = ClickLog(client.settings.effective_click_log_url).read().clicks
+        assert clicks[["rank", "image_id"]].values.tolist() == [[2, clicked_id]]
+
+        browser.find_elements(By.CSS_SELECTOR, "#results .more")[1].click()
+        wait.until(seen.text_to_be_present_in_element((By.ID, "status"), "more like"))
+        first = browser.find_element(By.CSS_SELECTOR, "#results .result")
+        assert first.get_attribute("data-id") == clicked_id
+
+        browser.find_element(By.ID, "file").send_keys(str(indexed[1] / "photos" / "rocket.png"))
+        wait.until(seen.text_to_be_present_in_element((By.ID, "status"), "rocket.png"))
+        wait.until(seen.text_to_be_present_in_element((By.ID, "status"), "results for"))
+        caption = browser.find_element(By.CSS_SELECTOR, "#results .result .caption").text
+        assert caption == "rocket"
+    finally:
+        browser.quit()
