@@ -62,6 +62,15 @@ class LogTables:
     clicks: pd.DataFrame
 
 
+def _sqlite_write_ahead(connection, _record) -> None:
+    """WAL + synchronous=NORMAL: a commit no longer waits for fsync (it took ~10 ms of every search),
+    readers do not block the writer, and a crash loses at most the last commits, never the file."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
 class ClickLog:
     """Writes and reads the log; the tables are created on first use."""
 
@@ -69,6 +78,8 @@ class ClickLog:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = sa.create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_write_ahead)
         metadata.create_all(self.engine)
 
     def log_query(

@@ -10,11 +10,11 @@ def collapse_near_duplicates(vectors: np.ndarray, threshold: float) -> np.ndarra
 
     `vectors` are unit rows sorted best first, so the best of each near-duplicate group survives.
     """
-    kept: list[int] = []
+    similarity = vectors @ vectors.T  # one product instead of one per candidate: this is the hot path
+    kept = np.zeros(len(vectors), dtype=bool)
     for position in range(len(vectors)):
-        if not kept or float(np.max(vectors[kept] @ vectors[position])) <= threshold:
-            kept.append(position)
-    return np.array(kept, dtype=np.int64)
+        kept[position] = not (similarity[position, kept] > threshold).any()
+    return np.flatnonzero(kept)
 
 
 def mmr(query_scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np.ndarray:

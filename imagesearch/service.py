@@ -18,7 +18,6 @@ from io import BytesIO
 from pathlib import Path
 from typing import Annotated, Literal
 
-import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
@@ -29,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from imagesearch.catalog import content_id
 from imagesearch.clicklog import ClickLog, UnknownQuery
 from imagesearch.images import DEFAULT_LIMITS, ImageRejected, open_rgb
-from imagesearch.serving import Answer, BadQuery, PageRequest, SearchService
+from imagesearch.serving import Answer, BadQuery, PageRequest, Query, SearchService
 from imagesearch.settings import ServiceSettings, Settings
 from imagesearch.telemetry import Telemetry
 
@@ -156,7 +155,7 @@ def create_app(
             )
             for r in answer.results
         ]
-        timings["total"] = round((time.perf_counter() - started) * 1000, 3)
+        timings["total"] = _ms(started)
         return SearchResponse(
             query_id=query_id, model_version=answer.model_version, results=results, timings_ms=timings
         )
@@ -249,15 +248,15 @@ def create_app(
 async def _answer(
     request: Request, service: SearchService, query: SearchRequest, upload: bytes | None, page: PageRequest
 ) -> tuple[Answer, str]:
-    """encode -> search -> log the impressions; the answer carries the stage timings."""
-    started = time.perf_counter()
+    """prepare (validate, decode) -> encode + search on the worker -> log the impressions."""
     _check_page(query, request.app.state.settings.service)
+    prepared: dict[str, float] = {}
     try:
-        vector = await run_in_threadpool(_embed, service, query, upload)
+        ready = await run_in_threadpool(_prepare, service, query, upload, prepared)
     except BadQuery as error:
         raise HTTPException(422, str(error)) from error
-    timings = {"encode": round((time.perf_counter() - started) * 1000, 3)}
-    answer: Answer = await run_in_threadpool(service.search, vector, page, timings)
+    answer: Answer = await run_in_threadpool(service.answer, ready, page)
+    answer.timings_ms = {**prepared, **answer.timings_ms}
     query_id = await run_in_threadpool(
         request.app.state.clicks.log_query,
         [(r.id, r.score) for r in answer.results],
@@ -331,17 +330,20 @@ def _check_page(query: SearchRequest, config: ServiceSettings) -> None:
         raise HTTPException(422, f"offset must be at most {config.max_offset}")
 
 
-def _embed(service: SearchService, query: SearchRequest, upload: bytes | None) -> np.ndarray:
+def _prepare(
+    service: SearchService, query: SearchRequest, upload: bytes | None, timings: dict[str, float]
+) -> Query:
     if upload is not None:
-        return service.embed_image(upload)
+        return service.image_query(upload, timings)
     if query.text is not None:
-        return service.embed_text(query.text)
+        return service.text_query(query.text)
     if query.image_id is not None:
-        vector = service.vector_of(query.image_id)
-        if vector is None:
-            raise BadQuery(f"no indexed image with id {query.image_id!r}")
-        return vector / np.linalg.norm(vector)
-    return service.check_vector(query.embedding or [])
+        return service.similar_query(query.image_id)
+    return service.vector_query(query.embedding or [])
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
 
 
 def _thumbnail(path, side: int) -> bytes:
@@ -392,9 +394,10 @@ class Swapper:
         except Exception as error:  # any failure to load must leave the serving pair untouched
             self.last = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
             return
-        previous = self.state.service.model_version
+        previous = self.state.service
         self.state.service = fresh  # one reference assignment: a request sees the old pair or the new
-        self.last = {"status": "swapped", "from": previous, "to": fresh.model_version}
+        previous.close()  # its queued queries still finish on it
+        self.last = {"status": "swapped", "from": previous.model_version, "to": fresh.model_version}
 
     def wait(self, timeout: float | None = None) -> None:
         if self.thread is not None:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+from imagesearch.batching import QueryWorker
 from imagesearch.encoders import Encoder
 from imagesearch.images import DecodeLimits, ImageRejected
 from imagesearch.index import LoadedIndex, load_index
@@ -41,6 +43,15 @@ class Answer:
 
 
 @dataclass(frozen=True, slots=True)
+class Query:
+    """Exactly one of: a text, preprocessed pixels, or a unit vector."""
+
+    text: str | None = None
+    pixels: torch.Tensor | None = None
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PageRequest:
     k: int
     offset: int
@@ -61,6 +72,7 @@ class SearchService:
         # id -> row, built once: "more like this" must not scan every id per request
         self.positions = pd.Index(index.ids["id"].to_numpy())
         self.limits = DecodeLimits(64_000_000, 8, config.max_upload_bytes)
+        self.worker = QueryWorker(self, max_batch=config.max_batch)
 
     @classmethod
     def from_index(cls, settings: Settings, index_dir: Path | None = None) -> SearchService:
@@ -72,8 +84,8 @@ class SearchService:
         encoder = load_encoder(index.manifest.model, settings)
         return cls(encoder, index, index.ids.set_index("id")["path"], settings.service)
 
-    # --- encoding ------------------------------------------------------------------------------
-    def embed_text(self, text: str) -> np.ndarray:
+    # --- preparing a query (request threads: validation and image decoding run in parallel) -----
+    def text_query(self, text: str) -> Query:
         text = text.strip()
         if not text:
             raise BadQuery("the text query is empty")
@@ -81,35 +93,75 @@ class SearchService:
             raise BadQuery(
                 f"the text query has {len(text)} characters; the limit is {self.config.max_text_chars}"
             )
-        return self.encoder.encode_texts([text])[0]
+        return Query(text=text)
 
-    def embed_image(self, data: bytes) -> np.ndarray:
+    def image_query(self, data: bytes, timings: dict[str, float] | None = None) -> Query:
+        """Decode + preprocess (timed as "decode"); the forward pass runs later, on the worker."""
         if len(data) > self.config.max_upload_bytes:
             raise BadQuery(f"the image has {len(data)} bytes; the limit is {self.config.max_upload_bytes}")
+        started = time.perf_counter()
         try:
             pixels = self.encoder.preprocessor(data, self.limits)
         except ImageRejected as error:
             raise BadQuery(f"the upload is not a usable image ({error.reason})") from error
-        return self.encoder.encode_pixels(pixels[None])[0]
+        if timings is not None:
+            timings["decode"] = _ms(started)
+        return Query(pixels=pixels)
 
-    def check_vector(self, values: list[float]) -> np.ndarray:
+    def vector_query(self, values: list[float]) -> Query:
         vector = np.asarray(values, dtype=np.float32)
         if vector.shape != (self.encoder.dim,):
             raise BadQuery(f"the embedding has {vector.size} values; this model makes {self.encoder.dim}")
         norm = float(np.linalg.norm(vector))
         if not np.isfinite(norm) or norm == 0:
             raise BadQuery("the embedding must be finite and non-zero")
-        return vector / norm
+        return Query(vector=vector / norm)
 
-    # --- search --------------------------------------------------------------------------------
-    def search(self, vector: np.ndarray, page: PageRequest, timings: dict[str, float]) -> Answer:
+    def similar_query(self, image_id: str) -> Query:
+        """ "More like this": the indexed vector of a catalog image."""
+        if image_id not in self.positions:
+            raise BadQuery(f"no indexed image with id {image_id!r}")
+        vector = self.index.vectors[self.positions.get_loc(image_id)].astype(np.float32)
+        return Query(vector=vector / np.linalg.norm(vector))
+
+    # --- answering ------------------------------------------------------------------------------
+    def answer(self, query: Query, page: PageRequest) -> Answer:
+        """Encode, search and re-rank on the worker thread, batched with whatever else is waiting."""
+        return self.worker.submit(query, page)
+
+    def encode(self, queries: list[Query], timings: dict[str, float]) -> np.ndarray:
+        """One matrix of unit query vectors: the texts in one batch, the images in another."""
         started = time.perf_counter()
-        wanted = page.offset + page.k
-        depth = min(max(self.config.candidates, wanted * 2), self.index.index.ntotal)
-        _, positions = self.index.search(vector[None].astype(np.float32), depth)
-        positions = positions[0][positions[0] >= 0]
+        vectors = np.zeros((len(queries), self.encoder.dim), np.float32)
+        texts = [i for i, q in enumerate(queries) if q.text is not None]
+        images = [i for i, q in enumerate(queries) if q.pixels is not None]
+        given = [i for i, q in enumerate(queries) if q.vector is not None]
+        if texts:
+            vectors[texts] = self.encoder.encode_texts([queries[i].text for i in texts])
+        if images:
+            vectors[images] = self.encoder.encode_pixels(torch.stack([queries[i].pixels for i in images]))
+        if given:
+            vectors[given] = np.stack([queries[i].vector for i in given])
+        timings["encode"] = _ms(started)
+        return vectors
+
+    def search_many(self, vectors: np.ndarray, pages: list[PageRequest], timings: dict[str, float]):
+        """ANN for all queries in one call, then the exact re-score and re-rank of each."""
+        started = time.perf_counter()
+        total = self.index.index.ntotal
+        depths = [min(max(self.config.candidates, (p.offset + p.k) * 2), total) for p in pages]
+        _, positions = self.index.search(vectors, max(depths))
         timings["ann"] = _ms(started)
         started = time.perf_counter()
+        answers = [
+            self._rerank(vector, found[:depth], page)
+            for vector, found, depth, page in zip(vectors, positions, depths, pages, strict=True)
+        ]
+        timings["rerank"] = _ms(started)
+        return answers
+
+    def _rerank(self, vector: np.ndarray, positions: np.ndarray, page: PageRequest) -> Answer:
+        positions = positions[positions >= 0]
         candidates = self.index.vectors[positions].astype(np.float32)
         scores = candidates @ vector
         order = np.argsort(-scores, kind="stable")
@@ -117,13 +169,16 @@ class SearchService:
         if page.dedup:
             keep = collapse_near_duplicates(candidates, self.config.dedup_threshold)
             positions, candidates, scores = positions[keep], candidates[keep], scores[keep]
-        picked = mmr(scores, candidates, wanted, page.diversity)[page.offset :]
-        timings["rerank"] = _ms(started)
+        picked = mmr(scores, candidates, page.offset + page.k, page.diversity)[page.offset :]
         results = [
             Result(str(self.positions[positions[i]]), float(scores[i]), page.offset + rank)
             for rank, i in enumerate(picked, start=1)
         ]
-        return Answer(results, self.model_version, timings)
+        return Answer(results, self.model_version)
+
+    def close(self) -> None:
+        """Stop the worker once its queue is answered (after a swap has replaced this pair)."""
+        self.worker.close()
 
     def path_of(self, image_id: str) -> Path | None:
         """The file of a catalog image, or None: only catalog ids resolve, never a client path."""
@@ -134,11 +189,6 @@ class SearchService:
         """A readable caption: the file name without extension (the index keeps no captions)."""
         path = self.path_of(image_id)
         return path.stem.replace("_", " ") if path else ""
-
-    def vector_of(self, image_id: str) -> np.ndarray | None:
-        if image_id not in self.positions:
-            return None
-        return self.index.vectors[self.positions.get_loc(image_id)].astype(np.float32)
 
 
 def _ms(started: float) -> float:

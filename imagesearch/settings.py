@@ -186,6 +186,9 @@ class ServiceSettings(BaseModel):
     max_k: int = Field(default=100, ge=1, description="most results per page")
     max_offset: int = Field(default=1000, ge=0)
     candidates: int = Field(default=100, ge=1, description="ANN candidates re-scored exactly and re-ranked")
+    max_batch: int = Field(
+        default=32, ge=1, description="queries waiting together are encoded and searched as one batch"
+    )
     dedup_threshold: float = Field(
         default=0.97, gt=0, le=1, description="cosine above which results collapse"
     )

@@ -1,0 +1,215 @@
+"""Search service latency, HTTP end to end: a real uvicorn server on 127.0.0.1 and this process as the load.
+
+For each index size (10k, 100k, 1M vectors) the index holds the workspace index's real vectors (the
+serving model's embeddings of the default corpus) topped up with draws from a Gaussian mixture fitted
+to them (as in bench_ann.py), built by the same `build_tuned_index` as the workspace index (memory
+budget 1/8 of float32). Synthetic rows point at real corpus files, so every result can be served.
+The server is `imagesearch serve --index DIR` in its own process, logging to a scratch click log.
+
+Text queries are corpus titles; image queries upload real corpus files (multipart). Each cell sends
+`--requests` queries from 1 or 20 concurrent clients and reports p50 / p95 / p99 of the client-side
+latency, QPS, and the mean time split the server reports per request (decode, encode, ANN, re-rank,
+the rest of the handler incl. click logging) plus what is left of the client-side time (HTTP,
+serialisation, queueing behind other clients).
+
+    make demo   # once: the corpus, its embeddings and the workspace index
+    .venv/bin/python benchmarks/bench_service.py [--sizes 10000,100000,1000000] [--requests 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from imagesearch.catalog import read_catalog
+from imagesearch.index import MANIFEST_FILE, build_tuned_index, load_index
+from imagesearch.settings import PROJECT_ROOT, IndexSettings, Settings
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_ann import fitted_mixture, sample_mixture
+
+RESULTS = PROJECT_ROOT / "benchmarks" / "results"
+CLI = PROJECT_ROOT / ".venv" / "bin" / "imagesearch"
+STAGES = ("decode", "queue", "encode", "ann", "rerank")
+
+
+def sized_index(size: int, settings: Settings) -> Path:
+    """The workspace index's vectors topped up to `size` with mixture draws; built once, then reused."""
+    real = load_index(settings.search_index_dir)
+    folder = RESULTS / f"service-index-{size}-{real.manifest.model.replace('/', '_').replace(':', '')}"
+    if (folder / MANIFEST_FILE).is_file():
+        return folder
+    vectors = np.asarray(real.vectors, dtype=np.float32)[:size]
+    ids = real.ids[["id", "path"]].iloc[:size]
+    extra = size - len(vectors)
+    if extra > 0:
+        synthetic = sample_mixture(fitted_mixture(vectors), extra, seed=size)
+        paths = real.ids["path"].to_numpy()
+        ids = pd.concat(
+            [
+                ids,
+                pd.DataFrame(
+                    {"id": [f"synthetic-{i}" for i in range(extra)], "path": np.resize(paths, extra)}
+                ),
+            ],
+            ignore_index=True,
+        )
+        vectors = np.concatenate([vectors, synthetic])
+    print(f"  building the {size:,}-vector index in {folder} ...", flush=True)
+    budget_mb = size * vectors.shape[1] * 4 / 8 / 2**20
+    build_tuned_index(
+        vectors, ids, folder, model=real.manifest.model, config=IndexSettings(memory_budget_mb=budget_mb)
+    )
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(index: Path, scratch: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = os.environ | {"IMAGESEARCH_CLICK_LOG_URL": f"sqlite:///{scratch / 'clicks.sqlite'}"}
+    server = subprocess.Popen(
+        [str(CLI), "serve", "--index", str(index), "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(scratch / "server.log", "w"),  # noqa: SIM115 (lives as long as the server)
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if server.poll() is not None:
+            sys.exit(f"the server exited: {(scratch / 'server.log').read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return server, url
+        except httpx.TransportError:
+            time.sleep(0.5)
+    server.kill()
+    sys.exit("the server did not answer /health within 5 minutes")
+
+
+def text_queries(settings: Settings, count: int = 200) -> list[dict]:
+    titles = read_catalog(settings.catalog_path)["title"].dropna().drop_duplicates()
+    return [{"json": {"text": title, "k": 10}} for title in titles.sample(count, random_state=0)]
+
+
+def image_queries(settings: Settings, count: int = 50) -> list[dict]:
+    catalog = read_catalog(settings.catalog_path).sample(count, random_state=1)
+    return [
+        {"files": {"image": (Path(p).name, Path(p).read_bytes())}, "data": {"k": "10"}}
+        for p in catalog["path"]
+    ]
+
+
+def one_request(client: httpx.Client, url: str, query: dict) -> tuple[float, dict]:
+    started = time.perf_counter()
+    response = client.post(f"{url}/search", **query)
+    elapsed = (time.perf_counter() - started) * 1000
+    if response.status_code != 200:
+        raise RuntimeError(f"{response.status_code}: {response.text[:300]}")
+    return elapsed, response.json()["timings_ms"]
+
+
+def load(url: str, queries: list[dict], requests: int, clients: int) -> dict:
+    """`requests` queries spread over `clients` threads, each with its own connection."""
+    plan = [queries[i % len(queries)] for i in range(requests)]
+    shards = [plan[c::clients] for c in range(clients)]
+
+    def run_client(shard: list[dict]) -> list[tuple[float, dict]]:
+        with httpx.Client(timeout=60) as client:
+            return [one_request(client, url, query) for query in shard]
+
+    with httpx.Client(timeout=60) as warm:
+        for query in queries[:10]:
+            one_request(warm, url, query)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        measured = [row for rows in pool.map(run_client, shards) for row in rows]
+    wall = time.perf_counter() - started
+    latency = np.array([row[0] for row in measured])
+    split = {stage: float(np.mean([row[1].get(stage, 0.0) for row in measured])) for stage in STAGES}
+    server_total = float(np.mean([row[1]["total"] for row in measured]))
+    split["handler rest"] = server_total - sum(split.values())
+    split["http + queue"] = float(latency.mean()) - server_total
+    return {
+        "batch": float(np.mean([row[1]["batch"] for row in measured])),
+        "p50": float(np.percentile(latency, 50)),
+        "p95": float(np.percentile(latency, 95)),
+        "p99": float(np.percentile(latency, 99)),
+        "qps": requests / wall,
+        "split": split,
+    }
+
+
+def report(rows: list[dict]) -> None:
+    print(
+        "\n| vectors | index | query | clients | p50 ms | p95 ms | p99 ms | QPS | mean batch | "
+        + " | ".join(f"{stage} ms" for stage in (*STAGES, "handler rest", "http + queue"))
+        + " |"
+    )
+    print("|" + "---|" * 17)
+    for row in rows:
+        split = " | ".join(f"{value:.1f}" for value in row["split"].values())
+        print(
+            f"| {row['vectors']:,} | {row['factory']} | {row['query']} | {row['clients']} | "
+            f"{row['p50']:.1f} | {row['p95']:.1f} | {row['p99']:.1f} | {row['qps']:.1f} | {row['batch']:.1f} | "
+            f"{split} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--requests", type=int, default=200, help="queries per cell")
+    parser.add_argument("--clients", default="1,20")
+    args = parser.parse_args()
+    settings = Settings()
+    queries = {"text": text_queries(settings), "image": image_queries(settings)}
+    rows = []
+    for size in map(int, args.sizes.split(",")):
+        index = sized_index(size, settings)
+        manifest = load_index(index).manifest
+        with tempfile.TemporaryDirectory() as scratch:
+            server, url = start_server(index, Path(scratch))
+            try:
+                for kind, batch in queries.items():
+                    for clients in map(int, args.clients.split(",")):
+                        row = load(url, batch, args.requests, clients)
+                        row |= {
+                            "vectors": size,
+                            "factory": manifest.factory,
+                            "query": kind,
+                            "clients": clients,
+                        }
+                        rows.append(row)
+                        print(
+                            f"  {size:>9,} {kind:5} x{clients:<2}  p50 {row['p50']:6.1f}  "
+                            f"p99 {row['p99']:6.1f} ms  {row['qps']:6.1f} QPS",
+                            flush=True,
+                        )
+            finally:
+                server.terminate()
+                server.wait(30)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "service.json").write_text(json.dumps(rows, indent=2))
+    report(rows)
+
+
+if __name__ == "__main__":
+    main()
