@@ -168,8 +168,8 @@ def report(rows: list[dict]) -> None:
         split = " | ".join(f"{value:.1f}" for value in row["split"].values())
         print(
             f"| {row['vectors']:,} | {row['factory']} | {row['query']} | {row['clients']} | "
-            f"{row['p50']:.1f} | {row['p95']:.1f} | {row['p99']:.1f} | {row['qps']:.1f} | {row['batch']:.1f} | "
-            f"{split} |"
+            f"{row['p50']:.1f} | {row['p95']:.1f} | {row['p99']:.1f} | {row['qps']:.1f} | "
+            f"{row['batch']:.1f} | {split} |"
         )
 
 
