@@ -7,6 +7,7 @@ per call (`faiss.SearchParameters*`), never set on the shared index, so concurre
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -381,6 +382,14 @@ def _swap_in(staging: Path, folder: Path) -> None:
         os.rename(folder, retired)
     os.rename(staging, folder)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def index_fingerprint(folder: Path) -> str | None:
+    """A digest of the folder's manifest (written last, swapped in whole): it changes with every build."""
+    try:
+        return hashlib.sha256((folder / MANIFEST_FILE).read_bytes()).hexdigest()[:16]
+    except FileNotFoundError:
+        return None
 
 
 def load_index(folder: Path) -> LoadedIndex:

@@ -6,6 +6,7 @@ the current pair through one attribute, so a later swap replaces both at once.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from imagesearch.catalog import content_id
 from imagesearch.clicklog import ClickLog, UnknownQuery
 from imagesearch.images import DEFAULT_LIMITS, ImageRejected, open_rgb
+from imagesearch.index import index_fingerprint
 from imagesearch.serving import Answer, BadQuery, PageRequest, Query, SearchService
 from imagesearch.settings import ServiceSettings, Settings
 from imagesearch.telemetry import Telemetry
@@ -110,7 +112,15 @@ def create_app(
         app.state.clicks = ClickLog(settings.effective_click_log_url)
         app.state.telemetry = Telemetry()
         app.state.swapper = Swapper(app.state)
+        watcher = None
+        if config.reload_poll_seconds and service is None:
+            folder = index_dir or settings.search_index_dir
+            watcher = asyncio.create_task(
+                _watch_index(app.state, settings, folder, config.reload_poll_seconds)
+            )
         yield
+        if watcher is not None:
+            watcher.cancel()
 
     app = FastAPI(title="imagesearch", version="0.1.0", lifespan=lifespan)
     config = settings.service
@@ -243,6 +253,23 @@ def create_app(
         return request.app.state.telemetry.render()
 
     return app
+
+
+async def _watch_index(state, settings: Settings, folder: Path, every: float) -> None:
+    """Swap in the index folder's new build (and the model its manifest names) when it changes.
+
+    The pipeline rebuilds the index after a new champion is promoted; the folder is replaced whole, so
+    a changed manifest digest means a complete new index. A failed load is retried only after the
+    folder changes again.
+    """
+    tried = state.service.fingerprint
+    while True:
+        await asyncio.sleep(every)
+        current = await run_in_threadpool(index_fingerprint, folder)
+        if current is None or current == tried:
+            continue
+        if state.swapper.start(lambda: SearchService.from_index(settings, folder)):
+            tried = current
 
 
 async def _answer(

@@ -18,7 +18,7 @@ import torch
 from imagesearch.batching import QueryWorker
 from imagesearch.encoders import Encoder
 from imagesearch.images import DecodeLimits, ImageRejected
-from imagesearch.index import LoadedIndex, load_index
+from imagesearch.index import LoadedIndex, index_fingerprint, load_index
 from imagesearch.registry import load_encoder
 from imagesearch.rerank import collapse_near_duplicates, mmr
 from imagesearch.settings import ServiceSettings, Settings
@@ -73,6 +73,7 @@ class SearchService:
         self.positions = pd.Index(index.ids["id"].to_numpy())
         self.limits = DecodeLimits(64_000_000, 8, config.max_upload_bytes)
         self.worker = QueryWorker(self, max_batch=config.max_batch)
+        self.fingerprint: str | None = None  # of the index folder it was loaded from (see from_index)
 
     @classmethod
     def from_index(cls, settings: Settings, index_dir: Path | None = None) -> SearchService:
@@ -80,9 +81,13 @@ class SearchService:
 
         Images resolve through the index's own id -> path map, so a bring-your-own index serves too.
         """
-        index = load_index(index_dir or settings.search_index_dir)
+        folder = index_dir or settings.search_index_dir
+        fingerprint = index_fingerprint(folder)
+        index = load_index(folder)
         encoder = load_encoder(index.manifest.model, settings)
-        return cls(encoder, index, index.ids.set_index("id")["path"], settings.service)
+        service = cls(encoder, index, index.ids.set_index("id")["path"], settings.service)
+        service.fingerprint = fingerprint
+        return service
 
     # --- preparing a query (request threads: validation and image decoding run in parallel) -----
     def text_query(self, text: str) -> Query:

@@ -194,6 +194,11 @@ class ServiceSettings(BaseModel):
     )
     diversity: float = Field(default=0.85, ge=0, le=1, description="MMR lambda; 1.0 = relevance order only")
     thumbnail_side: int = Field(default=256, ge=16)
+    reload_poll_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="check the index folder this often and swap in a rebuilt index + its model; 0 = off",
+    )
     admin_token: SecretStr | None = Field(
         default=None, description="bearer token for /admin routes; unset = admin routes refuse everyone"
     )

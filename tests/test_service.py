@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import threading
@@ -173,36 +174,67 @@ def swappable(indexed, saved_encoder, zeroshot_encoder, tmp_path):
         yield test_client, tmp_path / "b", first.count
 
 
+@contextlib.contextmanager
+def searching(client, threads: int = 4):
+    """Clients searching throughout the block; yields the statuses and index sizes they saw."""
+    seen = {"statuses": [], "counts": set()}
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            seen["statuses"].append(client.post("/search", json={"text": "a cat", "k": 3}).status_code)
+            seen["counts"].add(client.get("/health").json()["vectors"])
+
+    workers = [threading.Thread(target=load) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.0)
+    try:
+        yield seen
+    finally:
+        time.sleep(1.0)
+        stop.set()
+        for worker in workers:
+            worker.join()
+
+
 def test_hot_swap_under_load_fails_no_request(swappable):
     client, second_index, first_count = swappable
     auth = {"Authorization": "Bearer s3cret"}
     assert client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.post("/admin/reload").status_code == 401
-
-    statuses, counts, stop = [], set(), threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            statuses.append(client.post("/search", json={"text": "a cat", "k": 3}).status_code)
-            counts.add(client.get("/health").json()["vectors"])
-
-    workers = [threading.Thread(target=load) for _ in range(4)]
-    for worker in workers:
-        worker.start()
-    time.sleep(1.0)
-    started = client.post("/admin/reload", json={"index_dir": str(second_index)}, headers=auth)
-    assert started.status_code == 202
-    deadline = time.time() + 120
-    while client.get("/admin/reload", headers=auth).json()["status"] == "loading" and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
-    stop.set()
-    for worker in workers:
-        worker.join()
+    with searching(client) as seen:
+        started = client.post("/admin/reload", json={"index_dir": str(second_index)}, headers=auth)
+        assert started.status_code == 202
+        deadline = time.time() + 120
+        while (
+            client.get("/admin/reload", headers=auth).json()["status"] == "loading" and time.time() < deadline
+        ):
+            time.sleep(0.2)
     assert client.get("/admin/reload", headers=auth).json()["status"] == "swapped"
-    assert statuses and set(statuses) == {200}
-    assert counts == {first_count, first_count + 1}
+    assert seen["statuses"] and set(seen["statuses"]) == {200}
+    assert seen["counts"] == {first_count, first_count + 1}
     assert client.get("/health").json()["vectors"] == first_count + 1
+
+
+def test_a_rebuilt_index_folder_is_swapped_in_by_the_poll(swappable, tmp_path):
+    """What a promotion does: the pipeline rebuilds the served folder; the service notices, no token."""
+    _, second_index, first_count = swappable
+    live = tmp_path / "live"
+    shutil.copytree(tmp_path / "a", live)
+    settings = Settings(home=tmp_path / "ws", service=ServiceSettings(reload_poll_seconds=0.2))
+    with TestClient(create_app(settings, index_dir=live)) as client, searching(client) as seen:
+        staging = tmp_path / "staging"
+        shutil.copytree(second_index, staging)
+        retired = tmp_path / "retired"
+        live.rename(retired)  # the same two renames save_index_atomic does
+        staging.rename(live)
+        deadline = time.time() + 120
+        while client.get("/health").json()["vectors"] == first_count and time.time() < deadline:
+            time.sleep(0.2)
+    assert client.app.state.swapper.last["status"] == "swapped"
+    assert seen["statuses"] and set(seen["statuses"]) == {200}
+    assert seen["counts"] == {first_count, first_count + 1}
 
 
 def test_a_failed_reload_keeps_serving_the_old_pair(swappable, tmp_path):
