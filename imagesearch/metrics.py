@@ -1,20 +1,77 @@
-"""Retrieval metrics as pure functions of ranked ids and relevant sets."""
+"""Retrieval metrics as pure functions of ranked ids and graded relevance.
+
+`relevant` maps an id to its grade (> 0 is relevant; a plain set means grade 1 for each member).
+Queries without any relevant item are skipped by the mean functions, never counted as zero.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+Grades = Mapping[str, float]
+
+
+def _grades(relevant: Grades | set[str]) -> dict[str, float]:
+    if isinstance(relevant, Mapping):
+        return {key: float(grade) for key, grade in relevant.items() if grade > 0}
+    return dict.fromkeys(relevant, 1.0)
+
+
+def precision_at_k(ranking: Sequence[str], relevant: Grades | set[str], k: int) -> float:
+    grades = _grades(relevant)
+    return sum(1 for item in list(ranking)[:k] if item in grades) / k
+
+
+def recall_of(ranking: Sequence[str], relevant: Grades | set[str], k: int) -> float:
+    """|top-k ∩ relevant| / min(k, |relevant|): 1.0 when the top k is as full as it can be."""
+    grades = _grades(relevant)
+    return sum(1 for item in list(ranking)[:k] if item in grades) / min(k, len(grades))
+
+
+def average_precision_at_k(ranking: Sequence[str], relevant: Grades | set[str], k: int) -> float:
+    """AP@k: the mean of precision@i over the ranks i <= k holding a relevant item, / min(k, |relevant|)."""
+    grades = _grades(relevant)
+    hits, total = 0, 0.0
+    for rank, item in enumerate(list(ranking)[:k], start=1):
+        if item in grades:
+            hits += 1
+            total += hits / rank
+    return total / min(k, len(grades))
+
+
+def reciprocal_rank(ranking: Sequence[str], relevant: Grades | set[str]) -> float:
+    grades = _grades(relevant)
+    return next((1.0 / rank for rank, item in enumerate(ranking, start=1) if item in grades), 0.0)
+
+
+def ndcg_at_k(ranking: Sequence[str], relevant: Grades | set[str], k: int) -> float:
+    """Normalised DCG with gain 2^grade - 1 and discount log2(rank + 1)."""
+    grades = _grades(relevant)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    gains = np.array([2.0 ** grades.get(item, 0.0) - 1 for item in list(ranking)[:k]])
+    ideal = np.sort(2.0 ** np.array(list(grades.values())) - 1)[::-1][:k]
+    return float(gains @ discounts[: len(gains)] / (ideal @ discounts[: len(ideal)]))
+
+
+def mean_metrics(
+    ranked: Sequence[Sequence[str]], relevant: Sequence[Grades | set[str]], ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """nDCG@k, mAP@k, recall@k, precision@k for each k, and MRR, averaged over queries with relevance."""
+    pairs = [(ranking, rel) for ranking, rel in zip(ranked, relevant, strict=True) if _grades(rel)]
+    if not pairs:
+        return {}
+    out = {"queries": float(len(pairs)), "mrr": float(np.mean([reciprocal_rank(r, g) for r, g in pairs]))}
+    for k in ks:
+        out[f"ndcg_at_{k}"] = float(np.mean([ndcg_at_k(r, g, k) for r, g in pairs]))
+        out[f"map_at_{k}"] = float(np.mean([average_precision_at_k(r, g, k) for r, g in pairs]))
+        out[f"recall_at_{k}"] = float(np.mean([recall_of(r, g, k) for r, g in pairs]))
+        out[f"precision_at_{k}"] = float(np.mean([precision_at_k(r, g, k) for r, g in pairs]))
+    return out
+
 
 def recall_at_k(ranked: Sequence[Sequence[str]], relevant: Sequence[set[str]], k: int) -> float:
-    """Mean over queries of |top-k ∩ relevant| / min(k, |relevant|).
-
-    Queries without relevant items are skipped.
-    """
-    scores = [
-        len(set(list(ranking)[:k]) & rel) / min(k, len(rel))
-        for ranking, rel in zip(ranked, relevant, strict=True)
-        if rel
-    ]
+    """Mean recall_of over the queries that have relevant items."""
+    scores = [recall_of(ranking, rel, k) for ranking, rel in zip(ranked, relevant, strict=True) if rel]
     return float(np.mean(scores)) if scores else float("nan")

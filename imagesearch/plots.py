@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers
 import matplotlib.pyplot as plt
+import pandas as pd
 from PIL import Image, ImageDraw, ImageOps
 
 from imagesearch.images import DEFAULT_LIMITS, ImageRejected, open_rgb
@@ -57,6 +58,28 @@ class ExampleQuery:
     label: str
     image_path: str | None  # the query image, or None for a text query
     results: list[tuple[str, float]]  # (image path, score), best first
+
+
+def metric_bars(table: pd.DataFrame, metric: str, path: Path) -> Path:
+    """`metric` per model (bars) for each query type (groups)."""
+    pivot = table.pivot_table(index="queries", columns="model", values=metric, sort=False)
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(pivot)), 4))
+    pivot.plot.bar(ax=axis, rot=0)
+    axis.set_ylabel(metric)
+    axis.set_title(f"{metric} on the held-out test split")
+    return _save(figure, path)
+
+
+def recall_curves(curves: dict[str, dict[str, list[float]]], ks: list[int], path: Path) -> Path:
+    """Recall@k against k, one line per model, one panel per query type."""
+    types = sorted({query_type for by_type in curves.values() for query_type in by_type})
+    figure, axes = plt.subplots(1, len(types), figsize=(5 * len(types), 4), squeeze=False)
+    for axis, query_type in zip(axes[0], types, strict=True):
+        for model, by_type in curves.items():
+            if query_type in by_type:
+                axis.plot(ks, by_type[query_type], marker=".", label=model)
+        axis.set(xscale="log", xlabel="k", ylabel="recall@k", title=query_type)
+    return _save(figure, path)
 
 
 def result_grid(queries: list[ExampleQuery], path: Path, *, tile: int = 128) -> Path:

@@ -204,6 +204,27 @@ class ServiceSettings(BaseModel):
     )
 
 
+class EvaluationSettings(BaseModel):
+    """Held-out evaluation on the test split and the promotion rule it feeds."""
+
+    max_image_queries: int = Field(default=500, ge=1, description="test images used as image queries")
+    tag_max_share: float = Field(
+        default=0.3, gt=0, le=1, description="tags on more test images than this share are not queries"
+    )
+    primary_metric: str = Field(
+        default="text_to_image.ndcg_at_10", description="<query type>.<metric> the challenger must improve"
+    )
+    promotion_margin: float = Field(default=0.005, ge=0, description="absolute gain needed on the primary")
+    guarded_metrics: list[str] = Field(
+        default=["image_to_image.ndcg_at_10", "text_to_image.recall_at_10"],
+        description="metrics that may not regress by more than guard_tolerance",
+    )
+    guard_tolerance: float = Field(default=0.01, ge=0)
+    index_recall_floor: float = Field(
+        default=0.8, ge=0, le=1, description="served index recall@10 against exact search, at least"
+    )
+
+
 class Settings(BaseSettings):
     """Resolved configuration of one imagesearch workspace."""
 
@@ -228,6 +249,7 @@ class Settings(BaseSettings):
     training_data: TrainingDataSettings = TrainingDataSettings()
     training: TrainingSettings = TrainingSettings()
     service: ServiceSettings = ServiceSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
     click_log_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the impression/click log; default: sqlite in home"
     )
@@ -288,6 +310,11 @@ class Settings(BaseSettings):
     def trained_model_dir(self) -> Path:
         """The last trained encoder (a saved folder, versioned with DVC) and its metrics."""
         return self.data_dir / "model"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        """Held-out evaluation sets (versioned with DVC) and the last evaluation's report and plots."""
+        return self.data_dir / "evaluation"
 
     @property
     def effective_click_log_url(self) -> str:
