@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import catalog, embeddings, index, model, online, training, training_data
+from assets import catalog, embeddings, evaluation, index, model, online, training, training_data
 from dagster_project.resources import WorkspaceResource
 
-all_assets = dg.load_assets_from_modules([catalog, model, embeddings, index, training_data, training, online])
-all_checks = dg.load_asset_checks_from_modules([catalog, index, training_data, training])
+all_assets = dg.load_assets_from_modules(
+    [catalog, model, embeddings, index, training_data, training, evaluation, online]
+)
+all_checks = dg.load_asset_checks_from_modules([catalog, index, training_data, training, evaluation])
 
 catalog_job = dg.define_asset_job(
     "catalog_job",

@@ -10,6 +10,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -20,6 +21,7 @@ from imagesearch.clicklog import ClickLog
 from imagesearch.corpus import CorpusFetchError, fetch_openclipart
 from imagesearch.doctor import diagnose
 from imagesearch.embed import embed_image_folder, embed_texts
+from imagesearch.evaluation_steps import eval_sets_step, evaluation_step, promotion_step
 from imagesearch.index import load_index
 from imagesearch.judgments import JudgmentsError
 from imagesearch.registry import CHAMPION, RegistryError, load_encoder, pin_reference, register_v0
@@ -42,6 +44,7 @@ training_data_app = typer.Typer(
     help="Training examples from five sources, and their mix.", no_args_is_help=True
 )
 clicks_app = typer.Typer(help="The impression/click log.", no_args_is_help=True)
+evaluate_app = typer.Typer(help="Held-out offline evaluation and promotion.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(versions_app, name="versions")
@@ -50,6 +53,7 @@ app.add_typer(index_app, name="index")
 app.add_typer(embeddings_app, name="embeddings")
 app.add_typer(training_data_app, name="training-data")
 app.add_typer(clicks_app, name="clicks")
+app.add_typer(evaluate_app, name="evaluate")
 
 console = Console(soft_wrap=True)
 USER_ERRORS = (
@@ -385,6 +389,34 @@ def training_data_mix(
     console.print(f"{result.rows} training examples: {result.summary}")
     if result.problems:
         raise ValueError(f"leakage: {'; '.join(result.problems)}")
+
+
+@evaluate_app.command("sets")
+@user_errors
+def evaluate_sets(
+    record: Annotated[bool, typer.Option(help="commit the sets as a DVC version")] = True,
+) -> None:
+    """Build the held-out evaluation sets from the catalog's test split (data/evaluation/)."""
+    result = eval_sets_step(Settings(), record=record)
+    console.print(f"evaluation sets: {result.summary}")
+
+
+@evaluate_app.command("run")
+@user_errors
+def evaluate_run() -> None:
+    """Evaluate challenger, champion, v0 and pretrained features; print the table, log to MLflow."""
+    report = evaluation_step(Settings())
+    console.print(pd.DataFrame(report.table).to_markdown(index=False, floatfmt=".3f"))
+    console.print(f"served index: {report.index}")
+
+
+@evaluate_app.command("promote")
+@user_errors
+def evaluate_promote() -> None:
+    """Apply the promotion rule to the last evaluation (moves the champion alias when it passes)."""
+    result = promotion_step(Settings())
+    verdict = "promoted" if result.decision.promote else "kept the champion"
+    console.print(f"{verdict}: {result.decision.reason}")
 
 
 @clicks_app.command("simulate")

@@ -136,12 +136,13 @@ def evaluation_step(settings: Settings, *, models: dict[str, str] | None = None)
 
 def default_models(settings: Settings) -> dict[str, str]:
     """challenger (when one exists), champion, and v0: each pinned to a registry version."""
-    models = {}
-    for alias in (registry.CHALLENGER, registry.CHAMPION):
-        if registry.alias_version(settings, alias) is not None:
-            models[alias] = registry.pin_reference(alias, settings)
-    models["v0"] = registry.pin_reference(registry.register_v0(settings).reference, settings)
-    return models
+    v0 = registry.register_v0(settings).uri  # made champion when there is none yet
+    models = {
+        alias: registry.pin_reference(alias, settings)
+        for alias in (registry.CHALLENGER, registry.CHAMPION)
+        if registry.alias_version(settings, alias) is not None
+    }
+    return {**models, "v0": v0}
 
 
 def served_index_check(settings: Settings, sets: EvalSets) -> dict:

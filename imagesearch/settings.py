@@ -214,7 +214,9 @@ class EvaluationSettings(BaseModel):
     primary_metric: str = Field(
         default="text_to_image.ndcg_at_10", description="<query type>.<metric> the challenger must improve"
     )
-    promotion_margin: float = Field(default=0.005, ge=0, description="absolute gain needed on the primary")
+    promotion_margin: float = Field(
+        default=0.005, ge=-1, description="absolute gain needed on the primary (negative: a loss allowed)"
+    )
     guarded_metrics: list[str] = Field(
         default=["image_to_image.ndcg_at_10", "text_to_image.recall_at_10"],
         description="metrics that may not regress by more than guard_tolerance",

@@ -12,6 +12,13 @@ from mlflow.tracking import MlflowClient
 
 from assets.catalog import image_catalog
 from assets.embeddings import image_embeddings
+from assets.evaluation import (
+    eval_sets,
+    evaluation_is_held_out,
+    model_promotion,
+    offline_evaluation,
+    served_index_is_sound,
+)
 from assets.index import search_index
 from assets.training import trained_model, training_beat_untrained_heads
 from assets.training_data import no_evaluation_leakage, source_assets, training_examples
@@ -19,7 +26,7 @@ from dagster_project.resources import WorkspaceResource
 from imagesearch.catalog import read_catalog
 from imagesearch.encoders import build_two_tower_encoder
 from imagesearch.images import DEFAULT_LIMITS
-from imagesearch.registry import CHALLENGER, alias_version, connect
+from imagesearch.registry import CHALLENGER, CHAMPION, alias_version, connect
 from imagesearch.settings import ModelSettings, TrainingSettings
 from imagesearch.train import train_towers
 from imagesearch.training_data import EXAMPLE_COLUMNS, augmentation_pairs, mix_examples, tag_pairs
@@ -132,6 +139,8 @@ def test_chain_builds_every_source_mixes_trains_and_registers_a_challenger(
     saved = json.loads((settings.trained_model_dir / "metrics.json").read_text())
     assert saved["model_version"] == version
 
+    check_evaluation_and_promotion(resources, settings, version, monkeypatch)
+
     # a val image slipped into a source: the blocking check stops the chain before training
     augmentation = pd.read_parquet(settings.source_path("augmentation"))
     val_image = read_catalog(settings.catalog_path).query("split == 'val'")["id"].iloc[0]
@@ -144,6 +153,42 @@ def test_chain_builds_every_source_mixes_trains_and_registers_a_challenger(
     check = leaked.get_asset_check_evaluations()[0]
     assert not check.passed and "non-train images" in str(check.metadata["problems"].value)
     assert alias_version(settings, CHALLENGER) == version  # nothing new was trained
+
+
+def check_evaluation_and_promotion(resources, settings, challenger: str, monkeypatch) -> None:
+    """Held-out sets, every model evaluated, checks passed, and the rule's decision in the registry."""
+    chain = [eval_sets, offline_evaluation, served_index_is_sound, evaluation_is_held_out, model_promotion]
+    result = dg.materialize(chain, resources=resources)
+    assert result.success
+    sets = metadata(result, "eval_sets")
+    assert sets["corpus_images"] > 0 and sets["image_queries"] > 0 and "dvc_md5" in sets
+    corpus = pd.read_parquet(settings.evaluation_dir / "corpus.parquet")
+    assert set(read_catalog(settings.catalog_path).set_index("id").loc[corpus["id"], "split"]) == {"test"}
+    evaluated = metadata(result, "offline_evaluation")
+    assert set(evaluated["models"]) == {"challenger", "champion", "v0", "pretrained features"}
+    assert "ndcg_at_10" in evaluated["table"] and "image_to_image" in evaluated["table"]
+    assert all(c.passed for c in result.get_asset_check_evaluations())
+    client = MlflowClient()
+    metrics = client.get_run(evaluated["mlflow_run_id"]).data.metrics
+    assert "eval.challenger.image_to_image.ndcg_at_10" in metrics
+    assert {a.path for a in client.list_artifacts(evaluated["mlflow_run_id"], "evaluation")} == {
+        "evaluation/ndcg_at_10.png",
+        "evaluation/recall_at_k.png",
+        "evaluation/examples.png",
+    }
+    promoted = metadata(result, "model_promotion")
+    tags = client.get_model_version(settings.model.registered_name, challenger).tags
+    assert tags["promotion.decision"] == ("promoted" if promoted["promoted"] else "kept")
+    assert tags["promotion.reason"] == promoted["reason"]
+    assert (alias_version(settings, CHAMPION) == challenger) is promoted["promoted"]
+
+    # a rule any challenger passes moves the alias; asking again changes nothing
+    monkeypatch.setenv("IMAGESEARCH_EVALUATION__PROMOTION_MARGIN", "-1")
+    monkeypatch.setenv("IMAGESEARCH_EVALUATION__GUARD_TOLERANCE", "1")
+    for expected in (True, False):
+        again = dg.materialize([offline_evaluation, model_promotion], resources=resources)
+        assert metadata(again, "model_promotion")["promoted"] is (expected and not promoted["promoted"])
+        assert alias_version(settings, CHAMPION) == challenger
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, training_folder):

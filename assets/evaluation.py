@@ -1,0 +1,111 @@
+"""Stage: held-out evaluation sets, offline evaluation of every model, and eval-gated promotion."""
+
+import dagster as dg
+import pandas as pd
+
+from assets.metadata import version_metadata
+from dagster_project.resources import WorkspaceResource
+from imagesearch.catalog import read_catalog
+from imagesearch.evaluation import EvalSets
+from imagesearch.evaluation_steps import EvaluationReport, eval_sets_step, evaluation_step, promotion_step
+from imagesearch.training_data import leakage_problems
+
+
+@dg.asset(
+    deps=["image_catalog", "judgment_pairs"],
+    group_name="evaluation",
+    kinds={"pandas", "dvc"},
+    owners=["team:imagesearch"],
+    description="Held-out evaluation sets from the catalog's test split only: image->image (same category, "
+    "graded by shared tags), text->image (test tags, test image titles as known-item queries) and the "
+    "held-out side of imported judgments. Versioned with DVC; never read by training.",
+)
+def eval_sets(workspace: WorkspaceResource) -> dg.MaterializeResult:
+    result = eval_sets_step(workspace.settings())
+    return dg.MaterializeResult(metadata={**result.summary, **version_metadata(result.version)})
+
+
+@dg.asset(
+    deps=["eval_sets", "trained_model", "search_index"],
+    group_name="evaluation",
+    kinds={"pytorch", "faiss", "mlflow"},
+    owners=["team:imagesearch"],
+    description="The challenger, the champion, v0 (zero-shot class-name bridge) and raw pretrained image "
+    "features on the held-out sets by exact search: nDCG, mAP, recall and precision @1/5/10 and MRR for "
+    "each query type; the served index against exact search. Metrics and plots (bars, recall@k curves, "
+    "example results) are logged on the challenger's MLflow run.",
+)
+def offline_evaluation(
+    context: dg.AssetExecutionContext, workspace: WorkspaceResource
+) -> dg.MaterializeResult:
+    report = evaluation_step(workspace.settings())
+    table = pd.DataFrame(report.table)
+    context.log.info("\n" + table.to_markdown(index=False, floatfmt=".3f"))
+    return dg.MaterializeResult(
+        metadata={
+            "table": dg.MetadataValue.md(table.to_markdown(index=False, floatfmt=".3f")),
+            "models": dg.MetadataValue.json(report.models),
+            "served_index": dg.MetadataValue.json(report.index),
+            "mlflow_run_id": report.mlflow_run_id or "no challenger",
+        }
+    )
+
+
+@dg.asset_check(
+    asset=offline_evaluation,
+    blocking=True,
+    description="the served index: finite, one vector per catalog "
+    "image, recall@10 against exact search at or above evaluation.index_recall_floor",
+)
+def served_index_is_sound(workspace: WorkspaceResource) -> dg.AssetCheckResult:
+    settings = workspace.settings()
+    index = EvaluationReport.read(settings.evaluation_dir).index
+    floor = settings.evaluation.index_recall_floor
+    problems = [
+        problem
+        for problem, failed in [
+            ("non-finite vectors", not index["finite"]),
+            ("index size differs from the catalog", index["vectors"] != index["catalog_images"]),
+            (f"recall@10 vs exact below {floor}", not index["recall_at_10_vs_exact"] >= floor),
+        ]
+        if failed
+    ]
+    return dg.AssetCheckResult(
+        passed=not problems, metadata={**index, "floor": floor, "problems": ", ".join(problems) or "none"}
+    )
+
+
+@dg.asset_check(
+    asset=offline_evaluation, blocking=True, description="no evaluation image or held-out query in training"
+)
+def evaluation_is_held_out(workspace: WorkspaceResource) -> dg.AssetCheckResult:
+    settings = workspace.settings()
+    sets = EvalSets.read(settings.evaluation_dir)
+    judged = set(sets.text_qrels.loc[sets.text_qrels["origin"] == "judgment", "query"])
+    examples = pd.read_parquet(settings.examples_path)
+    problems = leakage_problems(examples, read_catalog(settings.catalog_path), eval_queries=judged)
+    return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none"})
+
+
+@dg.asset(
+    deps=["offline_evaluation"],
+    group_name="evaluation",
+    kinds={"mlflow"},
+    owners=["team:imagesearch"],
+    description="Moves the `champion` alias to the challenger only when its primary held-out metric beats "
+    "the champion's by evaluation.promotion_margin and no guarded metric regresses by more than "
+    "evaluation.guard_tolerance. Every decision and its reason is a tag on the challenger's version.",
+)
+def model_promotion(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
+    result = promotion_step(workspace.settings())
+    context.log.info(
+        f"promotion: {'promoted' if result.decision.promote else 'kept'} ({result.decision.reason})"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "promoted": result.decision.promote,
+            "reason": result.decision.reason,
+            "challenger": result.challenger or "none",
+            "champion_before": result.champion or "none",
+        }
+    )
