@@ -5,6 +5,7 @@ CLI := .venv/bin/imagesearch
 # for a labelers' file; absolute because DVC stages run inside the workspace.
 DEMO_JUDGMENTS := IMAGESEARCH_TRAINING_DATA__JUDGMENTS_PATH=$(CURDIR)/examples/openclipart-judgments.csv
 TRAINING_ASSETS := augmentation_pairs,classifier_pairs,tag_pairs,judgment_pairs,click_pairs,training_examples,trained_model
+EVALUATION_ASSETS := eval_sets,offline_evaluation,model_promotion
 
 .PHONY: setup demo test ui serve mlflow lint bench
 
@@ -17,13 +18,20 @@ demo: setup  ## fetch the default corpus and run the pipeline end to end through
 	$(PY) -m dagster_project.run materialize --select image_embeddings --partition-range 0...f
 	$(PY) -m dagster_project.run materialize --select search_index
 	$(DEMO_JUDGMENTS) $(PY) -m dagster_project.run materialize --select $(TRAINING_ASSETS)
+	$(DEMO_JUDGMENTS) $(PY) -m dagster_project.run materialize --select $(EVALUATION_ASSETS)
+	@# what champion_sensor + index_after_embeddings do when the daemon runs: embed with the champion, re-index
+	$(PY) -m dagster_project.run materialize --select image_embeddings --partition-range 0...f
+	$(PY) -m dagster_project.run materialize --select search_index
 	$(CLI) catalog summary
+	$(CLI) evaluate show
 	$(CLI) search --text "a red apple" -k 5
 	@echo ""
 	@echo "Where to look:"
 	@echo "  catalog + quarantine tables   the two paths above (parquet)"
 	@echo "  data versions (DVC)           $(CLI) versions list catalog   (or: index, training_examples, train)"
 	@echo "  training runs, challenger     make mlflow  ->  http://127.0.0.1:5000"
+	@echo "  evaluation table + plots      $(CLI) evaluate show; .imagesearch/data/evaluation/*.png"
+	@echo "  the search page               make serve  ->  http://127.0.0.1:8000"
 	@echo "  search from the shell         $(CLI) search --text 'a cat' | --image FILE.png"
 	@echo "  Dagster UI (runs, metadata)   make ui  ->  http://127.0.0.1:3000"
 	@echo "  everything resolved           $(CLI) doctor"

@@ -21,7 +21,7 @@ from imagesearch.clicklog import ClickLog
 from imagesearch.corpus import CorpusFetchError, fetch_openclipart
 from imagesearch.doctor import diagnose
 from imagesearch.embed import embed_image_folder, embed_texts
-from imagesearch.evaluation_steps import eval_sets_step, evaluation_step, promotion_step
+from imagesearch.evaluation_steps import EvaluationReport, eval_sets_step, evaluation_step, promotion_step
 from imagesearch.index import load_index
 from imagesearch.judgments import JudgmentsError
 from imagesearch.registry import CHAMPION, RegistryError, load_encoder, pin_reference, register_v0
@@ -408,6 +408,19 @@ def evaluate_run() -> None:
     report = evaluation_step(Settings())
     console.print(pd.DataFrame(report.table).to_markdown(index=False, floatfmt=".3f"))
     console.print(f"served index: {report.index}")
+
+
+@evaluate_app.command("show")
+@user_errors
+def evaluate_show() -> None:
+    """Print the last evaluation's table, the served index check and the promotion decision."""
+    settings = Settings()
+    report = EvaluationReport.read(settings.evaluation_dir)
+    console.print(pd.DataFrame(report.table).to_markdown(index=False, floatfmt=".3f"))
+    console.print(f"served index: {report.index}")
+    for label, reference in report.models.items():
+        console.print(f"  {label:20} {reference}")
+    console.print(f"champion now: {pin_reference(CHAMPION, settings)}")
 
 
 @evaluate_app.command("promote")

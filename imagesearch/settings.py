@@ -252,6 +252,9 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     service: ServiceSettings = ServiceSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    retrain_cron: str = Field(
+        default="0 3 * * 1", description="cron of the weekly_retraining schedule (off until switched on)"
+    )
     click_log_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the impression/click log; default: sqlite in home"
     )

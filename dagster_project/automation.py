@@ -1,0 +1,132 @@
+"""Jobs, the weekly retraining schedule and the sensors that keep the index current without anyone.
+
+new images in a source -> catalog_job -> (catalog succeeded) embeddings_job over the shards that
+lack embeddings -> (embeddings succeeded) index_job. A new `champion` alias -> embeddings_job over
+every shard (a new model embeds into its own folder) -> index_job; the search service polls its index
+folder and swaps the new index + model in (SERVICE__RELOAD_POLL_SECONDS).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets import catalog, embeddings, index, training
+from dagster_project.resources import WorkspaceResource
+from imagesearch.registry import CHAMPION, alias_version
+from imagesearch.settings import Settings
+from imagesearch.watch import files_fingerprint, uncatalogued_files, unembedded_shards
+
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+RETRAIN_CRON = Settings().retrain_cron  # IMAGESEARCH_RETRAIN_CRON; default Mondays 03:00
+
+catalog_job = dg.define_asset_job(
+    "catalog_job",
+    selection=dg.AssetSelection.assets(catalog.image_catalog),
+    description="Scan and catalogue images",
+)
+embeddings_job = dg.define_asset_job(
+    "embeddings_job",
+    selection=dg.AssetSelection.assets(embeddings.image_embeddings),
+    partitions_def=embeddings.catalog_shards,
+    description="Embed the catalog shards of a run's partition range with the configured model (champion)",
+)
+index_job = dg.define_asset_job(
+    "index_job",
+    selection=dg.AssetSelection.assets(index.search_index),
+    description="Rebuild the search index from the embeddings; the service swaps it in",
+)
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=dg.AssetSelection.groups("training_data") | dg.AssetSelection.assets(training.trained_model),
+    description="Build training examples from every source, mix them and train a challenger",
+)
+retraining_job = dg.define_asset_job(
+    "retraining_job",
+    selection=dg.AssetSelection.groups("training_data", "evaluation")
+    | dg.AssetSelection.assets(training.trained_model),
+    description="Training data, a new challenger, held-out evaluation against the champion and baselines, "
+    "and the promotion decision",
+)
+
+weekly_retraining = dg.ScheduleDefinition(
+    name="weekly_retraining",
+    job=retraining_job,
+    cron_schedule=RETRAIN_CRON,
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description=f"Retrain, evaluate and maybe promote (cron {RETRAIN_CRON}, IMAGESEARCH_RETRAIN_CRON). "
+    "Off until switched on in the UI.",
+)
+
+
+def shard_range(shards: list[str]) -> dict[str, str]:
+    """Run tags for one single-run backfill over the shards (the range between the first and last)."""
+    return {RANGE_START: min(shards), RANGE_END: max(shards)}
+
+
+@dg.sensor(
+    job=catalog_job,
+    minimum_interval_seconds=60,
+    description="New or changed image files in a corpus source: catalogue them (the catalog is incremental)",
+)
+def new_images_sensor(context: dg.SensorEvaluationContext, workspace: WorkspaceResource):
+    pending = uncatalogued_files(workspace.settings())
+    if not pending:
+        return dg.SkipReason("every source file is catalogued")
+    fingerprint = files_fingerprint(pending)
+    if fingerprint == context.cursor:
+        return dg.SkipReason(f"{len(pending)} uncatalogued files already requested")
+    context.update_cursor(fingerprint)
+    return dg.RunRequest(
+        run_key=f"new-images-{fingerprint}", tags={"imagesearch/new_files": str(len(pending))}
+    )
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[catalog_job],
+    request_job=embeddings_job,
+    description="After a catalog run: embed only the shards that hold images without embeddings",
+)
+def embed_new_shards(context: dg.RunStatusSensorContext, workspace: WorkspaceResource):
+    shards = unembedded_shards(workspace.settings())
+    if not shards:
+        return dg.SkipReason("every catalog image has embeddings")
+    return dg.RunRequest(run_key=f"embed-after-{context.dagster_run.run_id}", tags=shard_range(shards))
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[embeddings_job],
+    request_job=index_job,
+    description="After an embeddings run: rebuild the index (the service polls it and swaps)",
+)
+def index_after_embeddings(context: dg.RunStatusSensorContext):
+    return dg.RunRequest(run_key=f"index-after-{context.dagster_run.run_id}")
+
+
+@dg.sensor(
+    job=embeddings_job,
+    minimum_interval_seconds=60,
+    description="The `champion` alias moved in the MLflow registry: embed the catalog with the new "
+    "champion, then (index_after_embeddings) rebuild the index the service swaps in",
+)
+def champion_sensor(context: dg.SensorEvaluationContext, workspace: WorkspaceResource):
+    version = alias_version(workspace.settings(), CHAMPION)
+    if version is None:
+        return dg.SkipReason("no champion registered yet")
+    if version == context.cursor:
+        return dg.SkipReason(f"champion is still version {version}")
+    first_look = context.cursor is None
+    context.update_cursor(version)
+    shards = unembedded_shards(workspace.settings())
+    if first_look and not shards:
+        return dg.SkipReason(f"champion version {version} is already embedded")
+    return dg.RunRequest(
+        run_key=f"champion-v{version}",
+        tags={**shard_range(shards or ["0", "f"]), "imagesearch/champion": version},
+    )
+
+
+schedules = [weekly_retraining]
+sensors = [new_images_sensor, embed_new_shards, index_after_embeddings, champion_sensor]
+jobs = [catalog_job, embeddings_job, index_job, training_job, retraining_job]
