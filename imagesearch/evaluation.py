@@ -209,7 +209,7 @@ def metrics_table(
     rows = [
         {
             "model": model,
-            "queries": query_type,
+            "query_type": query_type,
             "n": int(metrics.get("queries", 0)),
             **{c: metrics.get(c) for c in columns},
         }

@@ -195,23 +195,17 @@ def _example_grid(
 ) -> Path:
     """Two text and two image queries, answered by each evaluated model in turn."""
     path_of = dict(zip(sets.corpus["id"], sets.corpus["path"], strict=True))
-    titles = sets.text_qrels.loc[sets.text_qrels["origin"] == "tag", "query"].drop_duplicates()
-    texts = titles.sample(min(2, len(titles)), random_state=0).tolist()
+    tags = sets.text_qrels.loc[sets.text_qrels["origin"] == "tag", "query"].drop_duplicates()
+    texts = tags.sample(min(2, len(tags)), random_state=0).tolist()
     images = list(next(iter(rankings.values())).image)[:2]
+
+    def shown(ranking: list[str]) -> list[tuple[str, None]]:
+        return [(path_of[image_id], None) for image_id in ranking[:6]]
+
     examples = []
     for label in models:
-        for text in texts:
-            examples.append(
-                ExampleQuery(
-                    f'{label}: "{text}"', None, [(path_of[i], 0.0) for i in rankings[label].text[text][:6]]
-                )
-            )
-        for image_id in images:
-            examples.append(
-                ExampleQuery(
-                    label, path_of[image_id], [(path_of[i], 0.0) for i in rankings[label].image[image_id][:6]]
-                )
-            )
+        examples += [ExampleQuery(f'{label}: "{t}"', None, shown(rankings[label].text[t])) for t in texts]
+        examples += [ExampleQuery(label, path_of[i], shown(rankings[label].image[i])) for i in images]
     return result_grid(examples, path)
 
 

@@ -57,12 +57,12 @@ def _save(figure, path: Path) -> Path:
 class ExampleQuery:
     label: str
     image_path: str | None  # the query image, or None for a text query
-    results: list[tuple[str, float]]  # (image path, score), best first
+    results: list[tuple[str, float | None]]  # (image path, score or None), best first
 
 
 def metric_bars(table: pd.DataFrame, metric: str, path: Path) -> Path:
     """`metric` per model (bars) for each query type (groups)."""
-    pivot = table.pivot_table(index="queries", columns="model", values=metric, sort=False)
+    pivot = table.pivot_table(index="query_type", columns="model", values=metric, sort=False)
     figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(pivot)), 4))
     pivot.plot.bar(ax=axis, rot=0)
     axis.set_ylabel(metric)
@@ -94,7 +94,8 @@ def result_grid(queries: list[ExampleQuery], path: Path, *, tile: int = 128) -> 
         _wrapped(draw, query.label, (4, top + 4), width=tile // 7)
         for column, (image_path, score) in enumerate(query.results, start=1):
             grid.paste(_thumbnail(image_path, tile), (column * tile, top))
-            draw.text((column * tile + 4, top + tile + 2), f"{score:.3f}", fill="black")
+            if score is not None:
+                draw.text((column * tile + 4, top + tile + 2), f"{score:.3f}", fill="black")
     grid.save(path)
     return path
 

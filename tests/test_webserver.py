@@ -1,4 +1,8 @@
-"""`make ui` for real: start Dagster's webserver, materialize the catalog through GraphQL as the UI does."""
+"""`make ui` for real: start Dagster's webserver and run the whole chain through GraphQL as the UI does.
+
+catalog -> embeddings (all shards in one run) -> index -> training data, training, held-out evaluation
+and promotion, on 30 tiny images; then the runs, materializations and asset checks it recorded.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dagster_project.automation import RANGE_END, RANGE_START
 from imagesearch.settings import PROJECT_ROOT
+from tests.conftest import noise_image
 
 pytestmark = pytest.mark.usefixtures("dvc_available")
 
 START_TIMEOUT_S = 120
-RUN_TIMEOUT_S = 180
+RUN_TIMEOUT_S = 600
 LAUNCH = """
 mutation Launch($params: ExecutionParams!) {
   launchRun(executionParams: $params) {
@@ -31,9 +37,20 @@ mutation Launch($params: ExecutionParams!) {
 }"""
 RUN_STATUS = "query Status($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
 LATEST_MATERIALIZATION = """
-{ assetOrError(assetKey: {path: ["image_catalog"]}) {
+query Latest($path: [String!]!) { assetOrError(assetKey: {path: $path}) {
     ... on Asset { assetMaterializations(limit: 1) {
       runId metadataEntries { label ... on IntMetadataEntry { intValue } } } } } }"""
+CHECKS = """
+query Checks($path: [String!]!) { assetNodeOrError(assetKey: {path: $path}) {
+    ... on AssetNode { assetChecksOrError { ... on AssetChecks { checks {
+      name blocking executionForLatestMaterialization { runId status } } } } } } }"""
+SMALL_TRAINING = {
+    "IMAGESEARCH_TRAINING__FROZEN_EPOCHS": "2",
+    "IMAGESEARCH_TRAINING__UNFROZEN_EPOCHS": "1",
+    "IMAGESEARCH_TRAINING__BATCH_SIZE": "16",
+    "IMAGESEARCH_TRAINING_DATA__SIMULATED_QUERIES": "3",
+    "IMAGESEARCH_TRAINING_DATA__SIMULATED_SESSIONS": "10",
+}
 
 
 def free_port() -> int:
@@ -43,12 +60,25 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def webserver(tmp_path: Path, tiny_folder: Path) -> Iterator[str]:
+def corpus(tmp_path: Path) -> Path:
+    """30 noise images in three category folders: enough for every split to hold some."""
+    root = tmp_path / "images"
+    for c, category in enumerate(["animals", "tools", "food"]):
+        (root / category).mkdir(parents=True)
+        for i in range(10):
+            noise_image(100 * c + i, size=(48, 40)).save(root / category / f"{category}_{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def webserver(tmp_path: Path, corpus: Path, saved_encoder: Path) -> Iterator[str]:
     port = free_port()
     env = os.environ | {
         "IMAGESEARCH_HOME": str(tmp_path / "ws"),
-        "IMAGESEARCH_SOURCES": json.dumps([{"name": "tiny", "path": str(tiny_folder)}]),
+        "IMAGESEARCH_SOURCES": json.dumps([{"name": "tiny", "path": str(corpus)}]),
         "IMAGESEARCH_CATALOG__WORKERS": "1",
+        "IMAGESEARCH_EMBEDDINGS__MODEL": str(saved_encoder),  # a saved v0: loads in a second
+        **SMALL_TRAINING,
     }
     log = (tmp_path / "webserver.log").open("w")
     server = subprocess.Popen(
@@ -101,27 +131,52 @@ def graphql(url: str, query: str, **variables) -> dict:
     return body["data"]
 
 
-def test_catalog_is_materialized_from_the_ui(webserver: str):
+def launch(url: str, job: str, tags: dict[str, str] | None = None) -> str:
+    """Launch a job as the UI's Launchpad does and wait for it to finish; returns the run id."""
     params = {
         "selector": {
             "repositoryLocationName": "dagster_project.definitions",
             "repositoryName": "__repository__",
-            "jobName": "catalog_job",
+            "jobName": job,
         },
         "runConfigData": {},
+        "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]},
     }
-    launched = graphql(webserver, LAUNCH, params=params)["launchRun"]
+    launched = graphql(url, LAUNCH, params=params)["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     run_id = launched["run"]["runId"]
-
     deadline = time.monotonic() + RUN_TIMEOUT_S
     status = "STARTING"
     while status not in {"SUCCESS", "FAILURE", "CANCELED"} and time.monotonic() < deadline:
         time.sleep(1)
-        status = graphql(webserver, RUN_STATUS, id=run_id)["runOrError"]["status"]
-    assert status == "SUCCESS"
+        status = graphql(url, RUN_STATUS, id=run_id)["runOrError"]["status"]
+    assert status == "SUCCESS", f"{job}: {status}"
+    return run_id
 
-    latest = graphql(webserver, LATEST_MATERIALIZATION)["assetOrError"]["assetMaterializations"][0]
-    assert latest["runId"] == run_id
-    counts = {entry["label"]: entry.get("intValue") for entry in latest["metadataEntries"]}
-    assert counts["catalogued"] == 6
+
+def latest(url: str, asset: str) -> tuple[str, dict]:
+    found = graphql(url, LATEST_MATERIALIZATION, path=[asset])["assetOrError"]["assetMaterializations"][0]
+    return found["runId"], {entry["label"]: entry.get("intValue") for entry in found["metadataEntries"]}
+
+
+def test_the_chain_runs_from_the_ui_with_its_checks_recorded(webserver: str):
+    catalog_run = launch(webserver, "catalog_job")
+    run_id, counts = latest(webserver, "image_catalog")
+    assert run_id == catalog_run and counts["catalogued"] == 30
+    launch(webserver, "embeddings_job", {RANGE_START: "0", RANGE_END: "f"})
+    index_run = launch(webserver, "index_job")
+    retraining_run = launch(webserver, "retraining_job")
+    assert latest(webserver, "search_index")[0] == index_run
+    for asset in ("trained_model", "offline_evaluation", "model_promotion"):
+        assert latest(webserver, asset)[0] == retraining_run, asset
+    for asset, run, expected in [
+        ("search_index", index_run, {"index_covers_the_catalog", "index_recall_above_floor"}),
+        ("training_examples", retraining_run, {"no_evaluation_leakage"}),
+        ("offline_evaluation", retraining_run, {"served_index_is_sound", "evaluation_is_held_out"}),
+    ]:
+        node = graphql(webserver, CHECKS, path=[asset])["assetNodeOrError"]["assetChecksOrError"]
+        checks = {c["name"]: c for c in node["checks"]}
+        assert set(checks) == expected
+        for name, check in checks.items():
+            assert check["blocking"], name
+            assert check["executionForLatestMaterialization"] == {"runId": run, "status": "SUCCEEDED"}, name
