@@ -7,7 +7,7 @@ DEMO_JUDGMENTS := IMAGESEARCH_TRAINING_DATA__JUDGMENTS_PATH=$(CURDIR)/examples/o
 TRAINING_ASSETS := augmentation_pairs,classifier_pairs,tag_pairs,judgment_pairs,click_pairs,training_examples,trained_model
 EVALUATION_ASSETS := eval_sets,offline_evaluation,model_promotion
 
-.PHONY: setup demo test ui serve mlflow lint bench
+.PHONY: setup demo test ui serve mlflow lint bench ablation
 
 setup:  ## venvs (project + DVC tool venv) and the workspace; does nothing when already done
 	bash scripts/setup.sh
@@ -38,6 +38,10 @@ demo: setup  ## fetch the default corpus and run the pipeline end to end through
 
 test: setup  ## the test suite
 	$(PY) -m pytest -q
+
+ablation: setup  ## one model per training-data source + all, reduced budget, held-out table (after make demo)
+	$(DEMO_JUDGMENTS) $(PY) -m dagster_project.run materialize --select ablation_study
+	cat .imagesearch/data/ablation/table.md
 
 ui: setup  ## Dagster webserver + daemon on 127.0.0.1:3000
 	$(PY) -m dagster_project.run ui

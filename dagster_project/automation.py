@@ -48,6 +48,12 @@ retraining_job = dg.define_asset_job(
     "and the promotion decision",
 )
 
+ablation_job = dg.define_asset_job(
+    "ablation_job",
+    selection=dg.AssetSelection.groups("ablation"),
+    description="Train and evaluate one model per training-data source and one on all (reduced budget)",
+)
+
 weekly_retraining = dg.ScheduleDefinition(
     name="weekly_retraining",
     job=retraining_job,
@@ -129,4 +135,4 @@ def champion_sensor(context: dg.SensorEvaluationContext, workspace: WorkspaceRes
 
 schedules = [weekly_retraining]
 sensors = [new_images_sensor, embed_new_shards, index_after_embeddings, champion_sensor]
-jobs = [catalog_job, embeddings_job, index_job, training_job, retraining_job]
+jobs = [catalog_job, embeddings_job, index_job, training_job, retraining_job, ablation_job]

@@ -95,7 +95,6 @@ def evaluation_step(settings: Settings, *, models: dict[str, str] | None = None)
     """Evaluate the challenger, the champion, v0 and raw pretrained features on the held-out sets."""
     sets = EvalSets.read(settings.evaluation_dir)
     models = models or default_models(settings)
-    paths = sets.corpus["path"].tolist()
     results, curves, rankings, seen = {}, {}, {}, {}
     for label, reference in models.items():
         if reference in seen:  # e.g. the champion is still v0: evaluated once, reported under both labels
@@ -106,12 +105,9 @@ def evaluation_step(settings: Settings, *, models: dict[str, str] | None = None)
             )
             continue
         seen[reference] = label
-        encoder = registry.load_encoder(reference, settings)
-        vectors = encoder.encode_images([Path(p) for p in paths])
-        rankings[label] = rank_corpus(sets, vectors, encoder.encode_texts)
-        results[label] = score_rankings(sets, rankings[label])
+        rankings[label], results[label] = evaluate_encoder(registry.load_encoder(reference, settings), sets)
         curves[label] = _curves(sets, rankings[label])
-    raw = _pretrained_features(settings, paths)
+    raw = _pretrained_features(settings, sets.corpus["path"].tolist())
     rankings[PRETRAINED] = rank_corpus(sets, raw, None)
     results[PRETRAINED] = score_rankings(sets, rankings[PRETRAINED])
     curves[PRETRAINED] = _curves(sets, rankings[PRETRAINED])
@@ -132,6 +128,13 @@ def evaluation_step(settings: Settings, *, models: dict[str, str] | None = None)
     report.mlflow_run_id = _log_to_mlflow(settings, report, models.get("challenger"))
     report.write(folder)
     return report
+
+
+def evaluate_encoder(encoder: Encoder, sets: EvalSets) -> tuple[ModelRankings, dict[str, dict[str, float]]]:
+    """Embed the test corpus, rank it for every query by exact search, score the rankings."""
+    vectors = encoder.encode_images([Path(p) for p in sets.corpus["path"]])
+    rankings = rank_corpus(sets, vectors, encoder.encode_texts)
+    return rankings, score_rankings(sets, rankings)
 
 
 def default_models(settings: Settings) -> dict[str, str]:

@@ -227,6 +227,17 @@ class EvaluationSettings(BaseModel):
     )
 
 
+class AblationSettings(BaseModel):
+    """The reduced training budget of the ablation (one model per training-data source, and all)."""
+
+    variants: list[str] = Field(default=[*TRAINING_SOURCES, "all"], description="a source name, or 'all'")
+    max_train_images: int = Field(
+        default=1500, ge=2, description="train images per variant (the same budget)"
+    )
+    frozen_epochs: int = Field(default=6, ge=1)
+    unfrozen_epochs: int = Field(default=0, ge=0)
+
+
 class Settings(BaseSettings):
     """Resolved configuration of one imagesearch workspace."""
 
@@ -252,6 +263,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     service: ServiceSettings = ServiceSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    ablation: AblationSettings = AblationSettings()
     retrain_cron: str = Field(
         default="0 3 * * 1", description="cron of the weekly_retraining schedule (off until switched on)"
     )
@@ -320,6 +332,10 @@ class Settings(BaseSettings):
     def evaluation_dir(self) -> Path:
         """Held-out evaluation sets (versioned with DVC) and the last evaluation's report and plots."""
         return self.data_dir / "evaluation"
+
+    @property
+    def ablation_dir(self) -> Path:
+        return self.data_dir / "ablation"
 
     @property
     def effective_click_log_url(self) -> str:

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from assets.catalog import image_catalog
 from assets.embeddings import image_embeddings
 from assets.evaluation import (
+    ablation_study,
     eval_sets,
     evaluation_is_held_out,
     model_promotion,
@@ -181,6 +182,17 @@ def check_evaluation_and_promotion(resources, settings, challenger: str, monkeyp
     assert tags["promotion.decision"] == ("promoted" if promoted["promoted"] else "kept")
     assert tags["promotion.reason"] == promoted["reason"]
     assert (alias_version(settings, CHAMPION) == challenger) is promoted["promoted"]
+
+    # the ablation: one tiny model per variant, one table, nested MLflow runs
+    monkeypatch.setenv("IMAGESEARCH_ABLATION__VARIANTS", '["tags", "all"]')
+    monkeypatch.setenv("IMAGESEARCH_ABLATION__FROZEN_EPOCHS", "1")
+    ablation = metadata(dg.materialize([ablation_study], resources=resources), "ablation_study")
+    assert ablation["variants"] == 2 and "text_to_image ndcg@10" in ablation["table"]
+    nested = client.search_runs(
+        [client.get_run(ablation["mlflow_run_id"]).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{ablation['mlflow_run_id']}'",
+    )
+    assert sorted(r.data.params["variant"] for r in nested) == ["all", "tags"]
 
     # a rule any challenger passes moves the alias; asking again changes nothing
     monkeypatch.setenv("IMAGESEARCH_EVALUATION__PROMOTION_MARGIN", "-1")
