@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import faiss
 import mlflow
 import numpy as np
 import pandas as pd
@@ -152,21 +153,17 @@ def served_index_check(settings: Settings, sets: EvalSets) -> dict:
     """The index the service serves: finite, one vector per catalog image, ANN recall@10 vs exact."""
     loaded = load_index(settings.search_index_dir)
     vectors = np.asarray(loaded.vectors, dtype=np.float32)
-    catalog_size = len(read_catalog(settings.catalog_path))
-    row_of = pd.Index(loaded.ids["id"])
-    queries = vectors[row_of.get_indexer(sets.corpus["id"])[row_of.get_indexer(sets.corpus["id"]) >= 0]]
-    found = loaded.search(queries, 10)[1]
-    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
-    recall = (
-        float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=True)]))
-        if len(queries)
-        else math.nan
-    )
+    rows = pd.Index(loaded.ids["id"]).get_indexer(sets.corpus["id"])
+    queries = vectors[rows[rows >= 0]]
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    pairs = zip(loaded.search(queries, 10)[1], exact.search(queries, 10)[1], strict=True)
+    recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in pairs])) if len(queries) else math.nan
     return {
         "model": loaded.manifest.model,
         "factory": loaded.manifest.factory,
         "vectors": int(loaded.index.ntotal),
-        "catalog_images": catalog_size,
+        "catalog_images": len(read_catalog(settings.catalog_path)),
         "finite": bool(np.isfinite(vectors).all()),
         "recall_at_10_vs_exact": recall,
         "queries": len(queries),

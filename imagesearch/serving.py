@@ -150,7 +150,9 @@ class SearchService:
         timings["encode"] = _ms(started)
         return vectors
 
-    def search_many(self, vectors: np.ndarray, pages: list[PageRequest], timings: dict[str, float]):
+    def search_many(
+        self, vectors: np.ndarray, pages: list[PageRequest], timings: dict[str, float]
+    ) -> list[Answer]:
         """ANN for all queries in one call, then the exact re-score and re-rank of each."""
         started = time.perf_counter()
         total = self.index.index.ntotal
