@@ -26,7 +26,9 @@ from assets.training_data import no_evaluation_leakage, source_assets, training_
 from dagster_project.resources import WorkspaceResource
 from imagesearch.catalog import read_catalog
 from imagesearch.encoders import build_two_tower_encoder
+from imagesearch.evaluation_steps import evaluation_step
 from imagesearch.images import DEFAULT_LIMITS
+from imagesearch.index import load_index
 from imagesearch.registry import CHALLENGER, CHAMPION, alias_version, connect
 from imagesearch.settings import ModelSettings, TrainingSettings
 from imagesearch.train import train_towers
@@ -182,6 +184,11 @@ def check_evaluation_and_promotion(resources, settings, challenger: str, monkeyp
     assert tags["promotion.decision"] == ("promoted" if promoted["promoted"] else "kept")
     assert tags["promotion.reason"] == promoted["reason"]
     assert (alias_version(settings, CHAMPION) == challenger) is promoted["promoted"]
+
+    # the served model through the served index (Flat here) ranks exactly as exact search does
+    served_model = load_index(settings.search_index_dir).manifest.model
+    served = evaluation_step(settings, models={"served": served_model})
+    assert served.results["served via index"] == served.results["served"]
 
     # the ablation: one tiny model per variant, one table, nested MLflow runs
     monkeypatch.setenv("IMAGESEARCH_ABLATION__VARIANTS", '["tags", "all"]')
