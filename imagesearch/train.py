@@ -549,7 +549,7 @@ def train_towers(
     """
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
-    examples = _subsample(examples, settings)
+    examples = subsample_examples(examples, settings.max_train_images, settings.seed)
     validation = ValidationSet.from_catalog(catalog)
     data = index_examples(examples, validation.query_texts)
     if not len(data.anchor):
@@ -590,14 +590,17 @@ def train_towers(
     )
 
 
-def _subsample(examples: pd.DataFrame, settings: TrainingSettings) -> pd.DataFrame:
-    if settings.max_train_images is None:
+def subsample_examples(examples: pd.DataFrame, max_images: int | None, seed: int) -> pd.DataFrame:
+    """The rows whose images all lie in a random `max_images` of the anchors (only those get cached
+    features). A hard negative outside that set is dropped, not its row: the pair is still a positive."""
+    if max_images is None:
         return examples
     anchors = sorted(examples["anchor_id"].dropna().unique())
-    rng = np.random.default_rng(settings.seed)
-    keep = set(rng.choice(anchors, size=min(settings.max_train_images, len(anchors)), replace=False))
-    used = [examples[c].isna() | examples[c].isin(keep) for c in ("anchor_id", "positive_id", "negative_id")]
-    return examples[used[0] & used[1] & used[2]].reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    keep = set(rng.choice(anchors, size=min(max_images, len(anchors)), replace=False))
+    inside = [examples[c].isna() | examples[c].isin(keep) for c in ("anchor_id", "positive_id")]
+    kept = examples[inside[0] & inside[1]].reset_index(drop=True)
+    return kept.assign(negative_id=kept["negative_id"].where(kept["negative_id"].isin(keep)))
 
 
 def _load_or_build_cache(

@@ -282,3 +282,22 @@ def test_augmented_views_depend_on_the_image_id_not_its_path(tmp_path):
     assert torch.equal(same, views("b", "id1"))  # another checkout, same views
     assert not torch.equal(same[0], same[1])  # two different views of one image
     assert not torch.equal(same, views("a", "id2"))
+
+
+def test_subsampling_keeps_positive_pairs_and_drops_only_outside_negatives():
+    from imagesearch.train import subsample_examples
+
+    examples = pd.DataFrame(
+        {
+            "anchor_id": ["a", "b", "c", "a"],
+            "positive_id": ["b", None, "zz", None],
+            "positive_text": [None, "some text", None, "a query"],
+            "negative_id": [None, "c", None, "outside"],
+            "weight": 1.0,
+            "source": "tags",
+        }
+    )
+    kept = subsample_examples(examples, max_images=3, seed=0)  # keeps a, b, c
+    assert kept["anchor_id"].tolist() == ["a", "b", "a"]  # the pair with 'zz' (not an anchor) goes
+    assert kept["negative_id"].iloc[1] == "c" and pd.isna(kept["negative_id"].iloc[2])  # dropped, not its row
+    assert subsample_examples(examples, None, 0) is examples
