@@ -2,7 +2,7 @@
 
 Evaluation sets (built from the catalog's test split only, never from training data):
 - image->image: each (sampled) test image queries the other test images; relevant = same category
-  (grade 1), grade 2 when they also share a tag.
+  (grade 1), grade 2 when they also share a tag other than the category's own name.
 - text->image: test-split tags (query "tag words", relevant = the test images carrying it, grade 1)
   and test image titles (known-item queries: the image itself, grade 2). Titles of test images are
   never training texts; tag words are (for train images), so the two origins are reported apart.
@@ -88,8 +88,11 @@ def _image_qrels(test: pd.DataFrame, tags: pd.DataFrame, limit: int, seed: int) 
     queries = test.sample(min(limit, len(test)), random_state=seed)[["id", "category"]]
     pairs = queries.merge(test[["id", "category"]], on="category", suffixes=("_query", ""))
     pairs = pairs[pairs["id_query"] != pairs["id"]]
-    shared = tags.merge(tags, on="tags", suffixes=("_query", ""))
-    shared = shared[shared["tags"] != ""][["id_query", "id"]].drop_duplicates().assign(shares_tag=True)
+    # the category's own name is often also a tag: sharing it says nothing beyond grade 1
+    specific = tags.merge(test[["id", "category"]], on="id")
+    specific = specific[specific["tags"] != specific["category"].astype(str)][["id", "tags"]]
+    shared = specific.merge(specific, on="tags", suffixes=("_query", ""))
+    shared = shared[["id_query", "id"]].drop_duplicates().assign(shares_tag=True)
     pairs = pairs.merge(shared, on=["id_query", "id"], how="left")
     return pd.DataFrame(
         {
