@@ -282,7 +282,10 @@ async def _answer(
         ready = await run_in_threadpool(_prepare, service, query, upload, prepared)
     except BadQuery as error:
         raise HTTPException(422, str(error)) from error
-    answer: Answer = await run_in_threadpool(service.answer, ready, page)
+    try:
+        answer: Answer = await run_in_threadpool(service.answer, ready, page)
+    except TimeoutError as error:  # the worker's queue is longer than ANSWER_TIMEOUT_S: overloaded
+        raise HTTPException(503, "the search service is overloaded; retry shortly") from error
     answer.timings_ms = {**prepared, **answer.timings_ms}
     query_id = await run_in_threadpool(
         request.app.state.clicks.log_query,
