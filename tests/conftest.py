@@ -48,6 +48,18 @@ def tiny_folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def training_folder(tmp_path: Path) -> Path:
+    """30 noise images in three category folders, enough for every split to hold some; one with a caption."""
+    root = tmp_path / "images"
+    for c, category in enumerate(["animals", "tools", "food"]):
+        (root / category).mkdir(parents=True)
+        for i in range(10):
+            noise_image(100 * c + i, size=(48, 40)).save(root / category / f"{category}_{i:02d}.png")
+    (root / "animals" / "animals_00.txt").write_text("a noisy cat\n")
+    return root
+
+
+@pytest.fixture
 def workspace_settings(tmp_path: Path, tiny_folder: Path) -> Settings:
     return Settings(
         home=tmp_path / "workspace",

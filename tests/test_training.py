@@ -33,7 +33,6 @@ from imagesearch.registry import CHALLENGER, CHAMPION, alias_version, connect
 from imagesearch.settings import ModelSettings, TrainingSettings
 from imagesearch.train import train_towers
 from imagesearch.training_data import EXAMPLE_COLUMNS, augmentation_pairs, mix_examples, tag_pairs
-from tests.conftest import noise_image
 
 pytestmark = pytest.mark.usefixtures("dvc_available")
 ALL_SHARDS = {"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "f"}
@@ -45,18 +44,6 @@ SMALL_TRAINING = {
     "IMAGESEARCH_TRAINING_DATA__SIMULATED_QUERIES": "3",
     "IMAGESEARCH_TRAINING_DATA__SIMULATED_SESSIONS": "10",
 }
-
-
-@pytest.fixture
-def training_folder(tmp_path: Path) -> Path:
-    """30 noise images in three category folders, some with captions."""
-    root = tmp_path / "images"
-    for c, category in enumerate(["animals", "tools", "food"]):
-        (root / category).mkdir(parents=True)
-        for i in range(10):
-            noise_image(100 * c + i, size=(48, 40)).save(root / category / f"{category}_{i:02d}.png")
-    (root / "animals" / "animals_00.txt").write_text("a noisy cat\n")
-    return root
 
 
 def metadata(result, key: str) -> dict:

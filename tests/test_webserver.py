@@ -21,7 +21,6 @@ import pytest
 
 from dagster_project.automation import RANGE_END, RANGE_START
 from imagesearch.settings import PROJECT_ROOT
-from tests.conftest import noise_image
 
 pytestmark = pytest.mark.usefixtures("dvc_available")
 
@@ -60,22 +59,11 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    """30 noise images in three category folders: enough for every split to hold some."""
-    root = tmp_path / "images"
-    for c, category in enumerate(["animals", "tools", "food"]):
-        (root / category).mkdir(parents=True)
-        for i in range(10):
-            noise_image(100 * c + i, size=(48, 40)).save(root / category / f"{category}_{i:02d}.png")
-    return root
-
-
-@pytest.fixture
-def webserver(tmp_path: Path, corpus: Path, saved_encoder: Path) -> Iterator[str]:
+def webserver(tmp_path: Path, training_folder: Path, saved_encoder: Path) -> Iterator[str]:
     port = free_port()
     env = os.environ | {
         "IMAGESEARCH_HOME": str(tmp_path / "ws"),
-        "IMAGESEARCH_SOURCES": json.dumps([{"name": "tiny", "path": str(corpus)}]),
+        "IMAGESEARCH_SOURCES": json.dumps([{"name": "tiny", "path": str(training_folder)}]),
         "IMAGESEARCH_CATALOG__WORKERS": "1",
         "IMAGESEARCH_EMBEDDINGS__MODEL": str(saved_encoder),  # a saved v0: loads in a second
         **SMALL_TRAINING,
