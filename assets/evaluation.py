@@ -123,7 +123,11 @@ def model_promotion(context: dg.AssetExecutionContext, workspace: WorkspaceResou
     "comparison table is written to data/ablation/table.md and logged with nested MLflow runs.",
 )
 def ablation_study(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
-    result = ablation_step(workspace.settings())
+    def log_variant(row: dict) -> None:
+        shown = (f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        context.log.info(", ".join(shown))
+
+    result = ablation_step(workspace.settings(), on_variant=log_variant)
     table = result.table.to_markdown(index=False, floatfmt=".3f")
     context.log.info("\n" + table)
     return dg.MaterializeResult(

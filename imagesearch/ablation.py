@@ -8,6 +8,7 @@ nested MLflow run under one `ablation` run, which also holds the comparison tabl
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,10 @@ def variant_weights(variant: str, weights: dict[str, float]) -> dict[str, float]
     return {s: w if variant in (ALL, s) else 0.0 for s, w in weights.items()}
 
 
-def ablation_step(settings: Settings, *, progress: bool = False) -> AblationResult:
+def ablation_step(
+    settings: Settings, *, progress: bool = False, on_variant: Callable[[dict], None] | None = None
+) -> AblationResult:
+    """Train and evaluate every variant of settings.ablation; `on_variant` gets each finished row."""
     sets = EvalSets.read(settings.evaluation_dir)
     catalog = read_catalog(settings.catalog_path)
     frames = {
@@ -94,6 +98,8 @@ def ablation_step(settings: Settings, *, progress: bool = False) -> AblationResu
             }
             row |= {f"{q} ndcg@10": results[variant].get(q, {}).get("ndcg_at_10") for q in HEADLINE}
             rows.append(row)
+            if on_variant:
+                on_variant(row)
             with mlflow.start_run(run_name=f"ablation-{variant}", nested=True):
                 mlflow.log_params({"variant": variant, "examples": trained.rows})
                 mlflow.log_metrics(_flat(results[variant]))
