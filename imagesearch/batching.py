@@ -22,8 +22,6 @@ import faiss
 if TYPE_CHECKING:
     from imagesearch.serving import Answer, PageRequest, Query, SearchService
 
-ANSWER_TIMEOUT_S = 60
-
 
 @dataclass(slots=True)
 class _Job:
@@ -36,8 +34,8 @@ class _Job:
 class QueryWorker:
     """Answers queries for one SearchService on its own thread; started on first use."""
 
-    def __init__(self, service: SearchService, max_batch: int = 32) -> None:
-        self.service, self.max_batch = service, max_batch
+    def __init__(self, service: SearchService, max_batch: int = 32, timeout_s: float = 60.0) -> None:
+        self.service, self.max_batch, self.timeout_s = service, max_batch, timeout_s
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
@@ -52,7 +50,7 @@ class QueryWorker:
                 self.thread = threading.Thread(target=self._run, name="query-worker", daemon=True)
                 self.thread.start()
             self.jobs.put(job)
-        return job.future.result(timeout=ANSWER_TIMEOUT_S)
+        return job.future.result(timeout=self.timeout_s)
 
     def close(self) -> None:
         """Finish the queued jobs, then stop; later submissions are answered on the caller's thread."""

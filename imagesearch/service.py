@@ -284,7 +284,7 @@ async def _answer(
         raise HTTPException(422, str(error)) from error
     try:
         answer: Answer = await run_in_threadpool(service.answer, ready, page)
-    except TimeoutError as error:  # the worker's queue is longer than ANSWER_TIMEOUT_S: overloaded
+    except TimeoutError as error:  # queued past SERVICE__ANSWER_TIMEOUT_S: overloaded
         raise HTTPException(503, "the search service is overloaded; retry shortly") from error
     answer.timings_ms = {**prepared, **answer.timings_ms}
     query_id = await run_in_threadpool(

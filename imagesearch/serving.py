@@ -72,7 +72,7 @@ class SearchService:
         # id -> row, built once: "more like this" must not scan every id per request
         self.positions = pd.Index(index.ids["id"].to_numpy())
         self.limits = DecodeLimits(64_000_000, 8, config.max_upload_bytes)
-        self.worker = QueryWorker(self, max_batch=config.max_batch)
+        self.worker = QueryWorker(self, max_batch=config.max_batch, timeout_s=config.answer_timeout_s)
         self.fingerprint: str | None = None  # of the index folder it was loaded from (see from_index)
 
     @classmethod

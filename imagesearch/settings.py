@@ -189,6 +189,9 @@ class ServiceSettings(BaseModel):
     max_batch: int = Field(
         default=32, ge=1, description="queries waiting together are encoded and searched as one batch"
     )
+    answer_timeout_s: float = Field(
+        default=60.0, gt=0, description="a query still waiting for the worker after this answers 503"
+    )
     dedup_threshold: float = Field(
         default=0.97, gt=0, le=1, description="cosine above which results collapse"
     )

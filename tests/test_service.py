@@ -141,6 +141,18 @@ def test_bad_requests_get_a_4xx_with_a_message(client, request_kwargs, status, m
     assert message in response.json()["detail"]
 
 
+def test_a_query_the_worker_cannot_answer_in_time_gets_503(indexed, zeroshot_encoder, tmp_path, monkeypatch):
+    root, _ = indexed
+    settings = Settings(home=tmp_path / "ws", service=ServiceSettings(answer_timeout_s=0.2))
+    loaded = load_index(root / "index")
+    service = SearchService(zeroshot_encoder, loaded, loaded.ids.set_index("id")["path"], settings.service)
+    encode = service.encode
+    monkeypatch.setattr(service, "encode", lambda *args: time.sleep(1.0) or encode(*args))  # a busy worker
+    with TestClient(create_app(settings, service=service)) as overloaded:
+        response = overloaded.post("/search", json={"text": "a cup of coffee"})
+    assert response.status_code == 503 and "overloaded" in response.json()["detail"]
+
+
 def test_health_metrics_and_openapi(client):
     assert client.get("/health").json()["vectors"] == len(PHOTOS) + 1
     client.post("/search", json={"text": ""})
