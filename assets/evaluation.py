@@ -1,15 +1,18 @@
 """Stage: held-out evaluation sets, offline evaluation of every model, and eval-gated promotion."""
 
 import dagster as dg
-import pandas as pd
 
 from assets.metadata import version_metadata
 from dagster_project.resources import WorkspaceResource
 from imagesearch.ablation import ablation_step
-from imagesearch.catalog import read_catalog
-from imagesearch.evaluation import EvalSets
-from imagesearch.evaluation_steps import EvaluationReport, eval_sets_step, evaluation_step, promotion_step
-from imagesearch.training_data import leakage_problems
+from imagesearch.evaluation_steps import (
+    EvaluationReport,
+    eval_sets_step,
+    evaluation_leakage,
+    evaluation_step,
+    promotion_step,
+    served_index_problems,
+)
 
 
 @dg.asset(
@@ -41,7 +44,7 @@ def offline_evaluation(
     context: dg.AssetExecutionContext, workspace: WorkspaceResource
 ) -> dg.MaterializeResult:
     report = evaluation_step(workspace.settings())
-    table = pd.DataFrame(report.table).to_markdown(index=False, floatfmt=".3f")
+    table = report.markdown()
     context.log.info("\n" + table)
     return dg.MaterializeResult(
         metadata={
@@ -63,15 +66,7 @@ def served_index_is_sound(workspace: WorkspaceResource) -> dg.AssetCheckResult:
     settings = workspace.settings()
     index = EvaluationReport.read(settings.evaluation_dir).index
     floor = settings.evaluation.index_recall_floor
-    problems = [
-        problem
-        for problem, failed in [
-            ("non-finite vectors", not index["finite"]),
-            ("index size differs from the catalog", index["vectors"] != index["catalog_images"]),
-            (f"recall@10 vs exact below {floor}", not index["recall_at_10_vs_exact"] >= floor),
-        ]
-        if failed
-    ]
+    problems = served_index_problems(index, floor)
     return dg.AssetCheckResult(
         passed=not problems, metadata={**index, "floor": floor, "problems": ", ".join(problems) or "none"}
     )
@@ -81,11 +76,7 @@ def served_index_is_sound(workspace: WorkspaceResource) -> dg.AssetCheckResult:
     asset=offline_evaluation, blocking=True, description="no evaluation image or held-out query in training"
 )
 def evaluation_is_held_out(workspace: WorkspaceResource) -> dg.AssetCheckResult:
-    settings = workspace.settings()
-    sets = EvalSets.read(settings.evaluation_dir)
-    judged = set(sets.text_qrels.loc[sets.text_qrels["origin"] == "judgment", "query"])
-    examples = pd.read_parquet(settings.examples_path)
-    problems = leakage_problems(examples, read_catalog(settings.catalog_path), eval_queries=judged)
+    problems = evaluation_leakage(workspace.settings())
     return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none"})
 
 

@@ -10,7 +10,6 @@ from functools import wraps
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -406,7 +405,7 @@ def evaluate_sets(
 def evaluate_run() -> None:
     """Evaluate challenger, champion, v0 and pretrained features; print the table, log to MLflow."""
     report = evaluation_step(Settings())
-    console.print(pd.DataFrame(report.table).to_markdown(index=False, floatfmt=".3f"))
+    console.print(report.markdown())
     console.print(f"served index: {report.index}")
 
 
@@ -416,7 +415,7 @@ def evaluate_show() -> None:
     """Print the last evaluation's table, the served index check and the promotion decision."""
     settings = Settings()
     report = EvaluationReport.read(settings.evaluation_dir)
-    console.print(pd.DataFrame(report.table).to_markdown(index=False, floatfmt=".3f"))
+    console.print(report.markdown())
     console.print(f"served index: {report.index}")
     for label, reference in report.models.items():
         console.print(f"  {label:20} {reference}")

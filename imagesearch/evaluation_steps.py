@@ -38,6 +38,7 @@ from imagesearch.index import load_index
 from imagesearch.plots import ExampleQuery, metric_bars, recall_curves, result_grid
 from imagesearch.promotion import Decision, PromotionRule, decide
 from imagesearch.settings import Settings
+from imagesearch.training_data import leakage_problems
 from imagesearch.versioning import StageVersion
 from imagesearch.workspace import init_workspace
 
@@ -82,9 +83,12 @@ class EvaluationReport:
         query_type, _, name = dotted.rpartition(".")
         return self.results.get(label, {}).get(query_type, {}).get(name)
 
+    def markdown(self) -> str:
+        return pd.DataFrame(self.table).to_markdown(index=False, floatfmt=".3f")
+
     def write(self, folder: Path) -> None:
         (folder / REPORT_FILE).write_text(json.dumps(asdict(self), indent=2, default=float))
-        (folder / TABLE_FILE).write_text(pd.DataFrame(self.table).to_markdown(index=False, floatfmt=".3f"))
+        (folder / TABLE_FILE).write_text(self.markdown())
 
     @classmethod
     def read(cls, folder: Path) -> EvaluationReport:
@@ -92,6 +96,24 @@ class EvaluationReport:
         if not path.is_file():
             raise FileNotFoundError(f"no evaluation report in {folder}: run the offline evaluation first")
         return cls(**json.loads(path.read_text()))
+
+
+def served_index_problems(index: dict, floor: float) -> list[str]:
+    """What is wrong with the served index, from the evaluation's check of it (empty: sound)."""
+    failures = [
+        ("non-finite vectors", not index["finite"]),
+        ("index size differs from the catalog", index["vectors"] != index["catalog_images"]),
+        (f"recall@10 vs exact below {floor}", not index["recall_at_10_vs_exact"] >= floor),
+    ]
+    return [problem for problem, failed in failures if failed]
+
+
+def evaluation_leakage(settings: Settings) -> list[str]:
+    """Evaluation images or held-out judged queries found in the training examples (empty: held out)."""
+    sets = EvalSets.read(settings.evaluation_dir)
+    judged = set(sets.text_qrels.loc[sets.text_qrels["origin"] == "judgment", "query"])
+    examples = pd.read_parquet(settings.examples_path)
+    return leakage_problems(examples, read_catalog(settings.catalog_path), eval_queries=judged)
 
 
 def evaluation_step(settings: Settings, *, models: dict[str, str] | None = None) -> EvaluationReport:

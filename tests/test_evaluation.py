@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from imagesearch.evaluation import build_eval_sets
+from imagesearch.evaluation_steps import served_index_problems
 
 
 def catalog() -> pd.DataFrame:
@@ -35,3 +36,14 @@ def test_sets_hold_only_test_images_with_documented_grades():
     assert text.loc[text["origin"] == "title"].set_index("query")["image_id"]["dog"] == "t3"
     assert text.loc[text["origin"] == "judgment", "image_id"].tolist() == ["t2"]  # train image dropped
     assert "r1" not in set(sets.image_qrels["image_id"]) | set(text["image_id"])
+
+
+def test_served_index_problems_name_each_failure():
+    sound = {"finite": True, "vectors": 5, "catalog_images": 5, "recall_at_10_vs_exact": 0.9}
+    assert served_index_problems(sound, floor=0.8) == []
+    broken = {"finite": False, "vectors": 4, "catalog_images": 5, "recall_at_10_vs_exact": float("nan")}
+    assert served_index_problems(broken, floor=0.8) == [
+        "non-finite vectors",
+        "index size differs from the catalog",
+        "recall@10 vs exact below 0.8",
+    ]
