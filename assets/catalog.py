@@ -7,8 +7,8 @@ import pandas as pd
 
 from assets.metadata import version_metadata
 from dagster_project.resources import WorkspaceResource
-from imagesearch.catalog import read_catalog
-from imagesearch.steps import catalog_step
+from imagesearch.catalog.build import read_catalog
+from imagesearch.catalog.step import catalog_step
 
 
 class CatalogConfig(dg.Config):

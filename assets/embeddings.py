@@ -5,8 +5,8 @@ import warnings
 import dagster as dg
 
 from dagster_project.resources import WorkspaceResource
-from imagesearch.backfill import SHARD_KEYS
-from imagesearch.steps import backfill_step
+from imagesearch.embeddings.step import backfill_step
+from imagesearch.embeddings.store import SHARD_KEYS
 
 catalog_shards = dg.StaticPartitionsDefinition(list(SHARD_KEYS))
 # Single-run backfills (a range of shards in one run, one model load) are what we want, beta or not.

@@ -4,15 +4,9 @@ import dagster as dg
 
 from assets.metadata import version_metadata
 from dagster_project.resources import WorkspaceResource
-from imagesearch.ablation import ablation_step
-from imagesearch.evaluation_steps import (
-    EvaluationReport,
-    eval_sets_step,
-    evaluation_leakage,
-    evaluation_step,
-    promotion_step,
-    served_index_problems,
-)
+from imagesearch.evaluation.ablation import ablation_step
+from imagesearch.evaluation.report import EvaluationReport, served_index_problems
+from imagesearch.evaluation.step import eval_sets_step, evaluation_leakage, evaluation_step, promotion_step
 
 
 @dg.asset(

@@ -4,9 +4,9 @@ import dagster as dg
 
 from assets.metadata import version_metadata
 from dagster_project.resources import WorkspaceResource
-from imagesearch.catalog import read_catalog
-from imagesearch.index import load_index
-from imagesearch.steps import index_step
+from imagesearch.catalog.build import read_catalog
+from imagesearch.index.step import index_step
+from imagesearch.index.store import load_index
 
 
 class SearchIndexConfig(dg.Config):

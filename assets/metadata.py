@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from imagesearch.versioning import StageVersion
+from imagesearch.common.versioning import StageVersion
 
 
 def version_metadata(version: StageVersion | None) -> dict:

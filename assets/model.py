@@ -3,7 +3,7 @@
 import dagster as dg
 
 from dagster_project.resources import WorkspaceResource
-from imagesearch.registry import CHAMPION, alias_version, register_v0
+from imagesearch.models.registry import CHAMPION, alias_version, register_v0
 
 
 @dg.asset(

@@ -6,7 +6,7 @@ import dagster as dg
 
 from assets.metadata import version_metadata
 from dagster_project.resources import WorkspaceResource
-from imagesearch.training_steps import train_step
+from imagesearch.training.step import train_step
 
 
 @dg.asset(

@@ -5,9 +5,9 @@ import pandas as pd
 
 from assets.metadata import version_metadata
 from dagster_project.resources import WorkspaceResource
-from imagesearch.catalog import read_catalog
-from imagesearch.training_data import leakage_problems
-from imagesearch.training_steps import (
+from imagesearch.catalog.build import read_catalog
+from imagesearch.training_data.examples import leakage_problems
+from imagesearch.training_data.step import (
     STAGES,
     SourceResult,
     enabled_sources,

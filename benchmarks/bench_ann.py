@@ -29,10 +29,11 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from imagesearch.backfill import model_key, read_model_embeddings
-from imagesearch.catalog import read_catalog
-from imagesearch.index import VECTORS_FILE, build_tuned_index, load_index
-from imagesearch.registry import pin_reference
+from imagesearch.catalog.build import read_catalog
+from imagesearch.embeddings.store import model_key, read_model_embeddings
+from imagesearch.index.build import build_tuned_index
+from imagesearch.index.store import VECTORS_FILE, load_index
+from imagesearch.models.registry import pin_reference
 from imagesearch.settings import PROJECT_ROOT, IndexSettings, Settings
 
 sys.path.insert(0, str(Path(__file__).parent))

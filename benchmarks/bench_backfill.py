@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-from imagesearch.backfill import backfill, default_workers
-from imagesearch.catalog import read_catalog
-from imagesearch.images import DEFAULT_LIMITS
-from imagesearch.registry import load_encoder
+from imagesearch.catalog.build import read_catalog
+from imagesearch.common.images import DEFAULT_LIMITS
+from imagesearch.embeddings.backfill import backfill
+from imagesearch.embeddings.reader import default_workers
+from imagesearch.models.registry import load_encoder
 from imagesearch.settings import Settings
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from imagesearch.catalog import build_catalog
+from imagesearch.catalog.build import build_catalog
 from imagesearch.settings import Settings, SourceSettings
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from imagesearch.encoders import build_two_tower_encoder, build_zeroshot_encoder
+from imagesearch.models.encoders import build_two_tower_encoder, build_zeroshot_encoder
 from imagesearch.settings import Settings
 
 TEXTS = [

@@ -33,8 +33,9 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from imagesearch.catalog import read_catalog
-from imagesearch.index import MANIFEST_FILE, build_tuned_index, load_index
+from imagesearch.catalog.build import read_catalog
+from imagesearch.index.build import build_tuned_index
+from imagesearch.index.store import MANIFEST_FILE, load_index
 from imagesearch.settings import PROJECT_ROOT, IndexSettings, Settings
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -12,9 +12,9 @@ import dagster as dg
 
 from assets import catalog, embeddings, index, training
 from dagster_project.resources import WorkspaceResource
-from imagesearch.registry import CHAMPION, alias_version
+from imagesearch.catalog.watch import files_fingerprint, uncatalogued_files, unembedded_shards
+from imagesearch.models.registry import CHAMPION, alias_version
 from imagesearch.settings import Settings
-from imagesearch.watch import files_fingerprint, uncatalogued_files, unembedded_shards
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 RETRAIN_CRON = Settings().retrain_cron  # IMAGESEARCH_RETRAIN_CRON; default Mondays 03:00

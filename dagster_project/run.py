@@ -13,8 +13,8 @@ import signal
 import sys
 from pathlib import Path
 
+from imagesearch.common.workspace import init_workspace
 from imagesearch.settings import PROJECT_ROOT, Settings
-from imagesearch.workspace import init_workspace
 
 
 def main(argv: list[str] | None = None) -> None:

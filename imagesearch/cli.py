@@ -14,23 +14,28 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from imagesearch.backbones import WeightsNotFound
-from imagesearch.catalog import read_catalog
-from imagesearch.clicklog import ClickLog
-from imagesearch.corpus import CorpusFetchError, fetch_openclipart
-from imagesearch.doctor import diagnose
-from imagesearch.embed import embed_image_folder, embed_texts
-from imagesearch.evaluation_steps import EvaluationReport, eval_sets_step, evaluation_step, promotion_step
-from imagesearch.index import load_index
-from imagesearch.judgments import JudgmentsError
-from imagesearch.registry import CHAMPION, RegistryError, load_encoder, pin_reference, register_v0
-from imagesearch.search import build_folder_index, hits_as_json, read_queries, search_queries
+from imagesearch.catalog.build import read_catalog
+from imagesearch.catalog.corpus import CorpusFetchError, fetch_openclipart
+from imagesearch.catalog.sources import SourceError
+from imagesearch.catalog.step import CATALOG_STAGE, catalog_step
+from imagesearch.common.doctor import diagnose
+from imagesearch.common.versioning import VersioningError
+from imagesearch.common.workspace import data_repo, init_workspace, require_workspace
+from imagesearch.embeddings.adhoc import embed_image_folder, embed_texts
+from imagesearch.embeddings.step import backfill_step
+from imagesearch.evaluation.report import EvaluationReport
+from imagesearch.evaluation.step import eval_sets_step, evaluation_step, promotion_step
+from imagesearch.feedback.clicklog import ClickLog
+from imagesearch.feedback.simulation import simulate_workspace_clicks
+from imagesearch.index.folder import build_folder_index, hits_as_json, read_queries, search_queries
+from imagesearch.index.step import index_step
+from imagesearch.index.store import load_index
+from imagesearch.models.backbones import WeightsNotFound
+from imagesearch.models.registry import CHAMPION, RegistryError, load_encoder, pin_reference, register_v0
 from imagesearch.settings import Settings
-from imagesearch.sources import SourceError
-from imagesearch.steps import CATALOG_STAGE, backfill_step, catalog_step, index_step
-from imagesearch.training_steps import mix_step, simulate_workspace_clicks, source_step, train_step
-from imagesearch.versioning import VersioningError
-from imagesearch.workspace import data_repo, init_workspace, require_workspace
+from imagesearch.training.step import train_step
+from imagesearch.training_data.judgments import JudgmentsError
+from imagesearch.training_data.step import mix_step, source_step
 
 app = typer.Typer(help="Text and image search over your own image collection.", no_args_is_help=True)
 corpus_app = typer.Typer(help="The embedded default corpus.", no_args_is_help=True)
@@ -475,7 +480,7 @@ def serve(
     """Start the HTTP search service (OpenAPI docs at /docs)."""
     import uvicorn
 
-    from imagesearch.service import create_app
+    from imagesearch.serving.app import create_app
 
     settings = Settings()
     load_index(index or settings.search_index_dir)  # fail here, with a clear line, not inside uvicorn

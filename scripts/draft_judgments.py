@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from imagesearch.catalog import read_catalog
-from imagesearch.index import load_index
-from imagesearch.registry import load_encoder
+from imagesearch.catalog.build import read_catalog
+from imagesearch.index.store import load_index
+from imagesearch.models.registry import load_encoder
 from imagesearch.settings import Settings
 
 STOPWORDS = {"with", "from", "and", "the", "icon", "clip", "art", "clipart", "simple", "black", "white"}

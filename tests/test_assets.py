@@ -8,7 +8,7 @@ import pytest
 from assets.catalog import catalog_is_consistent, catalog_problems, image_catalog
 from dagster_project.definitions import defs
 from dagster_project.resources import WorkspaceResource
-from imagesearch.catalog import read_catalog
+from imagesearch.catalog.build import read_catalog
 from tests.conftest import noise_image
 
 pytestmark = pytest.mark.usefixtures("dvc_available")

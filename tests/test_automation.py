@@ -16,11 +16,12 @@ from dagster_project.automation import (
 )
 from dagster_project.definitions import defs
 from dagster_project.resources import WorkspaceResource
-from imagesearch import registry
-from imagesearch.backfill import shard_of
-from imagesearch.catalog import read_catalog
-from imagesearch.encoders import Encoder
-from imagesearch.steps import backfill_step, catalog_step
+from imagesearch.catalog.build import read_catalog
+from imagesearch.catalog.step import catalog_step
+from imagesearch.embeddings.step import backfill_step
+from imagesearch.embeddings.store import shard_of
+from imagesearch.models import registry
+from imagesearch.models.encoders import Encoder
 from tests.conftest import noise_image
 
 

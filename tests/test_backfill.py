@@ -12,12 +12,14 @@ from assets.catalog import image_catalog
 from assets.embeddings import image_embeddings
 from assets.index import index_covers_the_catalog, index_recall_above_floor, search_index
 from dagster_project.resources import WorkspaceResource
-from imagesearch.backfill import SHARD_KEYS, backfill, model_key, read_model_embeddings, shard_batches
-from imagesearch.catalog import read_catalog
-from imagesearch.images import DEFAULT_LIMITS
-from imagesearch.index import load_index
-from imagesearch.steps import catalog_step
-from imagesearch.workspace import data_repo
+from imagesearch.catalog.build import read_catalog
+from imagesearch.catalog.step import catalog_step
+from imagesearch.common.images import DEFAULT_LIMITS
+from imagesearch.common.workspace import data_repo
+from imagesearch.embeddings.backfill import backfill
+from imagesearch.embeddings.reader import shard_batches
+from imagesearch.embeddings.store import SHARD_KEYS, model_key, read_model_embeddings
+from imagesearch.index.store import load_index
 from tests.conftest import noise_image
 from tests.test_cli import run_cli
 

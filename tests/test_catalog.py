@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from imagesearch.catalog import assign_split, build_catalog, content_id, title_from_filename
+from imagesearch.catalog.build import assign_split, build_catalog, title_from_filename
+from imagesearch.catalog.sources import SourceError
+from imagesearch.common.io import content_id
 from imagesearch.settings import CatalogSettings, Settings, SourceSettings
-from imagesearch.sources import SourceError
 from tests.conftest import TEST_CATALOG, noise_image
 
 

@@ -61,7 +61,7 @@ def test_doctor_reports_settings_versions_and_missing(tmp_path):
 
 
 def test_embed_images_and_texts_with_a_saved_encoder(tmp_path, tiny_folder, saved_encoder, zeroshot_encoder):
-    from imagesearch.embed import read_embeddings
+    from imagesearch.embeddings.store import read_embeddings
 
     folder = saved_encoder
     (tiny_folder / "tools" / "broken.png").write_bytes(b"")

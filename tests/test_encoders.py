@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from skimage import data
 
-from imagesearch.backbones import WeightsNotFound, create_image_backbone, load_text_model
-from imagesearch.encoders import Encoder, build_two_tower_encoder, imagenet_class_names
-from imagesearch.preprocess import letterbox
+from imagesearch.models.backbones import WeightsNotFound, create_image_backbone, load_text_model
+from imagesearch.models.encoders import Encoder, build_two_tower_encoder, imagenet_class_names
+from imagesearch.models.preprocess import letterbox
 from imagesearch.settings import ModelSettings
 
 PHOTOS = {"cat": data.chelsea, "coffee": data.coffee, "rocket": data.rocket}

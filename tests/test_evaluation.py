@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from imagesearch.evaluation import build_eval_sets
-from imagesearch.evaluation_steps import served_index_problems
+from imagesearch.evaluation.report import served_index_problems
+from imagesearch.evaluation.sets import build_eval_sets
 
 
 def catalog() -> pd.DataFrame:

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from imagesearch.catalog import build_catalog
-from imagesearch.images import DecodeLimits, ImageRejected, RejectReason, open_rgb
+from imagesearch.catalog.build import build_catalog
+from imagesearch.common.images import DecodeLimits, ImageRejected, RejectReason, open_rgb
 from imagesearch.settings import SourceSettings
 from tests.conftest import TEST_CATALOG, noise_image, png_bytes
 

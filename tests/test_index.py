@@ -7,23 +7,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imagesearch import index as index_module
-from imagesearch.index import (
+from imagesearch.index import build as index_module
+from imagesearch.index.build import build_index
+from imagesearch.index.choose import (
     FLAT,
     HNSW,
     IVF,
     IndexChoice,
-    IndexManifest,
-    build_index,
     choose_index,
     fastscan_subquantizers,
-    gpu_available,
     ivf_list_count,
-    load_index,
-    save_index_atomic,
-    search,
-    tune,
 )
+from imagesearch.index.search import gpu_available, search
+from imagesearch.index.store import IndexManifest, load_index, save_index_atomic
+from imagesearch.index.tune import tune
 
 MB = 2**20
 

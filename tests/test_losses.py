@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from imagesearch.losses import info_nce, triplet
+from imagesearch.training.losses import info_nce, triplet
 
 E = math.e
 

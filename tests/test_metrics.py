@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from imagesearch.metrics import (
+from imagesearch.evaluation.metrics import (
     average_precision_at_k,
     mean_metrics,
     ndcg_at_k,

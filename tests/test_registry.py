@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from imagesearch.registry import CHAMPION, alias_version, load_encoder, log_encoder
+from imagesearch.models.registry import CHAMPION, alias_version, load_encoder, log_encoder
 from imagesearch.settings import Settings
 from tests.conftest import noise_image, png_bytes
 
@@ -84,7 +84,7 @@ def test_pyfunc_rejects_unknown_columns(registered):
 
 
 def test_unknown_alias_is_a_clear_error(tmp_path):
-    from imagesearch.registry import RegistryError
+    from imagesearch.models.registry import RegistryError
 
     with pytest.raises(RegistryError, match="register a model first"):
         load_encoder(CHAMPION, Settings(home=tmp_path))

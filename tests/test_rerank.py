@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imagesearch.rerank import collapse_near_duplicates, mmr
+from imagesearch.serving.rerank import collapse_near_duplicates, mmr
 
 
 def unit(*rows):

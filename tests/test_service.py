@@ -12,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from imagesearch.clicklog import ClickLog
-from imagesearch.index import load_index
-from imagesearch.search import build_folder_index
-from imagesearch.service import create_app
-from imagesearch.serving import SearchService
+from imagesearch.feedback.clicklog import ClickLog
+from imagesearch.index.folder import build_folder_index
+from imagesearch.index.store import load_index
+from imagesearch.serving.app import create_app
+from imagesearch.serving.service import SearchService
 from imagesearch.settings import PROJECT_ROOT, ServiceSettings, Settings
 
 # The browser test's screenshot stays here for people to look at (git-ignored).
@@ -51,7 +51,7 @@ def client(indexed, zeroshot_encoder, tmp_path):
         service=ServiceSettings(max_upload_bytes=2_000_000, max_k=10),
     )
     loaded = load_index(root / "index")
-    service = SearchService(zeroshot_encoder, loaded, loaded.ids.set_index("id")["path"], settings.service)
+    service = SearchService(zeroshot_encoder, loaded, loaded.ids.set_index("id")["path"], settings)
     with TestClient(create_app(settings, service=service)) as test_client:
         test_client.settings = settings
         yield test_client
@@ -145,7 +145,7 @@ def test_a_query_the_worker_cannot_answer_in_time_gets_503(indexed, zeroshot_enc
     root, _ = indexed
     settings = Settings(home=tmp_path / "ws", service=ServiceSettings(answer_timeout_s=0.2))
     loaded = load_index(root / "index")
-    service = SearchService(zeroshot_encoder, loaded, loaded.ids.set_index("id")["path"], settings.service)
+    service = SearchService(zeroshot_encoder, loaded, loaded.ids.set_index("id")["path"], settings)
     encode = service.encode
     monkeypatch.setattr(service, "encode", lambda *args: time.sleep(1.0) or encode(*args))  # a busy worker
     with TestClient(create_app(settings, service=service)) as overloaded:

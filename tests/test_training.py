@@ -24,15 +24,15 @@ from assets.index import search_index
 from assets.training import trained_model, training_beat_untrained_heads
 from assets.training_data import no_evaluation_leakage, source_assets, training_examples
 from dagster_project.resources import WorkspaceResource
-from imagesearch.catalog import read_catalog
-from imagesearch.encoders import build_two_tower_encoder
-from imagesearch.evaluation_steps import evaluation_step
-from imagesearch.images import DEFAULT_LIMITS
-from imagesearch.index import load_index
-from imagesearch.registry import CHALLENGER, CHAMPION, alias_version, connect
+from imagesearch.catalog.build import read_catalog
+from imagesearch.common.images import DEFAULT_LIMITS
+from imagesearch.evaluation.step import evaluation_step
+from imagesearch.index.store import load_index
+from imagesearch.models.encoders import build_two_tower_encoder
+from imagesearch.models.registry import CHALLENGER, CHAMPION, alias_version, connect
 from imagesearch.settings import ModelSettings, TrainingSettings
-from imagesearch.train import train_towers
-from imagesearch.training_data import EXAMPLE_COLUMNS, augmentation_pairs, mix_examples, tag_pairs
+from imagesearch.training.loop import train_towers
+from imagesearch.training_data.examples import EXAMPLE_COLUMNS, augmentation_pairs, mix_examples, tag_pairs
 
 pytestmark = pytest.mark.usefixtures("dvc_available")
 ALL_SHARDS = {"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "f"}
@@ -198,7 +198,7 @@ def check_evaluation_and_promotion(resources, settings, challenger: str, monkeyp
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, training_folder):
-    from imagesearch.catalog import build_catalog
+    from imagesearch.catalog.build import build_catalog
     from imagesearch.settings import CatalogSettings, SourceSettings
 
     catalog_path = tmp_path / "catalog.parquet"

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imagesearch.clicklog import ClickLog, UnknownQuery
-from imagesearch.clicks import SimulatedQuery, click_pairs, examination_probability, simulate_clicks
-from imagesearch.judgments import eval_qrels, import_judgments, judgment_pairs, query_side
-from imagesearch.training_data import (
+from imagesearch.feedback.clicklog import ClickLog, UnknownQuery
+from imagesearch.feedback.simulation import SimulatedQuery, examination_probability, simulate_clicks
+from imagesearch.training_data.clicks import click_pairs
+from imagesearch.training_data.examples import (
     EXAMPLE_COLUMNS,
     augmentation_pairs,
     classifier_pairs,
@@ -18,6 +18,7 @@ from imagesearch.training_data import (
     mix_examples,
     tag_pairs,
 )
+from imagesearch.training_data.judgments import eval_qrels, import_judgments, judgment_pairs, query_side
 
 
 @pytest.fixture
@@ -224,8 +225,8 @@ def test_examination_probability_follows_the_position_model():
 def test_online_metrics_per_model_and_day(tmp_path):
     from datetime import UTC, datetime
 
-    from imagesearch.online_metrics import online_metrics
-    from imagesearch.plots import online_metrics_plot
+    from imagesearch.common.plots import online_metrics_plot
+    from imagesearch.feedback.online_metrics import online_metrics
 
     log = ClickLog(f"sqlite:///{tmp_path / 'clicks.sqlite'}")
     day = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -256,9 +257,9 @@ def test_online_metrics_per_model_and_day(tmp_path):
 def test_augmented_views_depend_on_the_image_id_not_its_path(tmp_path):
     import torch
 
-    from imagesearch.augment import ImageViews
-    from imagesearch.images import DEFAULT_LIMITS
-    from imagesearch.preprocess import Preprocessor
+    from imagesearch.common.images import DEFAULT_LIMITS
+    from imagesearch.models.preprocess import Preprocessor
+    from imagesearch.training.augment import ImageViews
     from tests.conftest import noise_image
 
     for folder in ("a", "b"):
@@ -285,7 +286,7 @@ def test_augmented_views_depend_on_the_image_id_not_its_path(tmp_path):
 
 
 def test_subsampling_keeps_positive_pairs_and_drops_only_outside_negatives():
-    from imagesearch.train import subsample_examples
+    from imagesearch.training.examples import subsample_examples
 
     examples = pd.DataFrame(
         {

@@ -7,9 +7,9 @@ import subprocess
 import pandas as pd
 import pytest
 
-from imagesearch.steps import CATALOG_STAGE, catalog_step
-from imagesearch.versioning import VersioningError
-from imagesearch.workspace import data_repo, init_workspace
+from imagesearch.catalog.step import CATALOG_STAGE, catalog_step
+from imagesearch.common.versioning import VersioningError
+from imagesearch.common.workspace import data_repo, init_workspace
 from tests.conftest import noise_image
 
 pytestmark = pytest.mark.usefixtures("dvc_available")

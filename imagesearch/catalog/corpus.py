@@ -1,0 +1,65 @@
+"""The embedded default corpus: Debian's openclipart-png, fetched without installing it.
+
+``apt-get download`` fetches the .deb (no root install, no dpkg database change) and ``dpkg-deb -x``
+unpacks it; the PNG tree (category folders, public domain clip art) becomes a workspace source.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from imagesearch.common.io import folder_atomic
+
+OPENCLIPART_PACKAGE = "openclipart-png"
+OPENCLIPART_TREE = Path("usr/share/openclipart/png")
+COMPLETE_MARKER = ".fetched"
+
+
+class CorpusFetchError(RuntimeError):
+    """The default corpus could not be fetched; the message says what to do."""
+
+
+def fetch_openclipart(destination: Path, *, package: str = OPENCLIPART_PACKAGE) -> Path:
+    """Download and unpack the clip-art corpus into `destination` unless it is already complete."""
+    if (destination / COMPLETE_MARKER).exists():
+        return destination
+    for tool in ("apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise CorpusFetchError(
+                f"`{tool}` not found: the default corpus needs a Debian/Ubuntu machine; "
+                "point IMAGESEARCH_SOURCES at your own image folders instead"
+            )
+    with tempfile.TemporaryDirectory(prefix="imagesearch-corpus-") as scratch:
+        deb = _download(package, Path(scratch))
+        unpacked = Path(scratch) / "root"
+        _run(["dpkg-deb", "-x", str(deb), str(unpacked)])
+        tree = unpacked / OPENCLIPART_TREE
+        if not tree.is_dir():
+            raise CorpusFetchError(f"{deb.name} does not contain {OPENCLIPART_TREE}")
+        # Unpack beside the destination then rename: an interrupted fetch leaves no partial corpus.
+        with folder_atomic(destination) as staging:
+            for child in tree.iterdir():
+                shutil.move(str(child), staging / child.name)
+            (staging / COMPLETE_MARKER).write_text(deb.name + "\n")
+    return destination
+
+
+def _download(package: str, folder: Path) -> Path:
+    """`apt-get download`, refreshing the package lists once if the package is unknown."""
+    attempt = subprocess.run(["apt-get", "download", package], cwd=folder, capture_output=True, text=True)
+    if attempt.returncode != 0:
+        _run(["apt-get", "update", "-qq"])
+        _run(["apt-get", "download", package], cwd=folder)
+    debs = sorted(folder.glob(f"{package}_*.deb"))
+    if not debs:
+        raise CorpusFetchError(f"apt-get download {package} produced no .deb in {folder}")
+    return debs[-1]
+
+
+def _run(command: list[str], cwd: Path | None = None) -> None:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CorpusFetchError(f"`{' '.join(command)}` failed ({result.returncode}): {result.stderr.strip()}")

@@ -1,0 +1,117 @@
+"""Embedding backfill: every catalog image embedded by one model version, incrementally, by shard.
+
+Storage is content-addressed by (model version, image id): ``embeddings/<model key>/shard-<k>.parquet``
+holds the ids and vectors of catalog shard k (the first hex digit of the id, so an image never
+changes shard). A re-run embeds only ids the file lacks; another model version writes another folder.
+
+reader -> mapper -> writer: DataLoader workers read, decode and preprocess images in parallel with
+the forward pass in the main process; finished shards are written one by one (atomically), so an
+interrupted backfill keeps every shard it completed and resumes from there."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from imagesearch.common.images import DecodeLimits
+from imagesearch.embeddings.reader import CatalogImages, collate, default_workers, shard_batches
+from imagesearch.embeddings.store import (
+    SHARD_KEYS,
+    read_shard,
+    write_shard,
+)
+from imagesearch.models.encoders import Encoder
+
+
+@dataclass(slots=True)
+class BackfillReport:
+    model_key: str
+    shards: list[str]
+    embedded: int = 0
+    reused: int = 0
+    dropped: int = 0  # embedded earlier, no longer in the catalog
+    failed: dict[str, str] = field(default_factory=dict)  # image id -> reason
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds else 0.0
+
+
+def backfill(
+    encoder: Encoder,
+    catalog: pd.DataFrame,
+    folder: Path,
+    *,
+    shards: Iterable[str] = SHARD_KEYS,
+    batch_size: int = 32,
+    workers: int = 0,
+    dtype: str = "float16",
+    limits: DecodeLimits,
+    progress: bool = True,
+) -> BackfillReport:
+    """Bring `folder` (one model version's embeddings) up to date with `catalog` for `shards`."""
+    started = time.perf_counter()
+    shards = sorted(set(shards))
+    report = BackfillReport(folder.name, shards)
+    catalog = catalog.assign(shard=catalog["id"].str[0])
+    catalog = catalog[catalog["shard"].isin(shards)].sort_values(["shard", "id"]).reset_index(drop=True)
+    existing = {shard: read_shard(folder, shard, encoder.dim) for shard in shards}
+    done = set().union(*(ids for ids, _ in existing.values()))
+    todo = catalog[~catalog["id"].isin(done)]
+    report.reused = len(catalog) - len(todo)
+    stream = _embed_stream(encoder, todo, batch_size, workers or default_workers(), limits, progress)
+    pending: dict[str, list[tuple[list[str], np.ndarray]]] = {shard: [] for shard in shards}
+
+    def flush(shard: str) -> None:
+        wanted = set(catalog.loc[catalog["shard"] == shard, "id"])
+        report.dropped += write_shard(folder, shard, existing.pop(shard), pending.pop(shard), wanted, dtype)
+
+    for shard, ids, vectors, failed in stream:
+        report.failed.update(failed)
+        report.embedded += len(ids)
+        if len(ids):
+            pending[shard].append((ids, vectors))
+        for finished in [s for s in existing if s < shard]:  # batches arrive in shard order
+            flush(finished)
+    for shard in list(existing):
+        flush(shard)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _embed_stream(
+    encoder: Encoder,
+    todo: pd.DataFrame,
+    batch_size: int,
+    workers: int,
+    limits: DecodeLimits,
+    progress: bool,
+) -> Iterator[tuple[str, list[str], np.ndarray, dict[str, str]]]:
+    """Mapper: (shard, ids, vectors, failures) per batch, while the workers prepare the next ones."""
+    ids, paths = todo["id"].tolist(), todo["path"].tolist()
+    batches = shard_batches([i[0] for i in ids], batch_size)
+    if not batches:
+        return
+    loader = DataLoader(
+        CatalogImages(paths, encoder.preprocessor, limits),
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate,
+        prefetch_factor=4 if workers else None,
+    )
+    bar = tqdm(total=len(ids), desc="embedding", unit="img", disable=not progress, mininterval=2)
+    for rows, (good, pixels, failed) in zip(batches, loader, strict=True):
+        vectors = (
+            encoder.encode_pixels(pixels) if pixels is not None else np.zeros((0, encoder.dim), np.float32)
+        )
+        bar.update(len(rows))
+        yield ids[rows[0]][0], [ids[p] for p in good], vectors, {ids[p]: why for p, why in failed}
+    bar.close()

@@ -1,0 +1,205 @@
+"""Evaluation pipeline steps (called by the CLI, the DVC stages and the Dagster assets alike).
+
+eval_sets_step: held-out evaluation sets from the catalog's test split (+ held-out judgments), DVC-versioned.
+evaluation_step: every model of interest on those sets (exact search), the served index against exact
+search, a metric table, plots, and MLflow metrics on the challenger's run.
+promotion_step: the promotion rule applied to the last evaluation, recorded in the registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from imagesearch.catalog.build import read_catalog
+from imagesearch.common.plots import ExampleQuery, metric_bars, recall_curves, result_grid
+from imagesearch.common.versioning import StageVersion
+from imagesearch.common.workspace import init_workspace
+from imagesearch.evaluation.promotion import Decision, PromotionRule, decide
+from imagesearch.evaluation.ranking import (
+    ModelRankings,
+    metrics_table,
+    rank_corpus,
+    recall_curve,
+    score_rankings,
+)
+from imagesearch.evaluation.report import EvaluationReport
+from imagesearch.evaluation.served import rankings_through_served_index, served_index_check
+from imagesearch.evaluation.sets import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, EvalSets, build_eval_sets
+from imagesearch.models import registry
+from imagesearch.models.encoders import Encoder, build_two_tower_encoder
+from imagesearch.settings import Settings
+from imagesearch.training_data.examples import leakage_problems
+
+EVAL_SETS_STAGE = "eval_sets"
+
+
+PRETRAINED = "pretrained features"
+
+
+CURVE_KS = [1, 2, 5, 10, 20, 50, 100]
+
+
+@dataclass(slots=True)
+class EvalSetsResult:
+    summary: dict[str, int]
+    version: StageVersion | None
+
+
+def eval_sets_step(settings: Settings, *, record: bool = True) -> EvalSetsResult:
+    repo = init_workspace(settings) if record else None
+    judged_path = settings.training_dir / "judgments_eval.parquet"
+    sets = build_eval_sets(
+        read_catalog(settings.catalog_path),
+        pd.read_parquet(judged_path) if judged_path.exists() else None,
+        max_image_queries=settings.evaluation.max_image_queries,
+        tag_max_share=settings.evaluation.tag_max_share,
+    )
+    sets.write(settings.evaluation_dir)
+    summary = sets.summary()
+    version = repo.record(EVAL_SETS_STAGE, f"evaluation sets: {summary}") if repo else None
+    return EvalSetsResult(summary, version)
+
+
+def evaluation_leakage(settings: Settings) -> list[str]:
+    """Evaluation images or held-out judged queries found in the training examples (empty: held out)."""
+    sets = EvalSets.read(settings.evaluation_dir)
+    judged = set(sets.text_qrels.loc[sets.text_qrels["origin"] == "judgment", "query"])
+    examples = pd.read_parquet(settings.examples_path)
+    return leakage_problems(examples, read_catalog(settings.catalog_path), eval_queries=judged)
+
+
+def evaluation_step(settings: Settings, *, models: dict[str, str] | None = None) -> EvaluationReport:
+    """Evaluate the challenger, the champion, v0 and raw pretrained features on the held-out sets."""
+    sets = EvalSets.read(settings.evaluation_dir)
+    models = models or default_models(settings)
+    results, curves, rankings, seen = {}, {}, {}, {}
+    for label, reference in models.items():
+        if reference in seen:  # e.g. the champion is still v0: evaluated once, reported under both labels
+            results[label], curves[label], rankings[label] = (
+                results[seen[reference]],
+                curves[seen[reference]],
+                rankings[seen[reference]],
+            )
+            continue
+        seen[reference] = label
+        rankings[label], results[label] = evaluate_encoder(registry.load_encoder(reference, settings), sets)
+        curves[label] = _curves(sets, rankings[label])
+    served = rankings_through_served_index(settings, sets, models, rankings)
+    if served is not None:
+        label, rankings[label] = served
+        results[label] = score_rankings(sets, rankings[label])
+    raw = _pretrained_features(settings, sets.corpus["path"].tolist())
+    rankings[PRETRAINED] = rank_corpus(sets, raw, None)
+    results[PRETRAINED] = score_rankings(sets, rankings[PRETRAINED])
+    curves[PRETRAINED] = _curves(sets, rankings[PRETRAINED])
+    table = metrics_table(results)
+    folder = settings.evaluation_dir
+    plots = [
+        metric_bars(table, "ndcg_at_10", folder / "ndcg_at_10.png"),
+        recall_curves(curves, CURVE_KS, folder / "recall_at_k.png"),
+        _example_grid(sets, rankings, models, folder / "examples.png"),
+    ]
+    report = EvaluationReport(
+        {**models, PRETRAINED: settings.model.image_backbone},
+        results,
+        served_index_check(settings, sets),
+        table.to_dict(orient="records"),
+        [str(p) for p in plots],
+    )
+    report.mlflow_run_id = registry.log_evaluation(
+        settings, report.results, report.plots, models.get("challenger")
+    )
+    report.write(folder)
+    return report
+
+
+def evaluate_encoder(encoder: Encoder, sets: EvalSets) -> tuple[ModelRankings, dict[str, dict[str, float]]]:
+    """Embed the test corpus, rank it for every query by exact search, score the rankings."""
+    vectors = encoder.encode_images([Path(p) for p in sets.corpus["path"]])
+    rankings = rank_corpus(sets, vectors, encoder.encode_texts)
+    return rankings, score_rankings(sets, rankings)
+
+
+def default_models(settings: Settings) -> dict[str, str]:
+    """challenger (when one exists), champion, and v0: each pinned to a registry version."""
+    v0 = registry.register_v0(settings).uri  # made champion when there is none yet
+    models = {
+        alias: registry.pin_reference(alias, settings)
+        for alias in (registry.CHALLENGER, registry.CHAMPION)
+        if registry.alias_version(settings, alias) is not None
+    }
+    return {**models, "v0": v0}
+
+
+def _curves(sets: EvalSets, rankings: ModelRankings) -> dict[str, list[float]]:
+    out = {IMAGE_TO_IMAGE: recall_curve(sets, rankings.image, "query_image_id", CURVE_KS)}
+    if rankings.text:
+        out[TEXT_TO_IMAGE] = recall_curve(sets, rankings.text, "query", CURVE_KS)
+    return out
+
+
+@torch.inference_mode()
+def _pretrained_features(settings: Settings, paths: list[str], batch: int = 32) -> np.ndarray:
+    """The image backbone's pooled ImageNet features, before any head: the image->image floor."""
+    encoder: Encoder = build_two_tower_encoder(settings.model)
+    chunks = []
+    for start in range(0, len(paths), batch):
+        pixels = encoder.preprocess([Path(p) for p in paths[start : start + batch]]).to(encoder.device)
+        chunks.append(
+            torch.nn.functional.normalize(encoder.image_model.features(pixels), dim=-1).cpu().numpy()
+        )
+    return np.concatenate(chunks)
+
+
+def _example_grid(
+    sets: EvalSets, rankings: dict[str, ModelRankings], models: dict[str, str], path: Path
+) -> Path:
+    """Two text and two image queries, answered by each evaluated model in turn."""
+    path_of = dict(zip(sets.corpus["id"], sets.corpus["path"], strict=True))
+    tags = sets.text_qrels.loc[sets.text_qrels["origin"] == "tag", "query"].drop_duplicates()
+    texts = tags.sample(min(2, len(tags)), random_state=0).tolist()
+    images = list(next(iter(rankings.values())).image)[:2]
+
+    def shown(ranking: list[str]) -> list[tuple[str, None]]:
+        return [(path_of[image_id], None) for image_id in ranking[:6]]
+
+    examples = []
+    for label in models:
+        examples += [ExampleQuery(f'{label}: "{t}"', None, shown(rankings[label].text[t])) for t in texts]
+        examples += [ExampleQuery(label, path_of[i], shown(rankings[label].image[i])) for i in images]
+    return result_grid(examples, path)
+
+
+@dataclass(slots=True)
+class PromotionResult:
+    decision: Decision
+    challenger: str | None
+    champion: str | None
+
+
+def promotion_step(settings: Settings) -> PromotionResult:
+    """Apply the rule to the last evaluation; move the champion alias when it says so; tag the decision."""
+    report = EvaluationReport.read(settings.evaluation_dir)
+    rule = PromotionRule.from_settings(settings.evaluation)
+    challenger, champion = report.models.get("challenger"), report.models.get("champion")
+    if challenger is None:
+        return PromotionResult(Decision(False, "no challenger registered"), None, champion)
+    decision = decide(
+        _metrics_of(report, "challenger"), _metrics_of(report, "champion") if champion else None, rule
+    )
+    if challenger == champion:
+        decision = Decision(False, "the challenger already is the champion")
+    registry.record_promotion(settings, challenger, promote=decision.promote, reason=decision.reason)
+    return PromotionResult(decision, challenger, champion)
+
+
+def _metrics_of(report: EvaluationReport, label: str) -> dict[str, float]:
+    return {
+        f"{query_type}.{name}": value
+        for query_type, metrics in report.results.get(label, {}).items()
+        for name, value in metrics.items()
+    }

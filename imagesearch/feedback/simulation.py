@@ -1,0 +1,106 @@
+"""Simulated users: position-biased clicks on a real ranker, for when the click log is still empty.
+
+Users look at rank r with probability (1/r)**eta (the position-based model) and click what they look
+at with a probability that grows with its relevance grade (known here: shared tags). The click ->
+label rules in `training_data.clicks` undo the same position bias by inverse propensity weighting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from imagesearch.feedback.clicklog import ClickLog
+from imagesearch.index.store import load_index
+from imagesearch.models import registry
+from imagesearch.settings import Settings
+from imagesearch.training_data.examples import (
+    tag_text,
+)
+
+Ranker = Callable[[str], Sequence[tuple[str, float]]]  # query text -> ranked (image id, score)
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatedQuery:
+    text: str
+    relevance: Mapping[str, int]  # image id -> grade 1..3 (absent = not relevant)
+
+
+def examination_probability(rank: np.ndarray | int, eta: float) -> np.ndarray:
+    return np.power(np.asarray(rank, dtype=float), -eta)
+
+
+def simulate_clicks(
+    log: ClickLog,
+    queries: Sequence[SimulatedQuery],
+    ranker: Ranker,
+    *,
+    sessions: int,
+    eta: float,
+    model_version: str,
+    noise: float = 0.02,
+    seed: int = 0,
+) -> int:
+    """Simulated users: each examines rank r with (1/r)**eta, clicks a relevant result with grade/3.
+
+    Non-relevant examined results are clicked with probability `noise`. Returns the clicks written.
+    """
+    rng = np.random.default_rng(seed)
+    written = 0
+    for query in queries:
+        results = list(ranker(query.text))
+        if not results:
+            continue
+        ranks = np.arange(1, len(results) + 1)
+        click_probability = np.array(
+            [query.relevance.get(image_id, 0) / 3 or noise for image_id, _ in results], dtype=float
+        )
+        for _ in range(sessions):
+            query_id = log.log_query(
+                results, model_version=model_version, query_text=query.text, simulated=True
+            )
+            examined = rng.random(len(ranks)) < examination_probability(ranks, eta)
+            clicked = examined & (rng.random(len(ranks)) < click_probability)
+            for rank in ranks[clicked]:
+                log.log_click(query_id, int(rank))
+                written += 1
+    return written
+
+
+def tag_queries(catalog: pd.DataFrame, *, count: int, seed: int, min_images: int = 3) -> list[SimulatedQuery]:
+    """Queries a user might type: tag names, relevant = every catalog image with that tag (grade 3)."""
+    exploded = catalog[["id", "tags"]].explode("tags").dropna(subset=["tags"])
+    groups = exploded.groupby(exploded["tags"].astype(str))["id"].apply(list)
+    groups = groups[groups.map(len) >= min_images]
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(groups), size=min(count, len(groups)), replace=False) if len(groups) else []
+    return [
+        SimulatedQuery(tag_text(groups.index[i]), dict.fromkeys(groups.iloc[i], 3)) for i in sorted(chosen)
+    ]
+
+
+def simulate_workspace_clicks(settings: Settings, log: ClickLog, catalog: pd.DataFrame) -> int:
+    """Position-biased simulated clicks on the workspace's real index (relevance: shared tags)."""
+    loaded = load_index(settings.search_index_dir)
+    encoder = registry.load_encoder(loaded.manifest.model, settings)
+    config = settings.training_data
+
+    def ranker(text: str) -> list[tuple[str, float]]:
+        scores, positions = loaded.search(encoder.encode_texts([text]), config.simulated_depth)
+        pairs = zip(scores[0], positions[0], strict=True)
+        return [(str(loaded.ids.at[int(p), "id"]), float(s)) for s, p in pairs if p >= 0]
+
+    queries = tag_queries(catalog, count=config.simulated_queries, seed=config.seed)
+    return simulate_clicks(
+        log,
+        queries,
+        ranker,
+        sessions=config.simulated_sessions,
+        eta=config.propensity_eta,
+        model_version=f"simulated:{loaded.manifest.model}",
+        seed=config.seed,
+    )

@@ -1,0 +1,86 @@
+"""FAISS indexes: choose a structure, build it, tune it for a target recall, save it atomically.
+
+Choice is a pure function of (n vectors, dimension, memory budget, latency budget, GPU?) returning a
+faiss factory string, as autofaiss does; tuning is separate from choosing. Search parameters are passed
+per call (`faiss.SearchParameters*`), never set on the shared index, so concurrent searches cannot race."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from imagesearch.index.choose import IVF, IndexChoice, choose_index
+from imagesearch.index.search import gpu_available
+from imagesearch.index.store import IndexManifest, save_index_atomic
+from imagesearch.index.tune import tune_with_rerank
+from imagesearch.settings import IndexSettings
+
+
+def build_index(
+    vectors: np.ndarray, choice: IndexChoice, *, train_sample: int = 100_000, seed: int = 0
+) -> faiss.Index:
+    """Train on a sample (when the structure needs training), then add every vector."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    index = faiss.index_factory(vectors.shape[1], choice.factory, faiss.METRIC_INNER_PRODUCT)
+    on_gpu = gpu_available() and choice.kind == IVF
+    working = faiss.index_cpu_to_all_gpus(index) if on_gpu else index
+    if not working.is_trained:
+        rng = np.random.default_rng(seed)
+        sample = vectors[rng.choice(len(vectors), min(train_sample, len(vectors)), replace=False)]
+        working.train(sample)
+    working.add(vectors)
+    # Saved and served from the CPU copy: the file format and per-call search parameters are the CPU ones.
+    return faiss.index_gpu_to_cpu(working) if on_gpu else working
+
+
+def build_tuned_index(
+    vectors: np.ndarray,
+    ids: pd.DataFrame,
+    out: Path,
+    *,
+    model: str,
+    config: IndexSettings,
+    extra: dict | None = None,
+) -> IndexManifest:
+    """Choose, build and tune an index over `vectors` (row i is `ids` row i); save it atomically."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    budget = config.memory_budget_mb * 2**20 if config.memory_budget_mb else None
+    choice = choose_index(
+        len(vectors),
+        vectors.shape[1],
+        memory_budget_bytes=budget,
+        latency_budget_ms=config.latency_budget_ms,
+        gpu=gpu_available(),
+        hnsw_m=config.hnsw_m,
+    )
+    started = time.perf_counter()
+    index = build_index(vectors, choice, train_sample=config.train_sample)
+    build_seconds = time.perf_counter() - started
+    rerank, tuned = tune_with_rerank(index, choice, vectors, config)
+    manifest = IndexManifest(
+        kind=choice.kind,
+        factory=choice.factory,
+        dim=int(vectors.shape[1]),
+        count=len(vectors),
+        params=tuned.params,
+        rerank_factor=rerank,
+        recall_at_10=tuned.recall_at_10,
+        latency_ms=tuned.latency_ms,
+        bytes_per_vector=choice.bytes_per_vector,
+        model=model,
+        reason=choice.reason,
+        extra={
+            "reached_target": tuned.reached_target,
+            "target_recall": config.target_recall,
+            "build_seconds": round(build_seconds, 3),
+            "rerank_vectors": "float16 memory map" if rerank > 1 else "none",
+            "gpu_build": gpu_available() and choice.kind == IVF,
+            **(extra or {}),
+        },
+    )
+    save_index_atomic(out, index, manifest, ids, vectors)
+    return manifest

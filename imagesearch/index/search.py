@@ -1,0 +1,79 @@
+"""Searching a FAISS index: per-call search parameters, the exact re-score of a short list, recall.
+
+Search parameters are passed per call (`faiss.SearchParameters*`), never set on the shared index, so
+concurrent searches cannot race.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from imagesearch.index.choose import HNSW, IVF
+
+
+def gpu_available() -> bool:
+    """True only with the faiss-gpu build and a visible CUDA device (faiss-cpu lacks the function)."""
+    return faiss_gpu_count() > 0
+
+
+def search_parameters(kind: str, params: dict[str, int]) -> faiss.SearchParameters | None:
+    """Per-call search parameters for an index of this kind (None for exact search)."""
+    if kind == HNSW:
+        return faiss.SearchParametersHNSW(efSearch=params["efSearch"])
+    if kind == IVF:
+        ivf = faiss.SearchParametersIVF(nprobe=params["nprobe"])
+        return faiss.SearchParametersPreTransform(index_params=ivf) if params.get("pretransform") else ivf
+    return None
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
+    """Mean fraction of the true top-k found in the returned top-k (fewer than k when the set is small)."""
+    fractions = []
+    for returned, wanted in zip(found, truth, strict=True):
+        wanted = {int(p) for p in wanted[:k] if p >= 0}
+        fractions.append(len(wanted & {int(p) for p in returned[:k]}) / len(wanted) if wanted else 1.0)
+    return float(np.mean(fractions))
+
+
+def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return flat.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+
+
+def search(
+    index: faiss.Index,
+    kind: str,
+    queries: np.ndarray,
+    k: int,
+    params: dict[str, int],
+    *,
+    vectors: np.ndarray | None = None,
+    rerank_factor: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, positions) of the top-k; with `vectors`, the ANN short list is re-scored exactly."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    depth = min(index.ntotal, k * rerank_factor if vectors is not None else k)
+    scores, positions = index.search(queries, depth, params=search_parameters(kind, params))
+    if vectors is None:
+        return scores, positions
+    return rerank_exact(queries, positions, vectors, k)
+
+
+def rerank_exact(queries: np.ndarray, positions: np.ndarray, vectors: np.ndarray, k: int):
+    safe = np.where(positions < 0, 0, positions)
+    exact = np.einsum("qd,qcd->qc", queries, vectors[safe].astype(np.float32))
+    exact[positions < 0] = -np.inf
+    order = np.argsort(-exact, axis=1)[:, :k]
+    return np.take_along_axis(exact, order, axis=1), np.take_along_axis(positions, order, axis=1)
+
+
+def limit_search_threads(threads: int) -> None:
+    """FAISS's OpenMP threads for searches made from the calling thread."""
+    faiss.omp_set_num_threads(threads)
+
+
+def faiss_gpu_count() -> int:
+    """CUDA devices faiss can use: 0 with the faiss-cpu build (which lacks the function)."""
+    return getattr(faiss, "get_num_gpus", lambda: 0)()

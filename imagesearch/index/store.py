@@ -1,0 +1,97 @@
+"""An index folder on disk: written whole into a staging sibling and swapped in, read back complete.
+
+The manifest is written last, so a folder without one is never loaded: a kill at any moment leaves
+the previous index (or none) to serve, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from imagesearch.common.io import folder_atomic
+from imagesearch.index.search import search
+
+INDEX_FILE, IDS_FILE, VECTORS_FILE, MANIFEST_FILE = (
+    "index.faiss",
+    "ids.parquet",
+    "vectors.npy",
+    "manifest.json",
+)
+
+
+# --- persistence -----------------------------------------------------------------------------------
+@dataclass(slots=True)
+class IndexManifest:
+    kind: str
+    factory: str
+    dim: int
+    count: int
+    params: dict[str, int]
+    rerank_factor: int
+    recall_at_10: float
+    latency_ms: float
+    bytes_per_vector: float
+    model: str
+    reason: str
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class LoadedIndex:
+    index: faiss.Index
+    manifest: IndexManifest
+    ids: pd.DataFrame
+    vectors: np.ndarray  # float16 memmap: exact re-scoring without holding float32 copies in RAM
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        rerank = self.vectors if self.manifest.rerank_factor > 1 else None
+        return search(
+            self.index,
+            self.manifest.kind,
+            queries,
+            k,
+            self.manifest.params,
+            vectors=rerank,
+            rerank_factor=self.manifest.rerank_factor,
+        )
+
+
+def save_index_atomic(
+    folder: Path, index: faiss.Index, manifest: IndexManifest, ids: pd.DataFrame, vectors: np.ndarray
+) -> Path:
+    """Readers see the old index or the new one, whole; the manifest is written last, marking it complete."""
+    with folder_atomic(folder) as staging:
+        faiss.write_index(index, str(staging / INDEX_FILE))
+        manifest.extra["index_file_bytes"] = (staging / INDEX_FILE).stat().st_size
+        ids.to_parquet(staging / IDS_FILE, index=False)
+        np.save(staging / VECTORS_FILE, vectors.astype(np.float16))
+        (staging / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2))
+    return folder
+
+
+def index_fingerprint(folder: Path) -> str | None:
+    """A digest of the folder's manifest (written last, swapped in whole): it changes with every build."""
+    try:
+        return hashlib.sha256((folder / MANIFEST_FILE).read_bytes()).hexdigest()[:16]
+    except FileNotFoundError:
+        return None
+
+
+def load_index(folder: Path) -> LoadedIndex:
+    manifest_path = folder / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no complete index in {folder} (manifest.json missing): build one first")
+    manifest = IndexManifest(**json.loads(manifest_path.read_text()))
+    index = faiss.read_index(str(folder / INDEX_FILE))
+    ids = pd.read_parquet(folder / IDS_FILE)
+    vectors = np.load(folder / VECTORS_FILE, mmap_mode="r")
+    if index.ntotal != len(ids) or len(vectors) != len(ids):
+        raise ValueError(f"index in {folder} is inconsistent: {index.ntotal} vectors, {len(ids)} ids")
+    return LoadedIndex(index, manifest, ids, vectors)

@@ -1,0 +1,324 @@
+"""MLflow: the only module that talks to the tracking store and the model registry.
+
+An encoder is logged as a pyfunc model (input: a DataFrame with a ``text`` column, or an ``image``
+column of encoded image bytes, or an ``image_path`` column; output: L2-normalised float32 vectors),
+registered under one name, and addressed by alias (``models:/imagesearch@champion``).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema, TensorSpec
+
+from imagesearch.models.encoders import Encoder, build_zeroshot_encoder
+from imagesearch.settings import Settings
+
+EXPERIMENT = "imagesearch"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+V0 = "v0"
+RUNTIME_PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "pandas",
+    "pillow",
+)
+
+
+class RegistryError(RuntimeError):
+    """A model reference that cannot be resolved; the message says what exists."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredEncoder:
+    run_id: str
+    version: str
+    uri: str
+
+
+# MLflow asks for type hints on predict (forcing its warning on with its own filter); ours takes three
+# alternative columns, which the logged signature describes instead.
+with warnings.catch_warnings():
+    warnings.showwarning = lambda *args, **kwargs: None
+
+    class EncoderPyfunc(mlflow.pyfunc.PythonModel):
+        """pyfunc wrapper: texts or images in, unit vectors out."""
+
+        def load_context(self, context) -> None:
+            self.encoder = Encoder.load(Path(context.artifacts["encoder"]))
+
+        def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer from them
+            if "text" in model_input.columns:
+                return self.encoder.encode_texts(model_input["text"].astype(str).tolist())
+            if "image" in model_input.columns:
+                return self.encoder.encode_images([_as_bytes(value) for value in model_input["image"]])
+            if "image_path" in model_input.columns:
+                return self.encoder.encode_images([Path(p) for p in model_input["image_path"]])
+            raise ValueError(
+                f"expected a 'text', 'image' or 'image_path' column, got {list(model_input.columns)}"
+            )
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else base64.b64decode(value)
+
+
+def connect(settings: Settings) -> MlflowClient:
+    """Point MLflow at the workspace's sqlite store; create the experiment with its artifact folder."""
+    settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    client = MlflowClient()
+    if client.get_experiment_by_name(EXPERIMENT) is None:
+        client.create_experiment(EXPERIMENT, artifact_location=settings.mlflow_artifacts_dir.as_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    return client
+
+
+def signature(dim: int) -> ModelSignature:
+    """One of the three input columns per call; image bytes travel base64-encoded."""
+    inputs = Schema([ColSpec("string", column, required=False) for column in ("text", "image", "image_path")])
+    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]))
+
+
+def pip_requirements() -> list[str]:
+    return [f"{name}=={metadata.version(name)}" for name in RUNTIME_PACKAGES]
+
+
+def log_encoder(
+    encoder: Encoder,
+    settings: Settings,
+    *,
+    run_name: str,
+    params: dict | None = None,
+    metrics: dict | None = None,
+    tags: dict | None = None,
+    alias: str | None = None,
+) -> RegisteredEncoder:
+    """Log the encoder as a pyfunc in a new MLflow run, register a new version, optionally alias it."""
+    with tracked_run(settings, run_name=run_name, params=params, tags=tags):
+        mlflow.log_metrics(metrics or {})
+        return register_encoder(encoder, settings, alias=alias)
+
+
+@contextmanager
+def tracked_run(
+    settings: Settings,
+    *,
+    run_name: str,
+    params: dict | None = None,
+    tags: dict | None = None,
+    resume_run_id: str | None = None,
+) -> Iterator[str]:
+    """An MLflow run (a resumed one when `resume_run_id` names one that exists); yields its id."""
+    client = connect(settings)
+    if resume_run_id:
+        try:
+            client.get_run(resume_run_id)
+        except MlflowException:
+            resume_run_id = None
+    with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name) as run:
+        if not resume_run_id:
+            mlflow.log_params(params or {})
+            mlflow.set_tags(tags or {})
+        yield run.info.run_id
+
+
+def log_step_metrics(metrics: dict[str, float], step: int) -> None:
+    """Metrics of one epoch into the active run (finite values only: MLflow refuses NaN in some stores)."""
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)}, step=step)
+
+
+def log_artifacts(paths: list[Path], folder: str | None = None) -> None:
+    for path in paths:
+        mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+def register_encoder(encoder: Encoder, settings: Settings, *, alias: str | None = None) -> RegisteredEncoder:
+    """Log the encoder as a pyfunc in the active run, register it as a new version, optionally alias it."""
+    client = connect(settings)
+    name = settings.model.registered_name
+    run = mlflow.active_run()
+    with tempfile.TemporaryDirectory(prefix="imagesearch-encoder-") as scratch:
+        mlflow.log_params({"encoder_kind": encoder.spec.kind, "dim": encoder.dim})
+        mlflow.set_tag("encoder_kind", encoder.spec.kind)
+        info = mlflow.pyfunc.log_model(
+            name="encoder",
+            python_model=EncoderPyfunc(),
+            artifacts={"encoder": str(encoder.save(Path(scratch) / "encoder"))},
+            pip_requirements=pip_requirements(),
+            signature=signature(encoder.dim),
+            registered_model_name=name,
+        )
+    version = str(info.registered_model_version)
+    client.set_model_version_tag(name, version, "encoder_kind", encoder.spec.kind)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return RegisteredEncoder(run.info.run_id, version, f"models:/{name}/{version}")
+
+
+def register_v0(settings: Settings, *, make_champion_if_none: bool = True) -> RegisteredEncoder:
+    """Register the zero-shot baseline once per configuration; make it champion when there is none yet."""
+    params = {
+        key: str(value)
+        for key, value in settings.model.model_dump(
+            include={
+                "image_backbone",
+                "image_weights",
+                "image_size",
+                "text_model",
+                "zeroshot_top_k",
+                "zeroshot_prompts",
+            }
+        ).items()
+    }
+    alias = CHAMPION if make_champion_if_none and alias_version(settings, CHAMPION) is None else None
+    existing = _find_baseline(settings, params)
+    if existing is not None:
+        if alias:
+            MlflowClient().set_registered_model_alias(settings.model.registered_name, alias, existing.version)
+        return existing
+    encoder = build_zeroshot_encoder(settings.model)
+    return log_encoder(
+        encoder, settings, run_name="v0-zeroshot", params=params, tags={"baseline": V0}, alias=alias
+    )
+
+
+def _find_baseline(settings: Settings, params: dict[str, str]) -> RegisteredEncoder | None:
+    """The registered v0 built with exactly these settings, if any: rebuilding it would change nothing."""
+    client = connect(settings)
+    name = settings.model.registered_name
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.tags.get("encoder_kind") != "zeroshot" or not version.run_id:
+            continue
+        run_params = client.get_run(version.run_id).data.params
+        if all(run_params.get(key) == value for key, value in params.items()):
+            return RegisteredEncoder(
+                version.run_id, str(version.version), f"models:/{name}/{version.version}"
+            )
+    return None
+
+
+def alias_version(settings: Settings, alias: str) -> str | None:
+    """The version `alias` points at; None only when the model or the alias does not exist.
+
+    Any other registry failure raises: read as "no champion", it would let v0 take the alias.
+    """
+    client = connect(settings)
+    try:
+        return str(client.get_model_version_by_alias(settings.model.registered_name, alias).version)
+    except MlflowException as error:
+        if _is_missing_alias(error):
+            return None
+        raise RegistryError(f"cannot read the alias {alias!r} from the registry: {error}") from error
+
+
+def _is_missing_alias(error: MlflowException) -> bool:
+    if error.error_code == "RESOURCE_DOES_NOT_EXIST":  # no such registered model
+        return True
+    message = str(error).lower()  # MLflow reports an unknown alias as an invalid parameter
+    return error.error_code == "INVALID_PARAMETER_VALUE" and "alias" in message and "not found" in message
+
+
+def load_encoder(reference: str, settings: Settings) -> Encoder:
+    """An encoder from 'v0' (built from offline weights), a saved encoder folder, or an MLflow model URI.
+
+    A bare alias ('champion') or version number means that model of the registered name.
+    """
+    if reference == V0:
+        return build_zeroshot_encoder(settings.model)
+    folder = Path(reference).expanduser()
+    if (folder / "encoder.json").is_file():
+        return Encoder.load(folder, settings.model.device)
+    uri = _model_uri(reference, settings)
+    connect(settings)
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError) as error:
+        raise RegistryError(
+            f"cannot load {uri}: {str(error).splitlines()[0]} — register a model first "
+            "(`imagesearch model register-v0`) or pass --model v0"
+        ) from error
+    return model.unwrap_python_model().encoder
+
+
+def pin_reference(reference: str, settings: Settings) -> str:
+    """A reference that will not move: an alias becomes the version it points at now."""
+    if reference == V0 or (Path(reference).expanduser() / "encoder.json").is_file():
+        return reference
+    uri = _model_uri(reference, settings)
+    if "@" not in uri:
+        return uri
+    alias = uri.rsplit("@", 1)[1]
+    version = alias_version(settings, alias)
+    if version is None:
+        raise RegistryError(
+            f"no model has the alias {alias!r}: register one first (`imagesearch model register-v0`)"
+        )
+    return f"models:/{settings.model.registered_name}/{version}"
+
+
+def _model_uri(reference: str, settings: Settings) -> str:
+    if reference.startswith(("models:/", "runs:/")):
+        return reference
+    return f"models:/{settings.model.registered_name}{'/' if reference.isdigit() else '@'}{reference}"
+
+
+def log_evaluation(
+    settings: Settings,
+    results: dict[str, dict[str, dict[str, float]]],
+    plots: list[str],
+    challenger: str | None,
+) -> str | None:
+    """Metrics of every evaluated model, prefixed by its label, and the plots, on the challenger's run."""
+    if challenger is None:
+        return None
+    client = connect(settings)
+    version = client.get_model_version(settings.model.registered_name, challenger.rsplit("/", 1)[1])
+    flat = {
+        f"eval.{label}.{query_type}.{name}".replace(" ", "_").replace("/", "."): value
+        for label, by_type in results.items()
+        for query_type, metrics in by_type.items()
+        for name, value in metrics.items()
+        if value is not None and math.isfinite(value)
+    }
+    with mlflow.start_run(run_id=version.run_id):
+        mlflow.log_metrics(flat)
+        log_artifacts([Path(p) for p in plots], "evaluation")
+    return version.run_id
+
+
+def log_nested_run(run_name: str, *, params: dict, metrics: dict[str, float]) -> None:
+    """A child run of the active run (one ablation variant, say)."""
+    with mlflow.start_run(run_name=run_name, nested=True):
+        mlflow.log_params(params)
+        log_step_metrics(metrics, 0)
+
+
+def record_promotion(settings: Settings, challenger: str, *, promote: bool, reason: str) -> None:
+    """Tag the challenger's version with the decision and its reason; move `champion` when promoted."""
+    client = connect(settings)
+    name, version = settings.model.registered_name, challenger.rsplit("/", 1)[1]
+    client.set_model_version_tag(name, version, "promotion.decision", "promoted" if promote else "kept")
+    client.set_model_version_tag(name, version, "promotion.reason", reason)
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version)

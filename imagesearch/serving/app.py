@@ -1,0 +1,252 @@
+"""The HTTP search service: `create_app(settings)` builds the FastAPI app; routes delegate to SearchService.
+
+The lifespan loads the model and the index it was built with once into `app.state`; requests read
+the current pair through one attribute, so a later swap replaces both at once."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from imagesearch.common.io import content_id
+from imagesearch.feedback.clicklog import ClickLog, UnknownQuery
+from imagesearch.serving.requests import (
+    base64_image,
+    check_page,
+    knn_request,
+    make_thumbnail,
+    parse_search,
+    prepare,
+    validated,
+)
+from imagesearch.serving.schemas import (
+    ClickEvent,
+    KnnResult,
+    ReloadRequest,
+    ResultOut,
+    SearchRequest,
+    SearchResponse,
+)
+from imagesearch.serving.service import SearchService
+from imagesearch.serving.swap import Swapper, watch_index
+from imagesearch.serving.telemetry import Telemetry
+from imagesearch.serving.types import Answer, BadQuery, PageRequest
+from imagesearch.settings import Settings
+
+
+def current_service(request: Request) -> SearchService:
+    """The model + index pair serving now (read once per request, so a swap never mixes two pairs)."""
+    return request.app.state.service
+
+
+Service = Annotated[SearchService, Depends(current_service)]
+
+
+def create_app(
+    settings: Settings, *, index_dir: Path | None = None, service: SearchService | None = None
+) -> FastAPI:
+    """The app over `index_dir` (default: the workspace's index); `service` skips loading (tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.service = service or await run_in_threadpool(SearchService.from_index, settings, index_dir)
+        app.state.clicks = ClickLog(settings.effective_click_log_url)
+        app.state.telemetry = Telemetry()
+        app.state.swapper = Swapper(app.state)
+        watcher = None
+        if config.reload_poll_seconds and service is None:
+            folder = index_dir or settings.search_index_dir
+            watcher = asyncio.create_task(
+                watch_index(app.state, settings, folder, config.reload_poll_seconds)
+            )
+        yield
+        if watcher is not None:
+            watcher.cancel()
+
+    app = FastAPI(title="imagesearch", version="0.1.0", lifespan=lifespan)
+    config = settings.service
+    index_dir_default = index_dir
+    app.state.admin_token = config.admin_token
+    app.state.settings = settings
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        request.app.state.telemetry.observe(
+            getattr(route, "path", "unmatched"), response.status_code, time.perf_counter() - started
+        )
+        return response
+
+    page_html = files("imagesearch").joinpath("web/index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def search_page() -> str:
+        """The search page: text box, image drop, results grid, "more like this", click logging."""
+        return page_html
+
+    @app.post("/search", response_model=SearchResponse)
+    async def search(request: Request, service: Service) -> SearchResponse:
+        """JSON body (SearchRequest) or multipart upload (field `image`, plus k/offset/diversity/dedup)."""
+        started = time.perf_counter()
+        query, upload = await parse_search(request, config.max_upload_bytes)
+        diversity = config.diversity if query.diversity is None else query.diversity
+        page = PageRequest(query.k, query.offset, diversity, query.dedup)
+        answer, query_id = await _answer(request, service, query, upload, page)
+        timings = answer.timings_ms
+        results = [
+            ResultOut(
+                id=r.id,
+                score=r.score,
+                rank=r.rank,
+                caption=service.caption_of(r.id),
+                image_url=f"/images/{r.id}",
+                thumbnail_url=f"/images/{r.id}?thumbnail=true",
+            )
+            for r in answer.results
+        ]
+        timings["total"] = _ms(started)
+        return SearchResponse(
+            query_id=query_id, model_version=answer.model_version, results=results, timings_ms=timings
+        )
+
+    @app.post("/knn-service", response_model=list[KnnResult])
+    async def knn_service(request: Request, service: Service) -> list[KnnResult]:
+        """clip-retrieval's ClipClient protocol: `ClipClient(url=".../knn-service", indice_name=...)`.
+
+        Body: KnnRequest as JSON. ClipClient sends it without a content-type, so it is parsed as JSON
+        whatever the header says.
+        """
+        body = knn_request(await request.body())
+        if body.image_url:
+            raise HTTPException(
+                422, "image_url is not fetched (the service makes no outbound requests): send image"
+            )
+        if body.modality != "image":
+            raise HTTPException(422, f"modality {body.modality!r}: this service indexes images only")
+        upload = base64_image(body.image, config.max_upload_bytes) if body.image else None
+        query = validated(
+            {
+                "text": body.text,
+                "embedding": body.embedding_input,
+                "k": body.num_images,
+                "dedup": body.deduplicate,
+            }
+        )
+        if upload is None and (query.text is None) == (query.embedding is None):
+            raise HTTPException(422, "give exactly one of text, image or embedding_input")
+        page = PageRequest(query.k, 0, config.diversity, query.dedup)
+        answer, _ = await _answer(request, service, query, upload, page)
+        base = str(request.base_url).rstrip("/")
+        return [
+            KnnResult(
+                id=r.id, similarity=r.score, url=f"{base}/images/{r.id}", caption=service.caption_of(r.id)
+            )
+            for r in answer.results
+        ]
+
+    @app.get("/images/{image_id}")
+    async def image(image_id: str, service: Service, thumbnail: bool = False) -> Response:
+        """A catalog image by id (the original, or a thumbnail): ids only, never a path."""
+        path = service.path_of(image_id)
+        if path is None or not path.is_file():
+            raise HTTPException(404, f"no catalog image with id {image_id!r}")
+        if not thumbnail:
+            return FileResponse(path)
+        return Response(
+            await run_in_threadpool(make_thumbnail, path, config.thumbnail_side), media_type="image/png"
+        )
+
+    @app.post("/events", status_code=201)
+    async def event(click: ClickEvent, request: Request) -> dict:
+        """A click on the result shown at `rank` for `query_id` (impressions are logged by /search)."""
+        try:
+            image_id = await run_in_threadpool(request.app.state.clicks.log_click, click.query_id, click.rank)
+        except UnknownQuery as error:
+            raise HTTPException(404, str(error)) from error
+        return {"query_id": click.query_id, "rank": click.rank, "image_id": image_id}
+
+    @app.post("/admin/reload", status_code=202, dependencies=[Depends(require_admin)])
+    async def reload(request: Request, body: ReloadRequest | None = None) -> dict:
+        """Load the index (and its model) in the background, then swap the pair in atomically.
+
+        Requests in flight finish on the pair they started with; a load that fails keeps the old pair.
+        """
+        swapper: Swapper = request.app.state.swapper
+        index_dir = Path(body.index_dir) if body and body.index_dir else index_dir_default
+        started = swapper.start(lambda: SearchService.from_index(settings, index_dir))
+        if not started:
+            raise HTTPException(409, "a reload is already running")
+        return {"status": "loading", "serving": request.app.state.service.model_version}
+
+    @app.get("/admin/reload", dependencies=[Depends(require_admin)])
+    async def reload_status(request: Request) -> dict:
+        return request.app.state.swapper.status(request.app.state.service.model_version)
+
+    @app.get("/health")
+    async def health(service: Service) -> dict:
+        return {"status": "ok", "model_version": service.model_version, "vectors": service.index.index.ntotal}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(request: Request) -> str:
+        """Prometheus text format: request counts and latency histograms per route and status."""
+        return request.app.state.telemetry.render()
+
+    return app
+
+
+async def _answer(
+    request: Request, service: SearchService, query: SearchRequest, upload: bytes | None, page: PageRequest
+) -> tuple[Answer, str]:
+    """prepare (validate, decode) -> encode + search on the worker -> log the impressions."""
+    check_page(query, request.app.state.settings.service)
+    prepared: dict[str, float] = {}
+    try:
+        ready = await run_in_threadpool(prepare, service, query, upload, prepared)
+    except BadQuery as error:
+        raise HTTPException(422, str(error)) from error
+    try:
+        answer: Answer = await run_in_threadpool(service.answer, ready, page)
+    except TimeoutError as error:  # queued past SERVICE__ANSWER_TIMEOUT_S: overloaded
+        raise HTTPException(503, "the search service is overloaded; retry shortly") from error
+    answer.timings_ms = {**prepared, **answer.timings_ms}
+    query_id = await run_in_threadpool(
+        request.app.state.clicks.log_query,
+        [(r.id, r.score) for r in answer.results],
+        model_version=answer.model_version,
+        query_text=query.text,
+        query_image_hash=content_id(upload) if upload else query.image_id,
+    )
+    return answer, query_id
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def require_admin(request: Request, credentials: Credentials) -> None:
+    """The bearer token must equal service.admin_token (compared in constant time)."""
+    token = request.app.state.admin_token
+    if token is None:
+        raise HTTPException(403, "admin routes are disabled: set IMAGESEARCH_SERVICE__ADMIN_TOKEN")
+    given = credentials.credentials if credentials else ""
+    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+        raise HTTPException(401, "a valid admin bearer token is required", {"WWW-Authenticate": "Bearer"})

@@ -1,0 +1,167 @@
+"""The query path of the search service, without any web framework.
+
+encode (text / image bytes / raw vector) -> ANN top-N -> exact re-score of the candidates from the
+index's float16 vectors -> near-duplicate collapse -> MMR diversity re-rank -> one page of results,
+with the model version that served them and the time spent in each stage."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from imagesearch.common.images import ImageRejected, decode_limits
+from imagesearch.index.store import LoadedIndex, index_fingerprint, load_index
+from imagesearch.models.encoders import Encoder
+from imagesearch.models.registry import load_encoder
+from imagesearch.serving.rerank import collapse_near_duplicates, mmr
+from imagesearch.serving.types import Answer, BadQuery, PageRequest, Query, Result
+from imagesearch.serving.worker import QueryWorker
+from imagesearch.settings import Settings
+
+
+class SearchService:
+    """One model + the index built with it: a pair that is always swapped together."""
+
+    def __init__(self, encoder: Encoder, index: LoadedIndex, paths: pd.Series, settings: Settings):
+        if index.manifest.count and index.vectors.shape[1] != encoder.dim:
+            raise ValueError(
+                f"index holds {index.vectors.shape[1]}-d vectors, the model makes {encoder.dim}-d"
+            )
+        config = settings.service
+        self.encoder, self.index, self.paths, self.config = encoder, index, paths, config
+        self.model_version = index.manifest.model
+        # id -> row, built once: "more like this" must not scan every id per request
+        self.positions = pd.Index(index.ids["id"].to_numpy())
+        self.limits = decode_limits(settings.catalog, max_file_bytes=config.max_upload_bytes)
+        self.worker = QueryWorker(self, max_batch=config.max_batch, timeout_s=config.answer_timeout_s)
+        self.fingerprint: str | None = None  # of the index folder it was loaded from (see from_index)
+
+    @classmethod
+    def from_index(cls, settings: Settings, index_dir: Path | None = None) -> SearchService:
+        """An index (default: the workspace's) and the model it was built with (from its manifest).
+
+        Images resolve through the index's own id -> path map, so a bring-your-own index serves too.
+        """
+        folder = index_dir or settings.search_index_dir
+        fingerprint = index_fingerprint(folder)
+        index = load_index(folder)
+        encoder = load_encoder(index.manifest.model, settings)
+        service = cls(encoder, index, index.ids.set_index("id")["path"], settings)
+        service.fingerprint = fingerprint
+        return service
+
+    # --- preparing a query (request threads: validation and image decoding run in parallel) -----
+    def text_query(self, text: str) -> Query:
+        text = text.strip()
+        if not text:
+            raise BadQuery("the text query is empty")
+        if len(text) > self.config.max_text_chars:
+            raise BadQuery(
+                f"the text query has {len(text)} characters; the limit is {self.config.max_text_chars}"
+            )
+        return Query(text=text)
+
+    def image_query(self, data: bytes, timings: dict[str, float] | None = None) -> Query:
+        """Decode + preprocess (timed as "decode"); the forward pass runs later, on the worker."""
+        if len(data) > self.config.max_upload_bytes:
+            raise BadQuery(f"the image has {len(data)} bytes; the limit is {self.config.max_upload_bytes}")
+        started = time.perf_counter()
+        try:
+            pixels = self.encoder.preprocessor(data, self.limits)
+        except ImageRejected as error:
+            raise BadQuery(f"the upload is not a usable image ({error.reason})") from error
+        if timings is not None:
+            timings["decode"] = _ms(started)
+        return Query(pixels=pixels)
+
+    def vector_query(self, values: list[float]) -> Query:
+        vector = np.asarray(values, dtype=np.float32)
+        if vector.shape != (self.encoder.dim,):
+            raise BadQuery(f"the embedding has {vector.size} values; this model makes {self.encoder.dim}")
+        norm = float(np.linalg.norm(vector))
+        if not np.isfinite(norm) or norm == 0:
+            raise BadQuery("the embedding must be finite and non-zero")
+        return Query(vector=vector / norm)
+
+    def similar_query(self, image_id: str) -> Query:
+        """ "More like this": the indexed vector of a catalog image."""
+        if image_id not in self.positions:
+            raise BadQuery(f"no indexed image with id {image_id!r}")
+        vector = self.index.vectors[self.positions.get_loc(image_id)].astype(np.float32)
+        return Query(vector=vector / np.linalg.norm(vector))
+
+    # --- answering ------------------------------------------------------------------------------
+    def answer(self, query: Query, page: PageRequest) -> Answer:
+        """Encode, search and re-rank on the worker thread, batched with whatever else is waiting."""
+        return self.worker.submit(query, page)
+
+    def encode(self, queries: list[Query], timings: dict[str, float]) -> np.ndarray:
+        """One matrix of unit query vectors: the texts in one batch, the images in another."""
+        started = time.perf_counter()
+        vectors = np.zeros((len(queries), self.encoder.dim), np.float32)
+        texts = [i for i, q in enumerate(queries) if q.text is not None]
+        images = [i for i, q in enumerate(queries) if q.pixels is not None]
+        given = [i for i, q in enumerate(queries) if q.vector is not None]
+        if texts:
+            vectors[texts] = self.encoder.encode_texts([queries[i].text for i in texts])
+        if images:
+            vectors[images] = self.encoder.encode_pixels(torch.stack([queries[i].pixels for i in images]))
+        if given:
+            vectors[given] = np.stack([queries[i].vector for i in given])
+        timings["encode"] = _ms(started)
+        return vectors
+
+    def search_many(
+        self, vectors: np.ndarray, pages: list[PageRequest], timings: dict[str, float]
+    ) -> list[Answer]:
+        """ANN for all queries in one call, then the exact re-score and re-rank of each."""
+        started = time.perf_counter()
+        total = self.index.index.ntotal
+        depths = [min(max(self.config.candidates, (p.offset + p.k) * 2), total) for p in pages]
+        _, positions = self.index.search(vectors, max(depths))
+        timings["ann"] = _ms(started)
+        started = time.perf_counter()
+        answers = [
+            self._rerank(vector, found[:depth], page)
+            for vector, found, depth, page in zip(vectors, positions, depths, pages, strict=True)
+        ]
+        timings["rerank"] = _ms(started)
+        return answers
+
+    def _rerank(self, vector: np.ndarray, positions: np.ndarray, page: PageRequest) -> Answer:
+        positions = positions[positions >= 0]
+        candidates = self.index.vectors[positions].astype(np.float32)
+        scores = candidates @ vector
+        order = np.argsort(-scores, kind="stable")
+        positions, candidates, scores = positions[order], candidates[order], scores[order]
+        if page.dedup:
+            keep = collapse_near_duplicates(candidates, self.config.dedup_threshold)
+            positions, candidates, scores = positions[keep], candidates[keep], scores[keep]
+        picked = mmr(scores, candidates, page.offset + page.k, page.diversity)[page.offset :]
+        results = [
+            Result(str(self.positions[positions[i]]), float(scores[i]), page.offset + rank)
+            for rank, i in enumerate(picked, start=1)
+        ]
+        return Answer(results, self.model_version)
+
+    def close(self) -> None:
+        """Stop the worker once its queue is answered (after a swap has replaced this pair)."""
+        self.worker.close()
+
+    def path_of(self, image_id: str) -> Path | None:
+        """The file of a catalog image, or None: only catalog ids resolve, never a client path."""
+        path = self.paths.get(image_id)
+        return Path(path) if isinstance(path, str) else None
+
+    def caption_of(self, image_id: str) -> str:
+        """A readable caption: the file name without extension (the index keeps no captions)."""
+        path = self.path_of(image_id)
+        return path.stem.replace("_", " ") if path else ""
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

@@ -1,0 +1,70 @@
+"""Hot swap: a new model + index pair is loaded on a thread and replaces the serving pair in one
+assignment; a watcher swaps in the index folder's new build when the pipeline replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi.concurrency import run_in_threadpool
+
+from imagesearch.index.store import index_fingerprint
+from imagesearch.serving.service import SearchService
+from imagesearch.settings import Settings
+
+
+async def watch_index(state, settings: Settings, folder: Path, every: float) -> None:
+    """Swap in the index folder's new build (and the model its manifest names) when it changes.
+
+    The pipeline rebuilds the index after a new champion is promoted; the folder is replaced whole, so
+    a changed manifest digest means a complete new index. A failed load is retried only after the
+    folder changes again.
+    """
+    tried = state.service.fingerprint
+    while True:
+        await asyncio.sleep(every)
+        current = await run_in_threadpool(index_fingerprint, folder)
+        if current is None or current == tried:
+            continue
+        if state.swapper.start(lambda: SearchService.from_index(settings, folder)):
+            tried = current
+
+
+class Swapper:
+    """Loads a new model + index pair on a thread and swaps it into `state.service` in one assignment."""
+
+    def __init__(self, state) -> None:
+        self.state = state
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.last: dict = {"status": "idle"}
+
+    def start(self, load: Callable[[], SearchService]) -> bool:
+        with self.lock:
+            if self.thread is not None and self.thread.is_alive():
+                return False
+            self.last = {"status": "loading"}
+            self.thread = threading.Thread(target=self._run, args=(load,), name="index-swap", daemon=True)
+            self.thread.start()
+            return True
+
+    def _run(self, load: Callable[[], SearchService]) -> None:
+        try:
+            fresh = load()
+        except Exception as error:  # any failure to load must leave the serving pair untouched
+            self.last = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+            return
+        previous = self.state.service
+        self.state.service = fresh  # one reference assignment: a request sees the old pair or the new
+        previous.close()  # its queued queries still finish on it
+        self.last = {"status": "swapped", "from": previous.model_version, "to": fresh.model_version}
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def status(self, serving: str) -> dict:
+        return {**self.last, "serving": serving}

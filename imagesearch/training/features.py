@@ -1,0 +1,170 @@
+"""The feature cache: what the frozen part of the image backbone (and the frozen text transformer)
+makes of every training view, computed once and reused by every epoch and by a resumed run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from imagesearch.common.images import DecodeLimits
+from imagesearch.common.io import write_atomic
+from imagesearch.embeddings.reader import collate, default_workers
+from imagesearch.models.encoders import Encoder
+from imagesearch.settings import TrainingSettings
+from imagesearch.training.augment import ImageViews
+from imagesearch.training.examples import IndexedExamples
+from imagesearch.training.validation import ValidationSet
+
+CACHE = "features.pt"
+
+
+def split_backbone(backbone: nn.Module, stages: int) -> tuple[nn.Module, nn.Module]:
+    """(frozen trunk, trainable top): the top is the last `stages` stages + head conv + pooling.
+
+    The modules are the backbone's own, so training the top trains the encoder.
+    """
+    if stages == 0:
+        return _PooledFeatures(backbone), nn.Identity()
+    parts = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")
+    if not all(hasattr(backbone, part) for part in parts):
+        raise ValueError(
+            f"unfreezing stages is supported for EfficientNet/MobileNet-style timm backbones, not "
+            f"{type(backbone).__name__}: set training.unfreeze_stages=0"
+        )
+    count = len(backbone.blocks)
+    if stages > count:
+        raise ValueError(f"unfreeze_stages={stages} but the backbone has {count} stages")
+    trunk = nn.Sequential(backbone.conv_stem, backbone.bn1, *backbone.blocks[: count - stages])
+    top = nn.Sequential(
+        *backbone.blocks[count - stages :], backbone.conv_head, backbone.bn2, backbone.global_pool
+    )
+    return trunk, top
+
+
+class _PooledFeatures(nn.Module):
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_head(self.backbone.forward_features(pixels), pre_logits=True)
+
+
+@dataclass(slots=True)
+class FeatureCache:
+    train: torch.Tensor  # (images, views, *trunk output) float16
+    val: torch.Tensor  # (val images, *trunk output) float16
+    texts: torch.Tensor  # (texts, hidden) float32: pooled, frozen transformer outputs
+    failed: dict[str, str]  # image id -> why its views could not be made
+
+
+def build_feature_cache(
+    encoder: Encoder,
+    trunk: nn.Module,
+    train_images: pd.Series,
+    validation: ValidationSet,
+    texts: list[str],
+    settings: TrainingSettings,
+    limits: DecodeLimits,
+    progress: bool,
+) -> FeatureCache:
+    """`train_images` maps image id -> path, in the order of the cache's rows."""
+
+    def views_of(paths: list[str], ids: list[str], views: int, augment: bool) -> ImageViews:
+        return ImageViews(
+            paths, ids, encoder.preprocessor, limits, views=views, augment=augment, seed=settings.seed
+        )
+
+    train, failed = _trunk_features(
+        encoder,
+        trunk,
+        views_of(train_images.tolist(), train_images.index.tolist(), settings.views, True),
+        progress,
+    )
+    val, failed_val = _trunk_features(
+        encoder, trunk, views_of(validation.paths, validation.image_ids, 1, False), progress
+    )
+    with torch.inference_mode():
+        pooled = [
+            encoder.text_model.pooled(**encoder.tokenize(texts[i : i + 256])).float().cpu()
+            for i in range(0, len(texts), 256)
+        ]
+    text_features = torch.cat(pooled) if pooled else torch.zeros(0, 1)
+    return FeatureCache(train, val[:, 0], text_features, {**failed, **failed_val})
+
+
+def _trunk_features(
+    encoder: Encoder, trunk: nn.Module, dataset: ImageViews, progress: bool
+) -> tuple[torch.Tensor, dict[str, str]]:
+    """Trunk outputs of every view of every image (zeros for an undecodable one) + failures by id."""
+    views, failed = dataset.views, {}
+    loader = DataLoader(
+        dataset,
+        batch_size=max(1, 64 // views),
+        num_workers=default_workers(),
+        collate_fn=collate,
+        prefetch_factor=4,
+    )
+    out: torch.Tensor | None = None
+    total = len(dataset) * views
+    bar = tqdm(total=total, desc="caching features", unit="view", disable=not progress, mininterval=2)
+    with torch.inference_mode(), autocast_for(encoder.device):
+        for positions, pixels, bad in loader:
+            failed.update({dataset.ids[p]: reason for p, reason in bad})
+            if pixels is None:
+                continue
+            flat = pixels.flatten(0, 1).to(encoder.device, memory_format=torch.channels_last)
+            features = trunk(flat).float().cpu().to(torch.float16)
+            features = features.view(len(positions), views, *features.shape[1:])
+            if out is None:
+                out = torch.zeros(len(dataset), views, *features.shape[2:], dtype=torch.float16)
+            out[positions] = features
+            bar.update(len(positions) * views)
+    bar.close()
+    if out is None:
+        raise ValueError("no training image could be decoded")
+    return out, failed
+
+
+def autocast_for(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def load_or_build_cache(
+    encoder: Encoder,
+    trunk: nn.Module,
+    data: IndexedExamples,
+    catalog: pd.DataFrame,
+    validation: ValidationSet,
+    settings: TrainingSettings,
+    limits: DecodeLimits,
+    work_dir: Path,
+    progress: bool,
+) -> FeatureCache:
+    path = work_dir / CACHE
+    if path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return FeatureCache(saved["train"], saved["val"], saved["texts"], dict(saved["failed"]))
+    paths = catalog.set_index("id")["path"].reindex(data.image_ids)
+    if paths.isna().any():
+        raise ValueError(
+            f"{int(paths.isna().sum())} example images are not in the catalog: rebuild the examples"
+        )
+    cache = build_feature_cache(encoder, trunk, paths, validation, data.texts, settings, limits, progress)
+    write_atomic(path, partial(torch.save, asdict(cache)))
+    return cache
+
+
+def failed_positions(cache: FeatureCache, data: IndexedExamples) -> dict[int, str]:
+    position = {image_id: i for i, image_id in enumerate(data.image_ids)}
+    return {position[i]: why for i, why in cache.failed.items() if i in position}

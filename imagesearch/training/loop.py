@@ -1,0 +1,123 @@
+"""Contrastive co-training of the image and text towers on the mixed training examples.
+
+Pretrained backbones, two phases:
+1. frozen: only the projection heads (and the temperature) learn. The frozen backbone's features of
+   every training view are computed once (the feature cache), so an epoch costs seconds on a CPU.
+2. unfrozen: the last `unfreeze_stages` backbone stages learn too (lower learning rate). The cache then
+   holds the activations entering those stages, so the frozen part still runs only once.
+The text transformer stays frozen; its pooled outputs are cached and its projection head learns.
+
+Losses: symmetric InfoNCE image<->text and image<->image (or triplet), learnable temperature, in-batch
+negatives plus hard negatives (known ones from judgments/clicks, mined ones: each anchor's nearest
+non-positive image). AdamW, linear warm-up then cosine decay, deterministic seeds. A checkpoint after
+every epoch lets an interrupted run resume where it stopped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from imagesearch.common.images import DecodeLimits
+from imagesearch.common.io import write_atomic
+from imagesearch.models.encoders import Encoder
+from imagesearch.settings import TrainingSettings
+from imagesearch.training.examples import index_examples, subsample_examples, without_images
+from imagesearch.training.features import failed_positions, load_or_build_cache, split_backbone
+from imagesearch.training.trainer import Trainer
+from imagesearch.training.validation import ValidationSet
+
+CHECKPOINT = "checkpoint.pt"
+
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(slots=True)
+class TrainResult:
+    history: list[dict[str, float]]
+    seconds: float
+    cache_seconds: float
+    resumed_from_epoch: int
+    images: int
+    rows: int
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+def fingerprint(settings: TrainingSettings, model: dict, examples_path: Path) -> str:
+    """Identifies a training run's inputs: the same fingerprint may resume the same checkpoint."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(json.dumps([settings.model_dump(mode="json"), model], sort_keys=True).encode())
+    digest.update(examples_path.read_bytes())
+    return digest.hexdigest()
+
+
+def train_towers(
+    encoder: Encoder,
+    examples: pd.DataFrame,
+    catalog: pd.DataFrame,
+    settings: TrainingSettings,
+    *,
+    work_dir: Path,
+    limits: DecodeLimits,
+    on_epoch: EpochCallback | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `encoder` (a fresh two-tower encoder) in place; resumes from `work_dir` when it can.
+
+    `work_dir` is specific to one set of inputs (see `fingerprint`): its feature cache and checkpoint
+    are reused by a re-run after an interruption.
+    """
+    started = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    examples = subsample_examples(examples, settings.max_train_images, settings.seed)
+    validation = ValidationSet.from_catalog(catalog)
+    data = index_examples(examples, validation.query_texts)
+    if not len(data.anchor):
+        raise ValueError("no training examples: enable at least one source with data")
+    stages = settings.unfreeze_stages if settings.unfrozen_epochs else 0
+    trunk, top = split_backbone(encoder.image_model.backbone, stages)
+    cache_seconds = time.perf_counter()
+    cache = load_or_build_cache(
+        encoder, trunk, data, catalog, validation, settings, limits, work_dir, progress
+    )
+    cache_seconds = time.perf_counter() - cache_seconds
+    failed = failed_positions(cache, data)
+    data = without_images(data, set(failed))
+    trainer = Trainer(encoder, data, cache, validation, top, settings)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    checkpoint = work_dir / CHECKPOINT
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        trainer.load(state)
+        history, start_epoch = list(state["history"]), int(state["epoch"]) + 1
+    if start_epoch == 0:
+        history.append({"epoch": 0, **trainer.validate()})  # untrained heads: the floor to beat
+    for epoch in range(max(start_epoch, 1), settings.frozen_epochs + settings.unfrozen_epochs + 1):
+        metrics = {"epoch": epoch, **trainer.run_epoch(epoch - 1), **trainer.validate()}
+        history.append(metrics)
+        state = trainer.state(epoch, history)
+        write_atomic(checkpoint, partial(torch.save, state))
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    return TrainResult(
+        history,
+        time.perf_counter() - started,
+        cache_seconds,
+        start_epoch,
+        len(data.image_ids),
+        len(data.anchor),
+        dict(cache.failed),
+    )

@@ -1,0 +1,290 @@
+"""One epoch of contrastive training on cached features: batches, losses, hard negatives, validation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from imagesearch.evaluation.metrics import recall_at_k
+from imagesearch.models.encoders import Encoder
+from imagesearch.settings import TrainingSettings
+from imagesearch.training import losses
+from imagesearch.training.examples import IndexedExamples, positive_sets
+from imagesearch.training.features import FeatureCache, autocast_for
+from imagesearch.training.validation import ValidationSet
+
+
+class _Parts(nn.Module):
+    """What learns: the image top (in phase 2), both projection heads and the temperature."""
+
+    def __init__(self, encoder: Encoder, top: nn.Module, temperature: float, learn_temperature: bool):
+        super().__init__()
+        self.top = top
+        self.image_projection = encoder.image_model.projection
+        self.text_projection = encoder.text_model.projection
+        self.logit_scale = nn.Parameter(
+            torch.tensor(math.log(1 / temperature)), requires_grad=learn_temperature
+        )
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.clamp(max=math.log(100)).exp()
+
+    def images(self, features: torch.Tensor, *, pooled: bool) -> torch.Tensor:
+        return F.normalize(self.image_projection(features if pooled else self.top(features)), dim=-1)
+
+    def texts(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_projection(pooled), dim=-1)
+
+
+class Trainer:
+    def __init__(
+        self,
+        encoder: Encoder,
+        data: IndexedExamples,
+        cache: FeatureCache,
+        validation: ValidationSet,
+        top: nn.Module,
+        settings: TrainingSettings,
+    ):
+        self.encoder, self.data, self.cache, self.validation = encoder, data, cache, validation
+        self.settings, self.device = settings, encoder.device
+        self.parts = _Parts(encoder, top, settings.temperature, settings.learn_temperature).to(self.device)
+        self.parts.top.eval()  # batch-norm statistics stay those of pretraining
+        head_params = [*self.parts.image_projection.parameters(), *self.parts.text_projection.parameters()]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": [*head_params, self.parts.logit_scale], "lr": settings.learning_rate},
+                {"params": list(self.parts.top.parameters()), "lr": settings.backbone_learning_rate},
+            ],
+            weight_decay=settings.weight_decay,
+        )
+        frozen_steps = math.ceil(len(data.anchor) / settings.batch_size)
+        unfrozen_rows = min(len(data.anchor), settings.unfrozen_rows_per_epoch or len(data.anchor))
+        unfrozen_steps = math.ceil(unfrozen_rows / settings.batch_size)
+        total = max(1, frozen_steps * settings.frozen_epochs + unfrozen_steps * settings.unfrozen_epochs)
+        warmup = int(settings.warmup_fraction * total)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_cosine(warmup, total))
+        self.pooled_train: torch.Tensor | None = None
+        self.positives = positive_sets(data)
+
+    # --- state --------------------------------------------------------------------------------
+    def state(self, epoch: int, history: list[dict[str, float]]) -> dict:
+        return {
+            "epoch": epoch,
+            "parts": self.parts.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": history,
+        }
+
+    def load(self, state: dict) -> None:
+        self.parts.load_state_dict(state["parts"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    # --- one epoch ----------------------------------------------------------------------------
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        self.unfrozen = epoch >= self.settings.frozen_epochs
+        self.parts.top.requires_grad_(self.unfrozen)
+        if self.unfrozen:
+            self.pooled_train = None  # the top is learning: its outputs go stale
+        elif self.pooled_train is None:
+            self.pooled_train = self._top_outputs(self.cache.train.flatten(0, 1)).view(
+                *self.cache.train.shape[:2], -1
+            )
+        rng = np.random.default_rng((self.settings.seed, epoch))
+        mined = self._mine_negatives() if self.settings.mined_negatives else None
+        order = rng.permutation(len(self.data.anchor))
+        if self.unfrozen and self.settings.unfrozen_rows_per_epoch:
+            order = order[: self.settings.unfrozen_rows_per_epoch]
+        totals = {"loss": 0.0, "loss_image_text": 0.0, "loss_image_image": 0.0}
+        for start in range(0, len(order), self.settings.batch_size):
+            rows = order[start : start + self.settings.batch_size]
+            parts = self._batch_loss(rows, rng, mined)
+            self.optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            for key, value in parts.items():
+                totals[key] += float(value.detach()) * len(rows) / len(order)
+        return {**totals, "temperature": 1 / self.parts.scale().item()}
+
+    def _top_outputs(self, features: torch.Tensor) -> torch.Tensor:
+        """Top outputs (backbone features) of cached trunk features, without gradients, on the CPU."""
+        with torch.inference_mode(), autocast_for(self.device):
+            return torch.cat(
+                [
+                    self.parts.top(features[i : i + 256].to(self.device).float()).float().cpu()
+                    for i in range(0, len(features), 256)
+                ]
+            )
+
+    def _image_embeddings(self, images: np.ndarray, views: np.ndarray) -> torch.Tensor:
+        pooled = self.pooled_train is not None
+        source = self.pooled_train if pooled else self.cache.train
+        features = source[torch.from_numpy(images), torch.from_numpy(views)].to(self.device).float()
+        with autocast_for(self.device):
+            return self.parts.images(features, pooled=pooled).float()
+
+    def _batch_loss(
+        self, rows: np.ndarray, rng: np.random.Generator, mined: np.ndarray | None
+    ) -> dict[str, torch.Tensor]:
+        data, views = self.data, self.settings.views
+        anchors = data.anchor[rows]
+        view_a = rng.integers(views, size=len(rows))
+        # two views of one image (augmentation rows) must differ when there is more than one
+        view_b = (view_a + rng.integers(1, views, size=len(rows))) % views if views > 1 else view_a
+        negatives = data.negative[rows]
+        if mined is not None:
+            negatives = np.where(negatives >= 0, negatives, mined[anchors])
+        anchor_emb = self._image_embeddings(anchors, view_a)
+        weights = torch.from_numpy(data.weight[rows]).to(self.device)
+        text_rows = data.positive_text[rows] >= 0
+        terms: dict[str, tuple[torch.Tensor, int]] = {}
+        if text_rows.any():
+            texts = data.positive_text[rows][text_rows]
+            text_emb = self.parts.texts(self.cache.texts[torch.from_numpy(texts)].to(self.device))
+            same = _equal(texts) | _equal(anchors[text_rows])
+            terms["loss_image_text"] = (
+                self._loss(
+                    text_emb,
+                    anchor_emb[text_rows],
+                    anchors[text_rows],
+                    negatives[text_rows],
+                    same,
+                    weights[text_rows],
+                    rng,
+                ),
+                int(text_rows.sum()),
+            )
+        image_rows = ~text_rows
+        if image_rows.any() and self.settings.image_image_weight > 0:
+            positives = data.positive_image[rows][image_rows]
+            positive_emb = self._image_embeddings(positives, view_b[image_rows])
+            a = anchors[image_rows]
+            same = (
+                _equal(a)
+                | _equal(positives)
+                | (a[:, None] == positives[None, :])
+                | (positives[:, None] == a[None, :])
+            )
+            terms["loss_image_image"] = (
+                self._loss(
+                    anchor_emb[image_rows],
+                    positive_emb,
+                    a,
+                    negatives[image_rows],
+                    same,
+                    weights[image_rows],
+                    rng,
+                ),
+                int(image_rows.sum()),
+            )
+        mix = {"loss_image_text": 1.0, "loss_image_image": self.settings.image_image_weight}
+        weight_total = sum(mix[name] * count for name, (_, count) in terms.items())
+        if not terms:  # a batch of image-image rows while that term is switched off
+            return {"loss": anchor_emb.sum() * 0.0}
+        loss = sum(mix[name] * count * value for name, (value, count) in terms.items()) / weight_total
+        return {"loss": loss, **{name: value.detach() for name, (value, _) in terms.items()}}
+
+    def _loss(
+        self,
+        queries: torch.Tensor,
+        candidates: torch.Tensor,
+        anchors: np.ndarray,
+        negatives: np.ndarray,
+        same: np.ndarray,
+        weights: torch.Tensor,
+        rng: np.random.Generator,
+    ) -> torch.Tensor:
+        """`candidates[i]` is the positive of `queries[i]`; `anchors[i]` the image id of the row."""
+        chosen = negatives[negatives >= 0]
+        extra = excluded = None
+        if len(chosen):
+            extra = self._image_embeddings(chosen, rng.integers(self.settings.views, size=len(chosen)))
+            # a negative that is a row's own anchor image must not be pushed away from that row
+            excluded = torch.from_numpy(anchors[:, None] == chosen[None, :]).to(self.device)
+        same_mask = torch.from_numpy(same & ~np.eye(len(same), dtype=bool)).to(self.device)
+        common = {"extra_negatives": extra, "extra_excluded": excluded, "same": same_mask, "weights": weights}
+        if self.settings.loss == "triplet":
+            return losses.triplet(queries, candidates, margin=self.settings.triplet_margin, **common)
+        return losses.info_nce(queries, candidates, self.parts.scale(), **common)
+
+    # --- hard negatives and validation ----------------------------------------------------------
+    def _mine_negatives(self, candidates: int = 16) -> np.ndarray:
+        """Each image's nearest training image (view 0) that no example makes its positive; -1 if none."""
+        embeddings = self.embed_train_images()
+        mined = np.full(len(embeddings), -1, dtype=np.int64)
+        for start in range(0, len(embeddings), 1024):
+            similarity = embeddings[start : start + 1024] @ embeddings.T
+            nearest = torch.topk(similarity, min(candidates, len(embeddings)), dim=1).indices.numpy()
+            for offset, row in enumerate(nearest):
+                image = start + offset
+                excluded = self.positives[image]
+                mined[image] = next((int(c) for c in row if c != image and c not in excluded), -1)
+        return mined
+
+    @torch.inference_mode()
+    def embed_train_images(self) -> torch.Tensor:
+        """Unit embeddings of every training image's first view."""
+        images = np.arange(len(self.data.image_ids))
+        first = np.zeros(len(images), dtype=np.int64)
+        return torch.cat(
+            [
+                self._image_embeddings(images[i : i + 512], first[i : i + 512]).cpu()
+                for i in range(0, len(images), 512)
+            ]
+        )
+
+    @torch.inference_mode()
+    def validate(self) -> dict[str, float]:
+        """recall@10 on the val split: tag text -> image, and image -> image of the same category."""
+        val = self.validation
+        if not val.image_ids:
+            return {}
+        images = F.normalize(
+            self.parts.image_projection(self._top_outputs(self.cache.val).to(self.device)), dim=-1
+        )
+        images = images.float().cpu()
+        metrics = {}
+        if val.query_texts:
+            positions = [self.data.texts.index(text) for text in val.query_texts]
+            texts = self.parts.texts(self.cache.texts[positions].to(self.device)).float().cpu()
+            ranked = _ranked_ids(texts @ images.T, val.image_ids, exclude_self=False)
+            metrics["val_text_to_image_recall_at_10"] = recall_at_k(ranked, val.text_relevant, 10)
+        ranked = _ranked_ids(images @ images.T, val.image_ids, exclude_self=True)
+        category = np.array(val.categories)
+        relevant = [
+            {val.image_ids[j] for j in np.flatnonzero(category == c) if j != i}
+            for i, c in enumerate(category)
+        ]
+        metrics["val_image_to_image_recall_at_10"] = recall_at_k(ranked, relevant, 10)
+        return metrics
+
+
+def _ranked_ids(
+    similarity: torch.Tensor, ids: list[str], *, exclude_self: bool, k: int = 10
+) -> list[list[str]]:
+    if exclude_self:
+        similarity = similarity.clone().fill_diagonal_(-float("inf"))
+    top = torch.topk(similarity, min(k, similarity.shape[1]), dim=1).indices.numpy()
+    return [[ids[j] for j in row] for row in top]
+
+
+def _equal(values: np.ndarray) -> np.ndarray:
+    return values[:, None] == values[None, :]
+
+
+def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
