@@ -3,7 +3,7 @@
 import dagster as dg
 
 from dagster_project.resources import WorkspaceResource
-from imagesearch.feedback.online_metrics import online_metrics_step
+from imagesearch.feedback.step import online_metrics_step
 
 
 class OnlineMetricsConfig(dg.Config):

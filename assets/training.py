@@ -51,7 +51,7 @@ def trained_model(context: dg.AssetExecutionContext, workspace: WorkspaceResourc
     description="every validation recall@10 beats the same towers with untrained heads (epoch 0)",
 )
 def training_beat_untrained_heads(workspace: WorkspaceResource) -> dg.AssetCheckResult:
-    metrics = json.loads((workspace.settings().trained_model_dir / "metrics.json").read_text())
+    metrics = json.loads(workspace.settings().trained_metrics_path.read_text())
     compared = {
         key: (metrics["untrained"][key], value)
         for key, value in metrics.items()

@@ -14,10 +14,8 @@ from assets import catalog, embeddings, index, training
 from dagster_project.resources import WorkspaceResource
 from imagesearch.catalog.watch import files_fingerprint, uncatalogued_files, unembedded_shards
 from imagesearch.models.registry import CHAMPION, alias_version
-from imagesearch.settings import Settings
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-RETRAIN_CRON = Settings().retrain_cron  # IMAGESEARCH_RETRAIN_CRON; default Mondays 03:00
 
 catalog_job = dg.define_asset_job(
     "catalog_job",
@@ -54,14 +52,17 @@ ablation_job = dg.define_asset_job(
     description="Train and evaluate one model per training-data source and one on all (reduced budget)",
 )
 
-weekly_retraining = dg.ScheduleDefinition(
-    name="weekly_retraining",
-    job=retraining_job,
-    cron_schedule=RETRAIN_CRON,
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description=f"Retrain, evaluate and maybe promote (cron {RETRAIN_CRON}, IMAGESEARCH_RETRAIN_CRON). "
-    "Off until switched on in the UI.",
-)
+
+def weekly_retraining(cron: str) -> dg.ScheduleDefinition:
+    """The retraining schedule at `cron` (settings.retrain_cron, IMAGESEARCH_RETRAIN_CRON)."""
+    return dg.ScheduleDefinition(
+        name="weekly_retraining",
+        job=retraining_job,
+        cron_schedule=cron,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description=f"Retrain, evaluate and maybe promote (cron {cron}, IMAGESEARCH_RETRAIN_CRON). "
+        "Off until switched on in the UI.",
+    )
 
 
 def shard_range(shards: list[str]) -> dict[str, str]:
@@ -133,6 +134,5 @@ def champion_sensor(context: dg.SensorEvaluationContext, workspace: WorkspaceRes
     )
 
 
-schedules = [weekly_retraining]
 sensors = [new_images_sensor, embed_new_shards, index_after_embeddings, champion_sensor]
 jobs = [catalog_job, embeddings_job, index_job, training_job, retraining_job, ablation_job]

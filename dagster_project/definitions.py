@@ -1,4 +1,8 @@
-"""The Definitions the webserver, the daemon and the CLI load (see workspace.yaml)."""
+"""The Definitions the webserver, the daemon and the CLI load (see workspace.yaml).
+
+The only place on the Dagster side that reads the environment (through `Settings`): the schedule's
+cron is a setting, resolved when the definitions are built, not when a module is imported.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,20 @@ import dagster as dg
 from assets import catalog, embeddings, evaluation, index, model, online, training, training_data
 from dagster_project import automation
 from dagster_project.resources import WorkspaceResource
+from imagesearch.settings import Settings
 
 modules = [catalog, model, embeddings, index, training_data, training, evaluation, online]
-all_assets = dg.load_assets_from_modules(modules)
-all_checks = dg.load_asset_checks_from_modules(modules)
 
-defs = dg.Definitions(
-    assets=all_assets,
-    asset_checks=all_checks,
-    jobs=automation.jobs,
-    schedules=automation.schedules,
-    sensors=automation.sensors,
-    resources={"workspace": WorkspaceResource()},
-)
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules(modules),
+        asset_checks=dg.load_asset_checks_from_modules(modules),
+        jobs=automation.jobs,
+        schedules=[automation.weekly_retraining(settings.retrain_cron)],
+        sensors=automation.sensors,
+        resources={"workspace": WorkspaceResource()},
+    )
+
+
+defs = build_definitions(Settings())

@@ -12,9 +12,8 @@ from dagster_project.automation import (
     embed_new_shards,
     index_after_embeddings,
     new_images_sensor,
-    weekly_retraining,
 )
-from dagster_project.definitions import defs
+from dagster_project.definitions import build_definitions, defs
 from dagster_project.resources import WorkspaceResource
 from imagesearch.catalog.build import read_catalog
 from imagesearch.catalog.step import catalog_step
@@ -22,6 +21,7 @@ from imagesearch.embeddings.step import backfill_step
 from imagesearch.embeddings.store import shard_of
 from imagesearch.models import registry
 from imagesearch.models.encoders import Encoder
+from imagesearch.settings import Settings
 from tests.conftest import noise_image
 
 
@@ -94,9 +94,14 @@ def test_a_moved_champion_alias_requests_a_re_embedding(workspace, saved_encoder
     assert moved.run_key == f"champion-v{second.version}"
 
 
-def test_weekly_retraining_is_off_until_switched_on_and_covers_the_chain():
+def test_weekly_retraining_is_off_until_switched_on_and_covers_the_chain(monkeypatch):
+    weekly_retraining = defs.get_schedule_def("weekly_retraining")
     assert weekly_retraining.default_status == dg.DefaultScheduleStatus.STOPPED
     assert weekly_retraining.cron_schedule == "0 3 * * 1"
+    # the cron is a setting read when the definitions are built, not frozen at import
+    monkeypatch.setenv("IMAGESEARCH_RETRAIN_CRON", "30 4 * * *")
+    rebuilt = build_definitions(Settings()).get_schedule_def("weekly_retraining")
+    assert rebuilt.cron_schedule == "30 4 * * *"
     job = defs.resolve_job_def("retraining_job")
     keys = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
     assert {"trained_model", "eval_sets", "offline_evaluation", "model_promotion", "click_pairs"} <= keys

@@ -7,8 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imagesearch.index import build as index_module
-from imagesearch.index.build import build_index
+from imagesearch.index.build import build_index, build_tuned_index
 from imagesearch.index.choose import (
     FLAT,
     HNSW,
@@ -18,9 +17,9 @@ from imagesearch.index.choose import (
     fastscan_subquantizers,
     ivf_list_count,
 )
-from imagesearch.index.search import gpu_available, search
+from imagesearch.index.search import exact_neighbours, gpu_available, recall_at, search
 from imagesearch.index.store import IndexManifest, load_index, save_index_atomic
-from imagesearch.index.tune import tune
+from imagesearch.index.tune import recall_against_exact, tune
 
 MB = 2**20
 
@@ -117,7 +116,7 @@ def test_crash_mid_write_leaves_the_previous_index_whole(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full (injected)")
 
-    monkeypatch.setattr(index_module.np, "save", crash)
+    monkeypatch.setattr(np, "save", crash)
     with pytest.raises(OSError, match="injected"):
         save_small(tmp_path / "index", "new", n=80)
     loaded = load_index(folder)
@@ -155,11 +154,29 @@ def test_memory_bound_build_tunes_probe_and_rerank_depth_to_the_target(tmp_path)
     vectors = clustered(4000)
     ids = pd.DataFrame({"id": [str(i) for i in range(4000)], "path": ""})
     config = IndexSettings(memory_budget_mb=4000 * 32 * 4 / 8 / MB, tune_queries=200)
-    manifest = index_module.build_tuned_index(vectors, ids, tmp_path / "ix", model="m", config=config)
+    manifest = build_tuned_index(vectors, ids, tmp_path / "ix", model="m", config=config)
     assert manifest.factory.endswith("PQ16x4fs") and manifest.bytes_per_vector <= 16
     assert manifest.extra["reached_target"] and manifest.recall_at_10 >= 0.95
     assert manifest.rerank_factor in (4, 16, 64)
     held_out = clustered(100, seed=7)
     found = load_index(tmp_path / "ix").search(held_out, 10)[1]
-    truth = index_module.exact_neighbours(vectors, held_out, 10)
-    assert index_module.recall_at(found, truth) >= 0.9
+    truth = exact_neighbours(vectors, held_out, 10)
+    assert recall_at(found, truth) >= 0.9
+
+
+def test_recall_against_exact_ignores_each_querys_match_with_itself():
+    vectors = clustered(500)
+    queries = np.arange(0, 500, 10)
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+
+    def always_self_then_exact(batch: np.ndarray, k: int) -> np.ndarray:
+        return exact.search(batch, k)[1]
+
+    def self_then_nothing(batch: np.ndarray, k: int) -> np.ndarray:
+        own = exact.search(batch, 1)[1]  # the query itself, then no neighbour at all
+        return np.hstack([own, np.full((len(batch), k - 1), -1)])
+
+    assert recall_against_exact(always_self_then_exact, vectors, queries) == 1.0
+    # counting the self-match would credit this search with 1/10 per query; it found no neighbour
+    assert recall_against_exact(self_then_nothing, vectors, queries) == 0.0

@@ -320,3 +320,15 @@ def read_catalog(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"no catalog at {path}: build it with `imagesearch catalog build`")
     return pd.read_parquet(path)
+
+
+def summarize_catalog(catalog: pd.DataFrame, quarantine: pd.DataFrame) -> dict:
+    """Counts a person checks after a build: images kept and refused (by reason), splits, sources."""
+    return {
+        "catalogued": len(catalog),
+        "quarantined": len(quarantine),
+        "quarantined_by_reason": dict(Counter(quarantine["reason"])),
+        "splits": dict(Counter(catalog["split"])),
+        "sources": dict(Counter(catalog["source"])),
+        "categories": len(set(catalog["category"].dropna())),
+    }

@@ -1,4 +1,5 @@
-"""The catalog step: what `imagesearch catalog build`, the DVC stage `catalog` and the asset `image_catalog` call.
+"""The catalog step: what `imagesearch catalog build`, the DVC stage `catalog` and the asset
+`image_catalog` call.
 
 A step = one core function on the workspace's settings + (optionally) recording its outputs as a
 new DVC version. Recording is skipped when DVC itself runs the step (`dvc repro` records on its own).

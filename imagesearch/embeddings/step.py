@@ -1,4 +1,6 @@
-"""The backfill step: what `imagesearch embeddings backfill`, the DVC stage `embeddings` and the asset `image_embeddings` call."""
+"""The backfill step: what `imagesearch embeddings backfill`, the DVC stage `embeddings` and the asset
+`image_embeddings` call. Not recorded on its own: the index step records embeddings and index together.
+"""
 
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ from imagesearch.models import registry
 from imagesearch.models.encoders import build_two_tower_encoder
 from imagesearch.settings import TRAINING_SOURCES, Settings
 from imagesearch.training.loop import fingerprint, train_towers
+from imagesearch.training.step import model_for_training
 from imagesearch.training_data.examples import leakage_problems, mix_examples
 from imagesearch.training_data.step import held_out_queries
 
@@ -80,7 +81,7 @@ def ablation_step(
                 raise ValueError(f"ablation {variant}: leaking examples: {'; '.join(problems)}")
             path = folder / f"examples-{variant}.parquet"
             write_parquet_atomic(examples, path)
-            encoder = build_two_tower_encoder(settings.model, seed=budget.seed)
+            encoder = build_two_tower_encoder(model_for_training(settings), seed=budget.seed)
             work_dir = folder / "work" / fingerprint(budget, settings.model.model_dump(mode="json"), path)
             trained = train_towers(
                 encoder,

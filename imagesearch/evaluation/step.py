@@ -1,9 +1,11 @@
-"""Evaluation pipeline steps (called by the CLI, the DVC stages and the Dagster assets alike).
+"""The evaluation steps: what `imagesearch evaluate sets|run|promote`, the DVC stage `eval_sets` and the
+assets `eval_sets`, `offline_evaluation` and `model_promotion` call.
 
 eval_sets_step: held-out evaluation sets from the catalog's test split (+ held-out judgments), DVC-versioned.
 evaluation_step: every model of interest on those sets (exact search), the served index against exact
 search, a metric table, plots, and MLflow metrics on the challenger's run.
-promotion_step: the promotion rule applied to the last evaluation, recorded in the registry."""
+promotion_step: the promotion rule applied to the last evaluation, recorded in the registry.
+"""
 
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ class EvalSetsResult:
 
 def eval_sets_step(settings: Settings, *, record: bool = True) -> EvalSetsResult:
     repo = init_workspace(settings) if record else None
-    judged_path = settings.training_dir / "judgments_eval.parquet"
+    judged_path = settings.judgments_eval_path
     sets = build_eval_sets(
         read_catalog(settings.catalog_path),
         pd.read_parquet(judged_path) if judged_path.exists() else None,

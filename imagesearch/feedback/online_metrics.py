@@ -2,21 +2,17 @@
 
 Per group: queries; ctr_at_k (share of queries with a click in the top k); mrr (mean over queries of
 1 / rank of the first click, 0 without a click); abandonment (share of queries without any click);
-clicks_per_query. Simulated traffic is reported in its own rows, never mixed with real traffic.
-"""
+clicks_per_query. Simulated traffic is reported in its own rows, never mixed with real traffic."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
-from imagesearch.common.io import write_parquet_atomic
-from imagesearch.common.plots import online_metrics_plot
-from imagesearch.feedback.clicklog import ClickLog, LogTables
-from imagesearch.settings import Settings
+from imagesearch.feedback.clicklog import LogTables
 
 GROUP = ["model_version", "day", "simulated"]
+
+
 COLUMNS = [*GROUP, "queries", "ctr_at_k", "mrr", "abandonment", "clicks_per_query"]
 
 
@@ -40,13 +36,3 @@ def online_metrics(tables: LogTables, *, k: int = 10) -> pd.DataFrame:
         clicks_per_query=("clicks", "mean"),
     )
     return summary[COLUMNS].sort_values(GROUP).reset_index(drop=True)
-
-
-def online_metrics_step(settings: Settings, *, k: int = 10) -> tuple[pd.DataFrame, Path, Path]:
-    """Read the workspace's click log; write data/online/metrics.parquet and its plot."""
-    summary = online_metrics(ClickLog(settings.effective_click_log_url).read(), k=k)
-    folder = settings.data_dir / "online"
-    folder.mkdir(parents=True, exist_ok=True)
-    table = folder / "metrics.parquet"
-    write_parquet_atomic(summary, table)
-    return summary, table, online_metrics_plot(summary, folder / "metrics.png")

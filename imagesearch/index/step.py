@@ -1,7 +1,6 @@
-"""Pipeline steps: what the CLI, the DVC stages and the Dagster assets all call.
-
-A step = one core function on the workspace's settings + (optionally) recording its outputs as a
-new DVC version. Recording is skipped when DVC itself runs the step (`dvc repro` records on its own)."""
+"""The index step: what `imagesearch index from-catalog`, the DVC stage `index` and the asset
+`search_index` call: every catalog image's embedding, indexed, tuned, and versioned with DVC.
+"""
 
 from __future__ import annotations
 

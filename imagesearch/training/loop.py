@@ -95,6 +95,8 @@ def train_towers(
     cache_seconds = time.perf_counter() - cache_seconds
     failed = failed_positions(cache, data)
     data = without_images(data, set(failed))
+    validation, kept = validation.without(set(cache.failed))
+    cache.val = cache.val[torch.from_numpy(kept)]
     trainer = Trainer(encoder, data, cache, validation, top, settings)
     history: list[dict[str, float]] = []
     start_epoch = 0

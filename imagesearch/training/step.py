@@ -1,8 +1,8 @@
-"""Training-data and training steps: what the CLI, the DVC stages and the Dagster assets call.
+"""The training step: what `imagesearch train`, the DVC stage `train` and the asset `trained_model` call.
 
-Each source step writes ``data/training/<source>.parquet`` (EXAMPLE_SCHEMA), the mix step writes
-``data/training/examples.parquet``, the train step trains, logs an MLflow run, registers the model as
-`challenger` and writes the encoder to ``data/model``. Each is recorded as a DVC stage unless DVC runs it."""
+Trains a challenger on the mixed examples, logs an MLflow run, registers the model as `challenger`
+and writes the encoder to ``data/model``; recorded as a DVC stage unless DVC runs it.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from imagesearch.common.versioning import StageVersion, code_version
 from imagesearch.common.workspace import init_workspace
 from imagesearch.models import registry
 from imagesearch.models.encoders import build_two_tower_encoder
-from imagesearch.settings import PROJECT_ROOT, Settings
+from imagesearch.settings import PROJECT_ROOT, ModelSettings, Settings
 from imagesearch.training.loop import EpochCallback, TrainResult, fingerprint, train_towers
 from imagesearch.training.validation import ValidationSet
 from imagesearch.training_data.examples import (
@@ -56,7 +56,7 @@ def train_step(
     work_dir.mkdir(parents=True, exist_ok=True)
     run_file = work_dir / "mlflow_run_id"
     resume = run_file.read_text().strip() if run_file.exists() else None
-    encoder = build_two_tower_encoder(settings.model, seed=settings.training.seed)
+    encoder = build_two_tower_encoder(model_for_training(settings), seed=settings.training.seed)
     with registry.tracked_run(
         settings,
         run_name="train-two-towers",
@@ -95,16 +95,21 @@ def train_step(
             registry.log_artifacts(_pictures(encoder, catalog, result, work_dir), folder="plots")
             registered = registry.register_encoder(encoder, settings, alias=registry.CHALLENGER)
             (work_dir / "registered.json").write_text(json.dumps(asdict(registered)))
-    encoder.save(settings.trained_model_dir / "encoder")
+    encoder.save(settings.trained_encoder_dir)
     summary = {
         "mlflow_run_id": registered.run_id,
         "model_version": registered.version,
         **result.final,
         "untrained": result.history[0],
     }
-    (settings.trained_model_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    settings.trained_metrics_path.write_text(json.dumps(summary, indent=2))
     version = repo.record(TRAIN_STAGE, f"train: challenger v{registered.version}") if repo else None
     return TrainStepResult(result, registered, version)
+
+
+def model_for_training(settings: Settings) -> ModelSettings:
+    """The towers' architecture on the training device (`training.device`), not the serving one."""
+    return settings.model.model_copy(update={"device": settings.training.device})
 
 
 def _registered_before(work_dir: Path) -> registry.RegisteredEncoder | None:

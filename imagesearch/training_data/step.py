@@ -117,7 +117,7 @@ def _tags(settings: Settings, catalog: pd.DataFrame, progress: bool) -> tuple[pd
 
 def _judgments(settings: Settings, catalog: pd.DataFrame, progress: bool) -> tuple[pd.DataFrame, dict]:
     config = settings.training_data
-    qrels_path = settings.training_dir / "judgments_eval.parquet"
+    qrels_path = settings.judgments_eval_path
     if config.judgments_path is None:
         imported = ImportedJudgments(_no_judgments(), pd.DataFrame(columns=[*JUDGMENT_COLUMNS, "reason"]))
         report: dict = {"status": "no judgments file configured"}
@@ -127,9 +127,7 @@ def _judgments(settings: Settings, catalog: pd.DataFrame, progress: bool) -> tup
         report = {**imported.report, "file": str(config.judgments_path), "eval_qrels": str(qrels_path)}
     # always written (empty without a file): the held-out qrels are a versioned output of this stage
     write_parquet_atomic(eval_qrels(imported.accepted), qrels_path)
-    write_parquet_atomic(
-        imported.rejected.astype("string"), settings.training_dir / "judgments_rejected.parquet"
-    )
+    write_parquet_atomic(imported.rejected.astype("string"), settings.judgments_rejected_path)
     return judgment_pairs(imported.accepted, catalog, seed=config.seed), report
 
 
@@ -196,5 +194,5 @@ def mix_step(settings: Settings, *, record: bool = True) -> MixResult:
 
 
 def held_out_queries(settings: Settings) -> set[str]:
-    path = settings.training_dir / "judgments_eval.parquet"
+    path = settings.judgments_eval_path
     return set(pd.read_parquet(path)["query"].dropna()) if path.exists() else set()

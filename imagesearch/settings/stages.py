@@ -1,21 +1,15 @@
-"""The one place where paths and knobs are defined.
+"""Typed settings of each pipeline stage: one group per stage, each field with its one-line meaning.
 
-Every value can be overridden from the environment with the ``IMAGESEARCH_`` prefix; nested
-groups use ``__`` (``IMAGESEARCH_CATALOG__WORKERS=4``). Lists take JSON
-(``IMAGESEARCH_SOURCES='[{"name": "mine", "path": "/photos"}]'``).
+Architecture (ModelSettings) is kept apart from optimisation (TrainingSettings); every group is a field
+of `Settings` and so can be set from the environment (``IMAGESEARCH_<GROUP>__<FIELD>``).
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS_NAME = "openclipart"
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 
 class SourceSettings(BaseModel):
@@ -239,152 +233,3 @@ class AblationSettings(BaseModel):
     )
     frozen_epochs: int = Field(default=6, ge=1)
     unfrozen_epochs: int = Field(default=0, ge=0)
-
-
-class Settings(BaseSettings):
-    """Resolved configuration of one imagesearch workspace."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="IMAGESEARCH_", env_nested_delimiter="__", env_file=None, extra="ignore"
-    )
-
-    home: Path = Field(
-        default=PROJECT_ROOT / ".imagesearch",
-        description="the one folder holding all local state: data, DVC, MLflow, Dagster",
-    )
-    sources: list[SourceSettings] | None = Field(
-        default=None, description="image folders to catalogue; default: the fetched openclipart corpus"
-    )
-    dvc_executable: Path | None = Field(
-        default=None, description="DVC lives in its own venv; default: .tools/dvc/bin/dvc, then PATH"
-    )
-    catalog: CatalogSettings = CatalogSettings()
-    model: ModelSettings = ModelSettings()
-    embeddings: EmbeddingSettings = EmbeddingSettings()
-    index: IndexSettings = IndexSettings()
-    training_data: TrainingDataSettings = TrainingDataSettings()
-    training: TrainingSettings = TrainingSettings()
-    service: ServiceSettings = ServiceSettings()
-    evaluation: EvaluationSettings = EvaluationSettings()
-    ablation: AblationSettings = AblationSettings()
-    retrain_cron: str = Field(
-        default="0 3 * * 1", description="cron of the weekly_retraining schedule (off until switched on)"
-    )
-    click_log_url: str | None = Field(
-        default=None, description="SQLAlchemy URL of the impression/click log; default: sqlite in home"
-    )
-
-    @field_validator("home", mode="after")
-    @classmethod
-    def _absolute_home(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
-
-    # --- derived locations: everything lives under `home` -------------------------------------
-    @property
-    def data_dir(self) -> Path:
-        return self.home / "data"
-
-    @property
-    def corpus_dir(self) -> Path:
-        return self.home / "corpus"
-
-    @property
-    def catalog_dir(self) -> Path:
-        return self.data_dir / "catalog"
-
-    @property
-    def catalog_path(self) -> Path:
-        return self.catalog_dir / "catalog.parquet"
-
-    @property
-    def quarantine_path(self) -> Path:
-        return self.catalog_dir / "quarantine.parquet"
-
-    @property
-    def index_dir(self) -> Path:
-        return self.data_dir / "indexes"
-
-    @property
-    def embeddings_dir(self) -> Path:
-        """One sub-folder per model version: embeddings/<model key>/shard-<k>.parquet."""
-        return self.data_dir / "embeddings"
-
-    @property
-    def search_index_dir(self) -> Path:
-        """The workspace's index over the catalog (what the service serves), versioned with DVC."""
-        return self.index_dir / "catalog"
-
-    @property
-    def training_dir(self) -> Path:
-        """Training examples per source (<source>.parquet), the mix, feature caches, checkpoints."""
-        return self.data_dir / "training"
-
-    @property
-    def examples_path(self) -> Path:
-        return self.training_dir / "examples.parquet"
-
-    def source_path(self, source: str) -> Path:
-        return self.training_dir / f"{source}.parquet"
-
-    @property
-    def trained_model_dir(self) -> Path:
-        """The last trained encoder (a saved folder, versioned with DVC) and its metrics."""
-        return self.data_dir / "model"
-
-    @property
-    def evaluation_dir(self) -> Path:
-        """Held-out evaluation sets (versioned with DVC) and the last evaluation's report and plots."""
-        return self.data_dir / "evaluation"
-
-    @property
-    def ablation_dir(self) -> Path:
-        return self.data_dir / "ablation"
-
-    @property
-    def effective_click_log_url(self) -> str:
-        return self.click_log_url or f"sqlite:///{self.home / 'clicklog' / 'clicks.sqlite'}"
-
-    @property
-    def dagster_home(self) -> Path:
-        return self.home / "dagster"
-
-    @property
-    def mlflow_dir(self) -> Path:
-        return self.home / "mlflow"
-
-    @property
-    def mlflow_tracking_uri(self) -> str:
-        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
-
-    @property
-    def mlflow_artifacts_dir(self) -> Path:
-        return self.mlflow_dir / "artifacts"
-
-    @property
-    def dvc_cache_dir(self) -> Path:
-        return self.home / "dvc" / "cache"
-
-    @property
-    def dvc_remote_dir(self) -> Path:
-        return self.home / "dvc" / "remote"
-
-    @property
-    def default_corpus_root(self) -> Path:
-        return self.corpus_dir / DEFAULT_CORPUS_NAME
-
-    @property
-    def effective_sources(self) -> list[SourceSettings]:
-        if self.sources is not None:
-            return self.sources
-        return [SourceSettings(name=DEFAULT_CORPUS_NAME, path=self.default_corpus_root)]
-
-    @property
-    def dvc_command(self) -> Path | None:
-        """The DVC executable, or None when it is not installed."""
-        if self.dvc_executable is not None:
-            return self.dvc_executable if self.dvc_executable.exists() else None
-        bundled = PROJECT_ROOT / ".tools" / "dvc" / "bin" / "dvc"
-        if bundled.exists():
-            return bundled
-        found = shutil.which("dvc")
-        return Path(found) if found else None

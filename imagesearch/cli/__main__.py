@@ -1,0 +1,5 @@
+"""`python -m imagesearch.cli ...`: the same commands as the `imagesearch` console script."""
+
+from imagesearch.cli import app
+
+app()

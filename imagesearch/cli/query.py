@@ -1,0 +1,124 @@
+"""Commands on the user's own images: embed a folder, index it, search it, serve it over HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from imagesearch.cli.app import JsonOption, app, console, index_app, user_errors
+from imagesearch.cli.output import print_index
+from imagesearch.embeddings.adhoc import embed_image_folder, embed_texts
+from imagesearch.index.folder import build_folder_index, hits_as_json, read_queries, search_queries
+from imagesearch.index.store import load_index
+from imagesearch.models.registry import CHAMPION, load_encoder, pin_reference
+from imagesearch.settings import Settings
+
+ModelOption = Annotated[
+    str, typer.Option("--model", help="registry alias/version, models:/ URI, encoder folder, or v0")
+]
+
+
+@app.command()
+@user_errors
+def embed(
+    out: Annotated[Path, typer.Option("--out", help="parquet file to write")],
+    images: Annotated[Path | None, typer.Option("--images", help="folder of images to embed")] = None,
+    text: Annotated[list[str] | None, typer.Option("--text", help="text to embed (repeatable)")] = None,
+    model: ModelOption = CHAMPION,
+    batch_size: Annotated[int, typer.Option(min=1, max=1024)] = 32,
+) -> None:
+    """Embed a folder of images or some texts with an encoder; write id/path|text + embedding rows."""
+    if (images is None) == (not text):
+        raise ValueError("give exactly one of --images DIR or --text T")
+    settings = Settings()
+    with console.status(f"loading encoder {model}"):
+        encoder = load_encoder(model, settings)
+    if images is not None:
+        summary = embed_image_folder(encoder, images, out, batch_size=batch_size, limits=settings.catalog)
+    else:
+        summary = embed_texts(encoder, text, out)
+    console.print(
+        f"wrote {summary.rows} embeddings of dim {summary.dim} to [bold]{out}[/]"
+        + (f" ({summary.rejected} files rejected: {summary.rejected_reasons})" if summary.rejected else "")
+    )
+
+
+@index_app.command("build")
+@user_errors
+def index_build(
+    images: Annotated[Path, typer.Option("--images", help="folder of images to index")],
+    out: Annotated[Path, typer.Option("--out", help="index folder to write (replaced atomically)")],
+    model: ModelOption = CHAMPION,
+) -> None:
+    """Embed a folder of images and build a tuned FAISS index over them."""
+    settings = Settings()
+    pinned = pin_reference(model, settings)
+    with console.status(f"loading encoder {pinned}"):
+        encoder = load_encoder(pinned, settings)
+    manifest = build_folder_index(encoder, images, out, model=pinned, settings=settings)
+    print_index(out, manifest)
+
+
+@app.command()
+@user_errors
+def search(
+    index: Annotated[
+        Path | None,
+        typer.Option("--index", help="index folder; default: the workspace's index of the catalog"),
+    ] = None,
+    text: Annotated[str | None, typer.Option("--text")] = None,
+    image: Annotated[Path | None, typer.Option("--image")] = None,
+    queries: Annotated[
+        Path | None, typer.Option("--queries", help='JSONL: {"text": ...} or {"image": path}')
+    ] = None,
+    k: Annotated[int, typer.Option("-k", min=1, max=1000)] = 10,
+    model: Annotated[
+        str | None, typer.Option("--model", help="default: the model the index was built with")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Search an index by text, by image, or with a file of queries (one JSON line out per query)."""
+    if sum(option is not None for option in (text, image, queries)) != 1:
+        raise ValueError("give exactly one of --text, --image or --queries")
+    batch = (
+        list(read_queries(queries))
+        if queries
+        else [{"text": text} if text is not None else {"image": str(image)}]
+    )
+    settings = Settings()
+    loaded = load_index(index or settings.search_index_dir)
+    encoder = load_encoder(model or loaded.manifest.model, settings)
+    if encoder.dim != loaded.manifest.dim:
+        raise ValueError(f"encoder dimension {encoder.dim} does not match the index ({loaded.manifest.dim})")
+    results = search_queries(encoder, loaded, batch, k)
+    for query, hits in zip(batch, results, strict=True):
+        if as_json or queries:
+            print(hits_as_json(query, hits))
+            continue
+        console.rule(str(query))
+        for rank, hit in enumerate(hits, start=1):
+            console.print(f"{rank:>3}  {hit.score:.4f}  {hit.path}", highlight=False)
+
+
+@app.command()
+@user_errors
+def serve(
+    index: Annotated[Path | None, typer.Option("--index", help="default: the workspace's index")] = None,
+    host: Annotated[str | None, typer.Option(help="default: service.host (127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="default: service.port (8000)")] = None,
+) -> None:
+    """Start the HTTP search service (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from imagesearch.serving.app import create_app
+
+    settings = Settings()
+    load_index(index or settings.search_index_dir)  # fail here, with a clear line, not inside uvicorn
+    uvicorn.run(
+        create_app(settings, index_dir=index),
+        host=host or settings.service.host,
+        port=port or settings.service.port,
+        log_level="info",
+    )

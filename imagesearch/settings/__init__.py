@@ -1,0 +1,38 @@
+"""The one place where paths and knobs are defined: `Settings` and its typed per-stage groups.
+
+Every value can be overridden from the environment with the ``IMAGESEARCH_`` prefix; nested
+groups use ``__`` (``IMAGESEARCH_CATALOG__WORKERS=4``). Lists take JSON
+(``IMAGESEARCH_SOURCES='[{"name": "mine", "path": "/photos"}]'``).
+"""
+
+from imagesearch.settings.stages import (
+    TRAINING_SOURCES,
+    AblationSettings,
+    CatalogSettings,
+    EmbeddingSettings,
+    EvaluationSettings,
+    IndexSettings,
+    ModelSettings,
+    ServiceSettings,
+    SourceSettings,
+    TrainingDataSettings,
+    TrainingSettings,
+)
+from imagesearch.settings.workspace import DEFAULT_CORPUS_NAME, PROJECT_ROOT, Settings
+
+__all__ = [
+    "DEFAULT_CORPUS_NAME",
+    "PROJECT_ROOT",
+    "TRAINING_SOURCES",
+    "AblationSettings",
+    "CatalogSettings",
+    "EmbeddingSettings",
+    "EvaluationSettings",
+    "IndexSettings",
+    "ModelSettings",
+    "ServiceSettings",
+    "Settings",
+    "SourceSettings",
+    "TrainingDataSettings",
+    "TrainingSettings",
+]

@@ -1,0 +1,202 @@
+"""The one place where paths and knobs are defined.
+
+Every value can be overridden from the environment with the ``IMAGESEARCH_`` prefix; nested
+groups use ``__`` (``IMAGESEARCH_CATALOG__WORKERS=4``). Lists take JSON
+(``IMAGESEARCH_SOURCES='[{"name": "mine", "path": "/photos"}]'``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from imagesearch.settings.stages import (
+    AblationSettings,
+    CatalogSettings,
+    EmbeddingSettings,
+    EvaluationSettings,
+    IndexSettings,
+    ModelSettings,
+    ServiceSettings,
+    SourceSettings,
+    TrainingDataSettings,
+    TrainingSettings,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CORPUS_NAME = "openclipart"
+
+
+class Settings(BaseSettings):
+    """Resolved configuration of one imagesearch workspace."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGESEARCH_", env_nested_delimiter="__", env_file=None, extra="ignore"
+    )
+
+    home: Path = Field(
+        default=PROJECT_ROOT / ".imagesearch",
+        description="the one folder holding all local state: data, DVC, MLflow, Dagster",
+    )
+    sources: list[SourceSettings] | None = Field(
+        default=None, description="image folders to catalogue; default: the fetched openclipart corpus"
+    )
+    dvc_executable: Path | None = Field(
+        default=None, description="DVC lives in its own venv; default: .tools/dvc/bin/dvc, then PATH"
+    )
+    catalog: CatalogSettings = CatalogSettings()
+    model: ModelSettings = ModelSettings()
+    embeddings: EmbeddingSettings = EmbeddingSettings()
+    index: IndexSettings = IndexSettings()
+    training_data: TrainingDataSettings = TrainingDataSettings()
+    training: TrainingSettings = TrainingSettings()
+    service: ServiceSettings = ServiceSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+    ablation: AblationSettings = AblationSettings()
+    retrain_cron: str = Field(
+        default="0 3 * * 1", description="cron of the weekly_retraining schedule (off until switched on)"
+    )
+    click_log_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the impression/click log; default: sqlite in home"
+    )
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    # --- derived locations: everything lives under `home` -------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def corpus_dir(self) -> Path:
+        return self.home / "corpus"
+
+    @property
+    def catalog_dir(self) -> Path:
+        return self.data_dir / "catalog"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.catalog_dir / "catalog.parquet"
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.catalog_dir / "quarantine.parquet"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "indexes"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        """One sub-folder per model version: embeddings/<model key>/shard-<k>.parquet."""
+        return self.data_dir / "embeddings"
+
+    @property
+    def search_index_dir(self) -> Path:
+        """The workspace's index over the catalog (what the service serves), versioned with DVC."""
+        return self.index_dir / "catalog"
+
+    @property
+    def training_dir(self) -> Path:
+        """Training examples per source (<source>.parquet), the mix, feature caches, checkpoints."""
+        return self.data_dir / "training"
+
+    @property
+    def examples_path(self) -> Path:
+        return self.training_dir / "examples.parquet"
+
+    def source_path(self, source: str) -> Path:
+        return self.training_dir / f"{source}.parquet"
+
+    @property
+    def judgments_eval_path(self) -> Path:
+        """The held-out side of the imported judgments: evaluation qrels, never training data."""
+        return self.training_dir / "judgments_eval.parquet"
+
+    @property
+    def judgments_rejected_path(self) -> Path:
+        return self.training_dir / "judgments_rejected.parquet"
+
+    @property
+    def trained_model_dir(self) -> Path:
+        """The last trained encoder (a saved folder, versioned with DVC) and its metrics."""
+        return self.data_dir / "model"
+
+    @property
+    def trained_encoder_dir(self) -> Path:
+        return self.trained_model_dir / "encoder"
+
+    @property
+    def trained_metrics_path(self) -> Path:
+        """The last training's summary (DVC metrics file): run id, version, final and untrained metrics."""
+        return self.trained_model_dir / "metrics.json"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        """Held-out evaluation sets (versioned with DVC) and the last evaluation's report and plots."""
+        return self.data_dir / "evaluation"
+
+    @property
+    def ablation_dir(self) -> Path:
+        return self.data_dir / "ablation"
+
+    @property
+    def online_dir(self) -> Path:
+        """Online metrics from the click log (a table and a plot), remade by the online asset."""
+        return self.data_dir / "online"
+
+    @property
+    def effective_click_log_url(self) -> str:
+        return self.click_log_url or f"sqlite:///{self.home / 'clicklog' / 'clicks.sqlite'}"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        return self.mlflow_dir / "artifacts"
+
+    @property
+    def dvc_cache_dir(self) -> Path:
+        return self.home / "dvc" / "cache"
+
+    @property
+    def dvc_remote_dir(self) -> Path:
+        return self.home / "dvc" / "remote"
+
+    @property
+    def default_corpus_root(self) -> Path:
+        return self.corpus_dir / DEFAULT_CORPUS_NAME
+
+    @property
+    def effective_sources(self) -> list[SourceSettings]:
+        if self.sources is not None:
+            return self.sources
+        return [SourceSettings(name=DEFAULT_CORPUS_NAME, path=self.default_corpus_root)]
+
+    @property
+    def dvc_command(self) -> Path | None:
+        """The DVC executable, or None when it is not installed."""
+        if self.dvc_executable is not None:
+            return self.dvc_executable if self.dvc_executable.exists() else None
+        bundled = PROJECT_ROOT / ".tools" / "dvc" / "bin" / "dvc"
+        if bundled.exists():
+            return bundled
+        found = shutil.which("dvc")
+        return Path(found) if found else None
