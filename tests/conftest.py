@@ -49,8 +49,11 @@ def tiny_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def training_folder(tmp_path: Path) -> Path:
+    return make_training_folder(tmp_path / "images")
+
+
+def make_training_folder(root: Path) -> Path:
     """30 noise images in three category folders, enough for every split to hold some; one with a caption."""
-    root = tmp_path / "images"
     for c, category in enumerate(["animals", "tools", "food"]):
         (root / category).mkdir(parents=True)
         for i in range(10):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 import pytest
 
@@ -82,3 +84,10 @@ def test_baseline_model_registers_once_and_becomes_champion(tmp_path):
     assert (first["model_version"], first["champion_version"]) == ("1", "1")
     again = metadata_of(dg.materialize([baseline_model], resources={"workspace": workspace}))
     assert again["model_version"] == "1" and again["mlflow_run_id"] == first["mlflow_run_id"]
+
+
+def test_importing_the_assets_installs_no_process_wide_warning_filter():
+    import assets.embeddings  # noqa: F401  (its single-run backfill policy is a beta parameter)
+
+    patterns = [f[1].pattern for f in warnings.filters if f[1] is not None]
+    assert not any("backfill_policy" in pattern for pattern in patterns)

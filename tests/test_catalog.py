@@ -8,9 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from imagesearch.catalog.build import assign_split, build_catalog, title_from_filename
+from imagesearch.catalog.build import assign_split, build_catalog, read_catalog, title_from_filename
 from imagesearch.catalog.sources import SourceError
+from imagesearch.catalog.step import catalog_step
+from imagesearch.catalog.watch import files_fingerprint, uncatalogued_files, unembedded_shards
 from imagesearch.common.io import content_id
+from imagesearch.embeddings.step import backfill_step
 from imagesearch.settings import CatalogSettings, Settings, SourceSettings
 from tests.conftest import TEST_CATALOG, noise_image
 
@@ -165,3 +168,22 @@ def test_parallel_decode_matches_inline_decode(workspace_settings, tiny_folder):
     )
     assert build(parallel_settings, full_rescan=True).decoded == 76
     pd.testing.assert_frame_equal(inline, pd.read_parquet(workspace_settings.catalog_path))
+
+
+# --- watch: what the sensors look at -----------------------------------------------------------------
+def test_watch_lists_new_files_until_they_are_catalogued_then_the_shards_left_to_embed(
+    workspace_settings, tiny_folder, saved_encoder
+):
+    assert len(uncatalogued_files(workspace_settings)) == 6
+    catalog_step(workspace_settings, record=False, progress=False)
+    assert uncatalogued_files(workspace_settings) == []
+    noise_image(77).save(tiny_folder / "tools" / "tools_77.png")
+    assert uncatalogued_files(workspace_settings) == ["tiny/tools/tools_77.png"]
+    assert files_fingerprint(["b", "a"]) == files_fingerprint(["a", "b"])
+
+    catalog_step(workspace_settings, record=False, progress=False)
+    shards = sorted({image_id[0] for image_id in read_catalog(workspace_settings.catalog_path)["id"]})
+    model = str(saved_encoder)
+    assert unembedded_shards(workspace_settings, model) == shards
+    backfill_step(workspace_settings, model=model, shards=shards[:1], progress=False)
+    assert unembedded_shards(workspace_settings, model) == shards[1:]

@@ -141,3 +141,13 @@ def test_search_rejects_a_bad_query_line_clearly(tmp_path):
     )
     assert result.returncode == 2
     assert "q.jsonl:2: expected" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_python_dash_m_reaches_every_command():
+    """`python -m imagesearch.cli` once stopped at the commands defined before its __main__ guard."""
+    for command in (["train", "--help"], ["evaluate", "promote", "--help"], ["serve", "--help"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "imagesearch.cli", *command], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        assert "No such command" not in done.stdout + done.stderr

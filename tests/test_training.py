@@ -1,13 +1,17 @@
-"""Training on tiny real images: the Dagster chain from catalog to a registered challenger, and resume."""
+"""Training on tiny real images: the losses, the Dagster chain from catalog to a registered challenger
+(one test per stage, on one trained workspace), and resume."""
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from assets.catalog import image_catalog
@@ -30,10 +34,90 @@ from imagesearch.evaluation.step import evaluation_step
 from imagesearch.index.store import load_index
 from imagesearch.models.encoders import build_two_tower_encoder
 from imagesearch.models.registry import CHALLENGER, CHAMPION, alias_version, connect
-from imagesearch.settings import ModelSettings, TrainingSettings
+from imagesearch.settings import ModelSettings, Settings, TrainingSettings
 from imagesearch.training.loop import train_towers
+from imagesearch.training.losses import info_nce, triplet
+from imagesearch.training.step import model_for_training
+from imagesearch.training.validation import ValidationSet
 from imagesearch.training_data.examples import EXAMPLE_COLUMNS, augmentation_pairs, mix_examples, tag_pairs
+from tests.conftest import make_training_folder
 
+# --- losses --------------------------------------------------------------------------------
+E = math.e
+
+
+def unit(*rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_info_nce_of_orthogonal_pairs():
+    # logits = I: each row's cross-entropy is -log(e / (e + 1)), in both directions
+    loss = info_nce(unit([1, 0], [0, 1]), unit([1, 0], [0, 1]), 1.0)
+    assert loss.item() == pytest.approx(math.log(1 + 1 / E), abs=1e-6)
+
+
+def test_info_nce_is_symmetric_only_when_the_logits_are():
+    anchors, positives = unit([1, 0], [0, 1]), unit([0.6, 0.8], [0.0, 1.0])
+    # logits: [[0.6, 0], [0.8, 1]]
+    forward = [-math.log(E**0.6 / (E**0.6 + 1)), -math.log(E / (E**0.8 + E))]  # rows
+    backward = [-math.log(E**0.6 / (E**0.6 + E**0.8)), -math.log(E / (1 + E))]  # columns
+    expected = (sum(forward) / 2 + sum(backward) / 2) / 2
+    assert info_nce(anchors, positives, 1.0).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_scale_sharpens_the_softmax():
+    loss = info_nce(unit([1, 0], [0, 1]), unit([1, 0], [0, 1]), 10.0)
+    assert loss.item() == pytest.approx(math.log(1 + E**-10), abs=1e-6)
+
+
+def test_extra_negative_joins_the_forward_direction_only():
+    anchors = positives = unit([1, 0], [0, 1])
+    negative = unit([1, 0])  # identical to anchor 0: as similar as its positive
+    forward = [-math.log(E / (E + 1 + E)), -math.log(E / (1 + E + 1))]
+    backward = [math.log(1 + 1 / E)] * 2
+    expected = (sum(forward) / 2 + sum(backward) / 2) / 2
+    loss = info_nce(anchors, positives, 1.0, extra_negatives=negative)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    excluded = torch.tensor([[True], [False]])  # row 0 may not treat its own image as a negative
+    forward[0] = math.log(1 + 1 / E)
+    expected = (sum(forward) / 2 + sum(backward) / 2) / 2
+    loss = info_nce(anchors, positives, 1.0, extra_negatives=negative, extra_excluded=excluded)
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_same_group_spreads_the_target():
+    anchors = positives = unit([1, 0], [0, 1])
+    same = torch.tensor([[False, True], [True, False]])
+    # each row: target (0.5, 0.5) over logits (1, 0) -> -0.5 log p1 - 0.5 log p0
+    p_own, p_other = E / (E + 1), 1 / (E + 1)
+    expected = -0.5 * math.log(p_own) - 0.5 * math.log(p_other)
+    assert info_nce(anchors, positives, 1.0, same=same).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_weights_make_a_weighted_mean():
+    anchors, positives = unit([1, 0], [0, 1]), unit([0.6, 0.8], [0.0, 1.0])
+    weights = torch.tensor([1.0, 0.0])
+    rows = info_nce(anchors[:1], positives[:1], 1.0)  # a single pair has loss 0 (one candidate)
+    assert rows.item() == pytest.approx(0.0, abs=1e-7)
+    weighted = info_nce(anchors, positives, 1.0, weights=weights)
+    forward0 = -math.log(E**0.6 / (E**0.6 + 1))
+    backward0 = -math.log(E**0.6 / (E**0.6 + E**0.8))
+    assert weighted.item() == pytest.approx((forward0 + backward0) / 2, abs=1e-6)
+
+
+def test_triplet_uses_the_hardest_negative_and_the_margin():
+    anchors, positives = unit([1, 0], [0, 1]), unit([0.6, 0.8], [0.0, 1.0])
+    # row 0: positive 0.6, hardest negative 0.0 -> relu(0.2 - 0.6 + 0) = 0
+    # row 1: positive 1.0, hardest negative 0.8 -> relu(0.2 - 1.0 + 0.8) = 0 ... at the margin
+    assert triplet(anchors, positives, margin=0.2).item() == pytest.approx(0.0, abs=1e-6)
+    # margin 0.5: row 0 -> 0, row 1 -> 0.3
+    assert triplet(anchors, positives, margin=0.5).item() == pytest.approx(0.15, abs=1e-6)
+    negative = unit([0.8, 0.6])  # row 0: hardest is now 0.8 -> relu(0.5 - 0.6 + 0.8) = 0.7
+    loss = triplet(anchors, positives, margin=0.5, extra_negatives=negative)
+    assert loss.item() == pytest.approx((0.7 + 0.3) / 2, abs=1e-6)
+
+
+# --- training --------------------------------------------------------------------------------
 pytestmark = pytest.mark.usefixtures("dvc_available")
 ALL_SHARDS = {"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "f"}
 SMALL_TRAINING = {
@@ -64,137 +148,171 @@ def write_judgments(catalog: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def test_chain_builds_every_source_mixes_trains_and_registers_a_challenger(
-    tmp_path, training_folder, saved_encoder, monkeypatch
-):
-    for key, value in SMALL_TRAINING.items():
-        monkeypatch.setenv(key, value)
-    workspace = WorkspaceResource(home=str(tmp_path / "ws"), image_dirs=[str(training_folder)])
+@dataclass
+class TrainedWorkspace:
+    resources: dict
+    settings: Settings
+    result: dg.ExecuteInProcessResult
+    version: str
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, saved_encoder) -> TrainedWorkspace:
+    """catalog -> embeddings -> index -> every source -> mix -> a trained, registered challenger, once
+    for the module: each test below checks one stage, so a failure names its stage."""
+    root = tmp_path_factory.mktemp("chain")
+    workspace = WorkspaceResource(
+        home=str(root / "ws"), image_dirs=[str(make_training_folder(root / "images"))]
+    )
     resources = {"workspace": workspace}
     model = {"config": {"model": str(saved_encoder)}}
-    config = {"ops": {"image_embeddings": model, "search_index": model}}
-    first = dg.materialize(
-        [image_catalog, image_embeddings, search_index],
-        resources=resources,
-        run_config=config,
-        tags=ALL_SHARDS,
-    )
-    assert first.success
-    settings = workspace.settings()
-    judgments = write_judgments(read_catalog(settings.catalog_path), tmp_path / "judgments.csv")
-    monkeypatch.setenv("IMAGESEARCH_TRAINING_DATA__JUDGMENTS_PATH", str(judgments))
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in SMALL_TRAINING.items():
+            env.setenv(key, value)
+        indexed = dg.materialize(
+            [image_catalog, image_embeddings, search_index],
+            resources=resources,
+            run_config={"ops": {"image_embeddings": model, "search_index": model}},
+            tags=ALL_SHARDS,
+        )
+        assert indexed.success
+        judgments = write_judgments(read_catalog(workspace.settings().catalog_path), root / "judgments.csv")
+        env.setenv("IMAGESEARCH_TRAINING_DATA__JUDGMENTS_PATH", str(judgments))
+        chain = [
+            *source_assets,
+            training_examples,
+            no_evaluation_leakage,
+            trained_model,
+            training_beat_untrained_heads,
+        ]
+        result = dg.materialize(chain, resources=resources)
+        assert result.success
+        settings = workspace.settings()
+    connect(settings)
+    return TrainedWorkspace(resources, settings, result, metadata(result, "trained_model")["model_version"])
 
-    chain = [
-        *source_assets,
-        training_examples,
-        no_evaluation_leakage,
-        trained_model,
-        training_beat_untrained_heads,
-    ]
-    result = dg.materialize(chain, resources=resources)
+
+@pytest.fixture(scope="module")
+def evaluated(trained) -> dg.ExecuteInProcessResult:
+    chain = [eval_sets, offline_evaluation, served_index_is_sound, evaluation_is_held_out, model_promotion]
+    result = dg.materialize(chain, resources=trained.resources)
     assert result.success
-    settings = workspace.settings()
+    return result
+
+
+def test_every_source_writes_its_examples_and_the_mix_holds_them_all(trained):
     for source in ["augmentation", "classifier", "tags", "judgments", "clicks"]:
-        frame = pd.read_parquet(settings.source_path(source))
+        frame = pd.read_parquet(trained.settings.source_path(source))
         assert list(frame.columns) == EXAMPLE_COLUMNS, source
         assert len(frame) > 0 and set(frame["source"]) == {source}
-    judged = metadata(result, "judgment_pairs")["report"]
+    judged = metadata(trained.result, "judgment_pairs")["report"]
     assert judged["rejected_by_reason"] == {"unknown image_id": 1}
     assert judged["queries"] == {"train": 1, "eval": 1}
-    assert set(pd.read_parquet(settings.source_path("judgments"))["positive_text"]) == {"some food"}
-    assert metadata(result, "click_pairs")["report"]["simulated_clicks_written"] > 0
-    assert set(metadata(result, "training_examples")["by_source"]) == {
+    assert set(pd.read_parquet(trained.settings.source_path("judgments"))["positive_text"]) == {"some food"}
+    assert metadata(trained.result, "click_pairs")["report"]["simulated_clicks_written"] > 0
+    assert set(metadata(trained.result, "training_examples")["by_source"]) == {
         "augmentation",
         "classifier",
         "tags",
         "judgments",
         "clicks",
     }
-    leakage = [c for c in result.get_asset_check_evaluations() if c.check_name == "no_evaluation_leakage"]
+    leakage = [
+        c for c in trained.result.get_asset_check_evaluations() if c.check_name == "no_evaluation_leakage"
+    ]
     assert leakage[0].passed
 
-    trained = metadata(result, "trained_model")
-    history = trained["history"]
+
+def test_training_registers_a_challenger_with_its_run_params_metrics_and_plots(trained):
+    settings = trained.settings
+    history = metadata(trained.result, "trained_model")["history"]
     assert len(history) == 5 and history[-1]["loss"] < history[1]["loss"]
-    connect(settings)
-    version = alias_version(settings, CHALLENGER)
-    assert version == trained["model_version"]
+    assert alias_version(settings, CHALLENGER) == trained.version
     client = MlflowClient()
-    run = client.get_run(trained["mlflow_run_id"])
+    run = client.get_run(metadata(trained.result, "trained_model")["mlflow_run_id"])
     assert run.data.params["training.frozen_epochs"] == "3"
     assert "dvc.examples.parquet" in run.data.tags and run.data.tags["git_commit"]
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 4
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {"plots/training_curves.png", "plots/example_results.png"}
-    saved = json.loads((settings.trained_model_dir / "metrics.json").read_text())
-    assert saved["model_version"] == version
-
-    check_evaluation_and_promotion(resources, settings, version, monkeypatch)
-
-    # a val image slipped into a source: the blocking check stops the chain before training
-    augmentation = pd.read_parquet(settings.source_path("augmentation"))
-    val_image = read_catalog(settings.catalog_path).query("split == 'val'")["id"].iloc[0]
-    augmentation.loc[0, "positive_id"] = val_image
-    augmentation.to_parquet(settings.source_path("augmentation"), index=False)
-    leaked = dg.materialize(
-        [training_examples, no_evaluation_leakage, trained_model], resources=resources, raise_on_error=False
-    )
-    assert not leaked.success
-    check = leaked.get_asset_check_evaluations()[0]
-    assert not check.passed and "non-train images" in str(check.metadata["problems"].value)
-    assert alias_version(settings, CHALLENGER) == version  # nothing new was trained
+    saved = json.loads(settings.trained_metrics_path.read_text())
+    assert saved["model_version"] == trained.version
 
 
-def check_evaluation_and_promotion(resources, settings, challenger: str, monkeypatch) -> None:
-    """Held-out sets, every model evaluated, checks passed, and the rule's decision in the registry."""
-    chain = [eval_sets, offline_evaluation, served_index_is_sound, evaluation_is_held_out, model_promotion]
-    result = dg.materialize(chain, resources=resources)
-    assert result.success
-    sets = metadata(result, "eval_sets")
+def test_evaluation_is_held_out_logged_and_its_promotion_decision_recorded(trained, evaluated):
+    settings = trained.settings
+    sets = metadata(evaluated, "eval_sets")
     assert sets["corpus_images"] > 0 and sets["image_queries"] > 0 and "dvc_md5" in sets
     corpus = pd.read_parquet(settings.evaluation_dir / "corpus.parquet")
     assert set(read_catalog(settings.catalog_path).set_index("id").loc[corpus["id"], "split"]) == {"test"}
-    evaluated = metadata(result, "offline_evaluation")
-    assert set(evaluated["models"]) == {"challenger", "champion", "v0", "pretrained features"}
-    assert "ndcg_at_10" in evaluated["table"] and "image_to_image" in evaluated["table"]
-    assert all(c.passed for c in result.get_asset_check_evaluations())
+    report = metadata(evaluated, "offline_evaluation")
+    assert set(report["models"]) == {"challenger", "champion", "v0", "pretrained features"}
+    assert "ndcg_at_10" in report["table"] and "image_to_image" in report["table"]
+    assert all(c.passed for c in evaluated.get_asset_check_evaluations())
     client = MlflowClient()
-    metrics = client.get_run(evaluated["mlflow_run_id"]).data.metrics
-    assert "eval.challenger.image_to_image.ndcg_at_10" in metrics
-    assert {a.path for a in client.list_artifacts(evaluated["mlflow_run_id"], "evaluation")} == {
+    assert "eval.challenger.image_to_image.ndcg_at_10" in client.get_run(report["mlflow_run_id"]).data.metrics
+    assert {a.path for a in client.list_artifacts(report["mlflow_run_id"], "evaluation")} == {
         "evaluation/ndcg_at_10.png",
         "evaluation/recall_at_k.png",
         "evaluation/examples.png",
     }
-    promoted = metadata(result, "model_promotion")
-    tags = client.get_model_version(settings.model.registered_name, challenger).tags
+    promoted = metadata(evaluated, "model_promotion")
+    tags = client.get_model_version(settings.model.registered_name, trained.version).tags
     assert tags["promotion.decision"] == ("promoted" if promoted["promoted"] else "kept")
     assert tags["promotion.reason"] == promoted["reason"]
-    assert (alias_version(settings, CHAMPION) == challenger) is promoted["promoted"]
+    assert (alias_version(settings, CHAMPION) == trained.version) is promoted["promoted"]
 
-    # the served model through the served index (Flat here) ranks exactly as exact search does
-    served_model = load_index(settings.search_index_dir).manifest.model
-    served = evaluation_step(settings, models={"served": served_model})
+
+def test_the_served_model_through_a_flat_index_ranks_as_exact_search_does(trained, evaluated):
+    served_model = load_index(trained.settings.search_index_dir).manifest.model
+    served = evaluation_step(trained.settings, models={"served": served_model})
     assert served.results["served via index"] == served.results["served"]
 
-    # the ablation: one tiny model per variant, one table, nested MLflow runs
+
+def test_ablation_trains_one_model_per_variant_in_nested_runs(trained, evaluated, monkeypatch):
     monkeypatch.setenv("IMAGESEARCH_ABLATION__VARIANTS", '["tags", "all"]')
     monkeypatch.setenv("IMAGESEARCH_ABLATION__FROZEN_EPOCHS", "1")
-    ablation = metadata(dg.materialize([ablation_study], resources=resources), "ablation_study")
+    ablation = metadata(dg.materialize([ablation_study], resources=trained.resources), "ablation_study")
     assert ablation["variants"] == 2 and "text_to_image ndcg@10" in ablation["table"]
+    client = MlflowClient()
     nested = client.search_runs(
         [client.get_run(ablation["mlflow_run_id"]).info.experiment_id],
         f"tags.mlflow.parentRunId = '{ablation['mlflow_run_id']}'",
     )
     assert sorted(r.data.params["variant"] for r in nested) == ["all", "tags"]
 
-    # a rule any challenger passes moves the alias; asking again changes nothing
+
+def test_a_rule_any_challenger_passes_moves_the_alias_once(trained, evaluated, monkeypatch):
+    promoted_before = metadata(evaluated, "model_promotion")["promoted"]
     monkeypatch.setenv("IMAGESEARCH_EVALUATION__PROMOTION_MARGIN", "-1")
     monkeypatch.setenv("IMAGESEARCH_EVALUATION__GUARD_TOLERANCE", "1")
     for expected in (True, False):
-        again = dg.materialize([offline_evaluation, model_promotion], resources=resources)
-        assert metadata(again, "model_promotion")["promoted"] is (expected and not promoted["promoted"])
-        assert alias_version(settings, CHAMPION) == challenger
+        again = dg.materialize([offline_evaluation, model_promotion], resources=trained.resources)
+        assert metadata(again, "model_promotion")["promoted"] is (expected and not promoted_before)
+        assert alias_version(trained.settings, CHAMPION) == trained.version
+
+
+def test_a_val_image_leaking_into_a_source_stops_the_chain_before_training(trained):
+    settings = trained.settings
+    path = settings.source_path("augmentation")
+    original = pd.read_parquet(path)
+    leaked_rows = original.copy()
+    leaked_rows.loc[0, "positive_id"] = (
+        read_catalog(settings.catalog_path).query("split == 'val'")["id"].iloc[0]
+    )
+    leaked_rows.to_parquet(path, index=False)
+    try:
+        leaked = dg.materialize(
+            [training_examples, no_evaluation_leakage, trained_model],
+            resources=trained.resources,
+            raise_on_error=False,
+        )
+    finally:
+        original.to_parquet(path, index=False)
+    assert not leaked.success
+    check = leaked.get_asset_check_evaluations()[0]
+    assert not check.passed and "non-train images" in str(check.metadata["problems"].value)
+    assert alias_version(settings, CHALLENGER) == trained.version  # nothing new was trained
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, training_folder):
@@ -241,3 +359,19 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, training_fol
     assert uninterrupted.resumed_from_epoch == 0
     assert resumed.history[-1]["loss"] == pytest.approx(uninterrupted.history[-1]["loss"], rel=1e-4)
     assert encoder.encode_texts(["a noisy cat"]).shape == (1, 32)
+
+
+def test_the_training_device_setting_is_the_one_training_uses():
+    settings = Settings(model={"device": "cuda"}, training={"device": "cpu"})
+    assert model_for_training(settings).device == "cpu"
+    assert model_for_training(settings).embed_dim == settings.model.embed_dim
+
+
+def test_validation_drops_images_that_could_not_be_decoded():
+    validation = ValidationSet(
+        ["a", "b", "c"], ["/a", "/b", "/c"], ["x", "x", "y"], ["tag one", "tag two"], [{"a", "b"}, {"b"}]
+    )
+    kept, mask = validation.without({"b"})
+    assert mask.tolist() == [True, False, True]
+    assert kept.image_ids == ["a", "c"] and kept.categories == ["x", "y"]
+    assert kept.query_texts == ["tag one"] and kept.text_relevant == [{"a"}]  # "tag two" had only b

@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from imagesearch.catalog.step import catalog_step
+from imagesearch.evaluation.ablation import variant_weights
 from imagesearch.feedback.clicklog import ClickLog, UnknownQuery
 from imagesearch.feedback.simulation import SimulatedQuery, examination_probability, simulate_clicks
 from imagesearch.training_data.clicks import click_pairs
@@ -19,6 +21,7 @@ from imagesearch.training_data.examples import (
     tag_pairs,
 )
 from imagesearch.training_data.judgments import eval_qrels, import_judgments, judgment_pairs, query_side
+from imagesearch.training_data.step import mix_step, source_step
 
 
 @pytest.fixture
@@ -302,3 +305,37 @@ def test_subsampling_keeps_positive_pairs_and_drops_only_outside_negatives():
     assert kept["anchor_id"].tolist() == ["a", "b", "a"]  # the pair with 'zz' (not an anchor) goes
     assert kept["negative_id"].iloc[1] == "c" and pd.isna(kept["negative_id"].iloc[2])  # dropped, not its row
     assert subsample_examples(examples, None, 0) is examples
+
+
+# --- the steps, called directly (as the CLI and the DVC stages call them) ---------------------------
+def test_source_and_mix_steps_write_versionless_outputs_the_mix_reads(workspace_settings):
+    catalog_step(workspace_settings, record=False, progress=False)
+    for source in ("augmentation", "tags"):
+        result = source_step(workspace_settings, source, record=False, progress=False)
+        assert result.version is None and workspace_settings.source_path(source).exists()
+    with pytest.raises(FileNotFoundError, match="classifier"):
+        mix_step(workspace_settings, record=False)  # an enabled source was never built
+    only_built = workspace_settings.model_copy(
+        update={
+            "training_data": workspace_settings.training_data.model_copy(
+                update={"source_weights": {"augmentation": 1.0, "tags": 1.0}}
+            )
+        }
+    )
+    mixed = mix_step(only_built, record=False)
+    assert mixed.rows == len(pd.read_parquet(only_built.examples_path)) > 0 and not mixed.problems
+    with pytest.raises(ValueError, match="unknown training-data source"):
+        source_step(workspace_settings, "captions", record=False)
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [
+        ("tags", {"augmentation": 0.0, "tags": 1.0, "clicks": 0.0}),
+        ("all", {"augmentation": 0.5, "tags": 1.0, "clicks": 0.0}),
+    ],
+)
+def test_ablation_variants_keep_only_their_sources(variant, expected):
+    assert variant_weights(variant, {"augmentation": 0.5, "tags": 1.0, "clicks": 0.0}) == expected
+    with pytest.raises(ValueError, match="unknown ablation variant"):
+        variant_weights("captions", expected)

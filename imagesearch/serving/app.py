@@ -90,7 +90,7 @@ def create_app(
         )
         return response
 
-    page_html = files("imagesearch").joinpath("web/index.html").read_text(encoding="utf-8")
+    page_html = files("imagesearch.serving").joinpath("web/index.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def search_page() -> str:

@@ -1,4 +1,5 @@
-"""The HTTP service through TestClient on a real index of tiny images (v0 encoder, real click log)."""
+"""Serving: the HTTP service through TestClient on a real index of tiny images (v0 encoder, real click
+log), the query worker, and the pure re-rank functions."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import io
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -16,9 +19,13 @@ from imagesearch.feedback.clicklog import ClickLog
 from imagesearch.index.folder import build_folder_index
 from imagesearch.index.store import load_index
 from imagesearch.serving.app import create_app
+from imagesearch.serving.rerank import collapse_near_duplicates, mmr
 from imagesearch.serving.service import SearchService
+from imagesearch.serving.types import Answer, PageRequest, Query, Result
+from imagesearch.serving.worker import QueryWorker
 from imagesearch.settings import PROJECT_ROOT, ServiceSettings, Settings
 
+# --- serving --------------------------------------------------------------------------------
 # The browser test's screenshot stays here for people to look at (git-ignored).
 PROJECT_SCREENSHOT_DIR = PROJECT_ROOT / "test-artifacts"
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon", "page", "coins", "horse")
@@ -411,3 +418,89 @@ def test_search_page_in_a_real_browser(real_server, client, indexed, tmp_path):
         assert caption == "rocket"
     finally:
         browser.quit()
+
+
+# --- rerank --------------------------------------------------------------------------------
+def unit(*rows):
+    matrix = np.array(rows, dtype=np.float32)
+    return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "kept"),
+    [(0.99, [0, 2]), (0.999999, [0, 1, 2]), (-1.0, [0])],
+)
+def test_collapse_keeps_the_best_of_each_group(threshold, kept):
+    vectors = unit([1, 0], [1, 0.01], [0, 1])  # 0 and 1 are near-duplicates
+    assert collapse_near_duplicates(vectors, threshold).tolist() == kept
+
+
+def test_mmr_with_lambda_one_is_the_relevance_order():
+    scores = np.array([0.2, 0.9, 0.5])
+    assert mmr(scores, unit([1, 0], [1, 0], [0, 1]), 3, 1.0).tolist() == [1, 2, 0]
+
+
+def test_mmr_promotes_a_different_result_over_a_copy():
+    # candidates 0 and 1 are the same picture; 2 is different and slightly less relevant
+    scores = np.array([0.90, 0.89, 0.80])
+    vectors = unit([1, 0], [1, 0], [0, 1])
+    assert mmr(scores, vectors, 2, 1.0).tolist() == [0, 1]
+    # λ=0.7: after 0, candidate 1 is worth 0.7*0.89 - 0.3*1 = 0.323, candidate 2 is 0.7*0.80 - 0 = 0.56
+    assert mmr(scores, vectors, 2, 0.7).tolist() == [0, 2]
+
+
+def test_mmr_never_returns_more_than_there_is():
+    assert mmr(np.array([0.5]), unit([1, 0]), 10, 0.5).tolist() == [0]
+    assert mmr(np.array([]), np.zeros((0, 2)), 10, 0.5).tolist() == []
+
+
+# --- the query worker ------------------------------------------------------------------------------
+class RecordingAnswerer:
+    """A BatchAnswerer that records each batch: the worker's contract is the Protocol, not the service."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self.release = threading.Event()
+        self.fail_on = fail_on
+
+    def encode(self, queries: list[Query], timings: dict[str, float]) -> np.ndarray:
+        self.release.wait(5)
+        texts = [q.text or "" for q in queries]
+        self.batches.append(texts)
+        if self.fail_on in texts:
+            raise ValueError(f"cannot encode {self.fail_on!r}")
+        return np.arange(len(queries), dtype=np.float32)[:, None]
+
+    def search_many(self, vectors: np.ndarray, pages: list[PageRequest], timings: dict[str, float]):
+        return [Answer([Result(f"id{int(v[0])}", float(v[0]), 1)], "m") for v in vectors]
+
+
+PAGE = PageRequest(k=1, offset=0, diversity=1.0, dedup=False)
+
+
+def test_worker_batches_what_waits_and_answers_each_caller_its_own_result():
+    answerer = RecordingAnswerer()
+    worker = QueryWorker(answerer, max_batch=8)
+    with ThreadPoolExecutor(5) as pool:
+        first = pool.submit(worker.submit, Query(text="first"), PAGE)
+        time.sleep(0.2)  # the first batch is now blocked in encode; the next four queue up behind it
+        rest = [pool.submit(worker.submit, Query(text=f"q{i}"), PAGE) for i in range(4)]
+        time.sleep(0.2)
+        answerer.release.set()
+        answers = [first.result(5), *(f.result(5) for f in rest)]
+    assert answerer.batches[0] == ["first"] and sorted(answerer.batches[1]) == ["q0", "q1", "q2", "q3"]
+    assert all(a.timings_ms["batch"] in (1, 4) for a in answers)
+    assert answers[0].results[0].id == "id0"
+    worker.close()
+
+
+def test_worker_hands_an_error_to_its_callers_and_keeps_serving():
+    answerer = RecordingAnswerer(fail_on="bad")
+    answerer.release.set()
+    worker = QueryWorker(answerer, max_batch=1)
+    with pytest.raises(ValueError, match="cannot encode 'bad'"):
+        worker.submit(Query(text="bad"), PAGE)
+    assert worker.submit(Query(text="good"), PAGE).results[0].id == "id0"
+    worker.close()
+    # after close (a swap replaced this service) a late caller is answered on its own thread
+    assert worker.submit(Query(text="late"), PAGE).results[0].id == "id0"
