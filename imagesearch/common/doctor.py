@@ -89,9 +89,9 @@ def _gpu() -> dict[str, object]:
     info: dict[str, object] = {"torch_cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name(0)
-    from imagesearch.index.search import faiss_gpu_count
+    from imagesearch.index.search import index_gpu_count
 
-    info["faiss_gpus"] = faiss_gpu_count()
+    info["faiss_gpus"] = index_gpu_count()
     return info
 
 

@@ -14,7 +14,7 @@ from imagesearch.index.choose import HNSW, IVF
 
 def gpu_available() -> bool:
     """True only with the faiss-gpu build and a visible CUDA device (faiss-cpu lacks the function)."""
-    return faiss_gpu_count() > 0
+    return index_gpu_count() > 0
 
 
 def search_parameters(kind: str, params: dict[str, int]) -> faiss.SearchParameters | None:
@@ -74,6 +74,6 @@ def limit_search_threads(threads: int) -> None:
     faiss.omp_set_num_threads(threads)
 
 
-def faiss_gpu_count() -> int:
+def index_gpu_count() -> int:
     """CUDA devices faiss can use: 0 with the faiss-cpu build (which lacks the function)."""
     return getattr(faiss, "get_num_gpus", lambda: 0)()

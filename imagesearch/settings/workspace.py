@@ -1,8 +1,7 @@
-"""The one place where paths and knobs are defined.
+"""`Settings`: the resolved configuration of one workspace, and every location inside it.
 
-Every value can be overridden from the environment with the ``IMAGESEARCH_`` prefix; nested
-groups use ``__`` (``IMAGESEARCH_CATALOG__WORKERS=4``). Lists take JSON
-(``IMAGESEARCH_SOURCES='[{"name": "mine", "path": "/photos"}]'``).
+All local state lives under `home`; each stage's outputs have one property here (their file names are
+defined nowhere else). The per-stage groups are in `stages.py`.
 """
 
 from __future__ import annotations
