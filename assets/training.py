@@ -14,8 +14,10 @@ from imagesearch.training.step import train_step
     group_name="model",
     kinds={"pytorch", "mlflow", "dvc"},
     owners=["team:imagesearch"],
-    description="Image and text towers co-trained with symmetric InfoNCE (image-text and image-image), "
-    "learnable temperature, in-batch and mined hard negatives; backbone frozen then partly unfrozen. "
+    description="The image tower trained into the locked MiniLM text space (default head 'anchored': v0's "
+    "class-name bridge + a learned residual, raw backbone features appended for image->image) with "
+    "symmetric InfoNCE, in-batch and mined hard negatives; epoch and v0<->fine-tuned interpolation "
+    "selected on in-domain and out-of-domain validation. "
     "Logged as an MLflow run (params, data hashes, git commit, per-epoch losses and val recall, plots) and "
     "registered as a new version of `imagesearch` with alias `challenger`. Resumes after an interruption.",
 )
@@ -24,9 +26,10 @@ def trained_model(context: dg.AssetExecutionContext, workspace: WorkspaceResourc
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch")
         context.log.info(f"epoch {epoch}: {shown}")
 
-    outcome = train_step(workspace.settings(), progress=False, on_epoch=log_epoch)
+    outcome = train_step(workspace.settings(), progress=context.log.info, on_epoch=log_epoch)
     result, registered = outcome.result, outcome.registered
     final = {k: round(v, 4) for k, v in result.final.items() if k.startswith("val_")}
+    final |= {"selected_epoch": int(result.final.get("epoch", 0))}
     return dg.MaterializeResult(
         metadata={
             "model_uri": registered.uri,

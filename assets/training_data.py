@@ -42,7 +42,7 @@ def _source_asset(source: str) -> dg.AssetsDefinition:
     )
     def build(workspace: WorkspaceResource) -> dg.MaterializeResult:
         return dg.MaterializeResult(
-            metadata=source_metadata(source_step(workspace.settings(), source, progress=False))
+            metadata=source_metadata(source_step(workspace.settings(), source, progress=context.log.info))
         )
 
     return build

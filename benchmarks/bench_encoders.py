@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from imagesearch.models.encoders import build_two_tower_encoder, build_zeroshot_encoder
+from imagesearch.models.encoders import build_trained_encoder, build_zeroshot_encoder
 from imagesearch.settings import Settings
 
 TEXTS = [
@@ -99,7 +99,7 @@ def main() -> None:
         raise SystemExit("default corpus missing: run `imagesearch corpus fetch`")
     encoders = {
         "v0 zero-shot": build_zeroshot_encoder(settings.model),
-        "two-tower": build_two_tower_encoder(settings.model),
+        "two-tower": build_trained_encoder(settings.model),
     }
     rows = []
     for name, encoder in encoders.items():

@@ -6,9 +6,13 @@ import os
 
 # The network is closed: make the hub clients fail fast instead of waiting on timeouts.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Test workspaces have no out-of-domain collection unless a test writes one (write_outside_collection).
+os.environ.setdefault("IMAGESEARCH_EVALUATION__OOD_COLLECTIONS", "[]")
 
+import gzip
 import io
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +94,32 @@ def dvc_available() -> None:
 def saved_encoder(zeroshot_encoder, tmp_path_factory) -> Path:
     """The v0 encoder saved as a folder: a model reference that loads in a second, not a minute."""
     return zeroshot_encoder.save(tmp_path_factory.mktemp("encoder") / "v0-saved")
+
+
+def idx_gz(array: np.ndarray) -> bytes:
+    """An array in the IDX format of (Fashion-)MNIST: magic with the rank, big-endian dims, bytes."""
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return gzip.compress(header + array.astype(np.uint8).tobytes())
+
+
+def write_outside_collection(settings: Settings, per_class: int = 3) -> Path:
+    """A small 'fashion-mnist' collection in the workspace, through the real converter: 28x28 noise
+    images, `per_class` test and 2 val images in each of the 10 classes."""
+    from imagesearch.catalog.corpus import COMPLETE_MARKER
+    from imagesearch.catalog.ood_collections import FASHION_TREE, convert_fashion_mnist
+
+    unpacked = settings.home / "scratch-deb"
+    tree = unpacked / FASHION_TREE
+    tree.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    for prefix, count in (("t10k", per_class), ("train", 2)):
+        labels = np.repeat(np.arange(10), count)
+        (tree / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(idx_gz(labels))
+        images = rng.integers(0, 256, (len(labels), 28, 28))
+        (tree / f"{prefix}-images-idx3-ubyte.gz").write_bytes(idx_gz(images))
+    folder = settings.ood_corpus_dir / "fashion-mnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    convert_fashion_mnist(unpacked, folder)
+    (folder / COMPLETE_MARKER).write_text("test\n")
+    shutil.rmtree(unpacked)
+    return folder

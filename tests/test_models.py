@@ -19,7 +19,7 @@ from PIL import Image
 from skimage import data
 
 from imagesearch.models.backbones import WeightsNotFound, create_image_backbone, load_text_model
-from imagesearch.models.encoders import Encoder, build_two_tower_encoder, imagenet_class_names
+from imagesearch.models.encoders import Encoder, build_trained_encoder, imagenet_class_names
 from imagesearch.models.preprocess import letterbox
 from imagesearch.models.registry import (
     CHAMPION,
@@ -44,7 +44,12 @@ def photos() -> dict[str, Image.Image]:
 
 @pytest.fixture(scope="module")
 def two_tower() -> Encoder:
-    return build_two_tower_encoder(ModelSettings(embed_dim=32), seed=0)
+    return build_trained_encoder(ModelSettings(head="two_tower", embed_dim=32, raw_feature_weight=0), seed=0)
+
+
+@pytest.fixture(scope="module")
+def anchored() -> Encoder:
+    return build_trained_encoder(ModelSettings(), seed=0)
 
 
 def test_mapped_backbone_classifies_real_photos(zeroshot_encoder, photos):
@@ -77,6 +82,42 @@ def test_two_tower_outputs_the_shared_dimension(two_tower, photos):
     assert images.shape == (3, 32) and texts.shape == (3, 32)
     np.testing.assert_allclose(np.linalg.norm(images, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(images[0], images[1])
+
+
+def test_the_untrained_anchored_model_is_v0_plus_raw_features(anchored, zeroshot_encoder, photos):
+    images = anchored.encode_images(list(photos.values()))
+    texts = anchored.encode_texts(list(CAPTIONS.values()))
+    assert images.shape == texts.shape == (3, 384 + 1280) == (3, anchored.dim)
+    np.testing.assert_allclose(np.linalg.norm(images, axis=1), 1.0, atol=1e-5)
+    assert np.all(texts[:, 384:] == 0)  # texts score against the shared part only
+    shared = images[:, :384] / np.linalg.norm(images[:, :384], axis=1, keepdims=True)
+    np.testing.assert_allclose(shared, zeroshot_encoder.encode_images(list(photos.values())), atol=1e-5)
+    np.testing.assert_allclose(
+        texts[:, :384], zeroshot_encoder.encode_texts(list(CAPTIONS.values())), atol=1e-6
+    )
+    # the raw block is the backbone's own pooled features
+    with torch.inference_mode():
+        features = anchored.image_model.features(anchored.preprocess([photos["cat"]]))
+    raw = torch.nn.functional.normalize(features, dim=-1).numpy()[0]
+    block = images[0, 384:] / np.linalg.norm(images[0, 384:])
+    np.testing.assert_allclose(block, raw, atol=1e-4)
+
+
+def test_the_anchored_interpolation_scales_the_learned_residual(anchored, photos, tmp_path):
+    projection = anchored.image_model.projection
+    with torch.no_grad():
+        projection.residual.bias.fill_(0.05)
+    try:
+        full = anchored.encode_images([photos["cat"]])
+        projection.interpolation.fill_(0.0)
+        at_zero = anchored.encode_images([photos["cat"]])
+        reloaded = Encoder.load(anchored.save(tmp_path / "anchored"))
+        np.testing.assert_array_equal(reloaded.encode_images([photos["cat"]]), at_zero)
+        assert not np.allclose(full, at_zero)
+    finally:
+        projection.interpolation.fill_(1.0)
+        with torch.no_grad():
+            projection.residual.bias.zero_()
 
 
 def test_saved_encoder_reloads_to_identical_outputs(two_tower, photos, tmp_path):

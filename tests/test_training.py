@@ -32,7 +32,7 @@ from imagesearch.catalog.build import read_catalog
 from imagesearch.common.images import DEFAULT_LIMITS
 from imagesearch.evaluation.step import evaluation_step
 from imagesearch.index.store import load_index
-from imagesearch.models.encoders import build_two_tower_encoder
+from imagesearch.models.encoders import build_trained_encoder
 from imagesearch.models.registry import CHALLENGER, CHAMPION, alias_version, connect
 from imagesearch.settings import ModelSettings, Settings, TrainingSettings
 from imagesearch.training.loop import train_towers
@@ -40,7 +40,7 @@ from imagesearch.training.losses import info_nce, triplet
 from imagesearch.training.step import model_for_training
 from imagesearch.training.validation import ValidationSet
 from imagesearch.training_data.examples import EXAMPLE_COLUMNS, augmentation_pairs, mix_examples, tag_pairs
-from tests.conftest import make_training_folder
+from tests.conftest import make_training_folder, write_outside_collection
 
 # --- losses --------------------------------------------------------------------------------
 E = math.e
@@ -156,6 +156,14 @@ class TrainedWorkspace:
     version: str
 
 
+@pytest.fixture(scope="module", autouse=True)
+def outside_collection_on():
+    """This module's workspaces evaluate (and select models) on a small out-of-domain collection."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("IMAGESEARCH_EVALUATION__OOD_COLLECTIONS", '["fashion-mnist"]')
+        yield
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, saved_encoder) -> TrainedWorkspace:
     """catalog -> embeddings -> index -> every source -> mix -> a trained, registered challenger, once
@@ -169,6 +177,7 @@ def trained(tmp_path_factory, saved_encoder) -> TrainedWorkspace:
     with pytest.MonkeyPatch.context() as env:
         for key, value in SMALL_TRAINING.items():
             env.setenv(key, value)
+        write_outside_collection(workspace.settings())
         indexed = dg.materialize(
             [image_catalog, image_embeddings, search_index],
             resources=resources,
@@ -270,16 +279,16 @@ def test_the_served_model_through_a_flat_index_ranks_as_exact_search_does(traine
 
 
 def test_ablation_trains_one_model_per_variant_in_nested_runs(trained, evaluated, monkeypatch):
-    monkeypatch.setenv("IMAGESEARCH_ABLATION__VARIANTS", '["tags", "all"]')
+    monkeypatch.setenv("IMAGESEARCH_ABLATION__VARIANTS", '["tags", "two_tower (round one)"]')
     monkeypatch.setenv("IMAGESEARCH_ABLATION__FROZEN_EPOCHS", "1")
     ablation = metadata(dg.materialize([ablation_study], resources=trained.resources), "ablation_study")
-    assert ablation["variants"] == 2 and "text_to_image ndcg@10" in ablation["table"]
+    assert ablation["variants"] == 2 and "t2i" in ablation["table"]
     client = MlflowClient()
     nested = client.search_runs(
         [client.get_run(ablation["mlflow_run_id"]).info.experiment_id],
         f"tags.mlflow.parentRunId = '{ablation['mlflow_run_id']}'",
     )
-    assert sorted(r.data.params["variant"] for r in nested) == ["all", "tags"]
+    assert sorted(r.data.params["variant"] for r in nested) == ["tags", "two_tower (round one)"]
 
 
 def test_a_rule_any_challenger_passes_moves_the_alias_once(trained, evaluated, monkeypatch):
@@ -346,7 +355,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, training_fol
             raise Interrupted
 
     def train(work_dir: Path, callback=None):
-        encoder = build_two_tower_encoder(ModelSettings(embed_dim=32))
+        encoder = build_trained_encoder(ModelSettings(embed_dim=32))
         kwargs = {"work_dir": work_dir, "limits": DEFAULT_LIMITS, "on_epoch": callback, "progress": False}
         return encoder, train_towers(encoder, examples, catalog, settings, **kwargs)
 

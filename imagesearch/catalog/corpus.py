@@ -1,4 +1,4 @@
-"""The embedded default corpus: Debian's openclipart-png, fetched without installing it.
+"""Image collections from Debian's archive, fetched without installing them; the default corpus first.
 
 ``apt-get download`` fetches the .deb (no root install, no dpkg database change) and ``dpkg-deb -x``
 unpacks it; the PNG tree (category folders, public domain clip art) becomes a workspace source.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from imagesearch.common.io import folder_atomic
@@ -24,25 +25,37 @@ class CorpusFetchError(RuntimeError):
 
 def fetch_openclipart(destination: Path, *, package: str = OPENCLIPART_PACKAGE) -> Path:
     """Download and unpack the clip-art corpus into `destination` unless it is already complete."""
+
+    def move_tree(unpacked: Path, staging: Path) -> None:
+        tree = unpacked / OPENCLIPART_TREE
+        if not tree.is_dir():
+            raise CorpusFetchError(f"{package} does not contain {OPENCLIPART_TREE}")
+        for child in tree.iterdir():
+            shutil.move(str(child), staging / child.name)
+
+    return fetch_debian_package(package, destination, move_tree)
+
+
+def fetch_debian_package(package: str, destination: Path, convert: Callable[[Path, Path], None]) -> Path:
+    """Download `package`, unpack it, and let `convert(unpacked_root, staging)` fill `destination`.
+
+    Does nothing when `destination` is already complete. The folder appears whole or not at all:
+    an interrupted fetch leaves no partial collection behind.
+    """
     if (destination / COMPLETE_MARKER).exists():
         return destination
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
             raise CorpusFetchError(
-                f"`{tool}` not found: the default corpus needs a Debian/Ubuntu machine; "
+                f"`{tool}` not found: fetching {package} needs a Debian/Ubuntu machine; "
                 "point IMAGESEARCH_SOURCES at your own image folders instead"
             )
     with tempfile.TemporaryDirectory(prefix="imagesearch-corpus-") as scratch:
         deb = _download(package, Path(scratch))
         unpacked = Path(scratch) / "root"
         _run(["dpkg-deb", "-x", str(deb), str(unpacked)])
-        tree = unpacked / OPENCLIPART_TREE
-        if not tree.is_dir():
-            raise CorpusFetchError(f"{deb.name} does not contain {OPENCLIPART_TREE}")
-        # Unpack beside the destination then rename: an interrupted fetch leaves no partial corpus.
         with folder_atomic(destination) as staging:
-            for child in tree.iterdir():
-                shutil.move(str(child), staging / child.name)
+            convert(unpacked, staging)
             (staging / COMPLETE_MARKER).write_text(deb.name + "\n")
     return destination
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from imagesearch.common.images import DecodeLimits
+from imagesearch.common.progress import Progress, progress_bar
 from imagesearch.embeddings.reader import CatalogImages, collate, default_workers, shard_batches
 from imagesearch.embeddings.store import (
     SHARD_KEYS,
@@ -55,7 +55,7 @@ def backfill(
     workers: int = 0,
     dtype: str = "float16",
     limits: DecodeLimits,
-    progress: bool = True,
+    progress: Progress = True,
 ) -> BackfillReport:
     """Bring `folder` (one model version's embeddings) up to date with `catalog` for `shards`."""
     started = time.perf_counter()
@@ -93,7 +93,7 @@ def _embed_stream(
     batch_size: int,
     workers: int,
     limits: DecodeLimits,
-    progress: bool,
+    progress: Progress,
 ) -> Iterator[tuple[str, list[str], np.ndarray, dict[str, str]]]:
     """Mapper: (shard, ids, vectors, failures) per batch, while the workers prepare the next ones."""
     ids, paths = todo["id"].tolist(), todo["path"].tolist()
@@ -107,7 +107,7 @@ def _embed_stream(
         collate_fn=collate,
         prefetch_factor=4 if workers else None,
     )
-    bar = tqdm(total=len(ids), desc="embedding", unit="img", disable=not progress, mininterval=2)
+    bar = progress_bar(progress, total=len(ids), desc="embedding", unit="img")
     for rows, (good, pixels, failed) in zip(batches, loader, strict=True):
         vectors = (
             encoder.encode_pixels(pixels) if pixels is not None else np.zeros((0, encoder.dim), np.float32)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from imagesearch.catalog.build import read_catalog
 from imagesearch.common.images import decode_limits
+from imagesearch.common.progress import Progress
 from imagesearch.embeddings.backfill import BackfillReport, backfill
 from imagesearch.embeddings.store import SHARD_KEYS, model_key
 from imagesearch.models.registry import load_encoder, pin_reference
@@ -19,7 +20,7 @@ def backfill_step(
     *,
     model: str | None = None,
     shards: list[str] | None = None,
-    progress: bool = True,
+    progress: Progress = True,
 ) -> BackfillReport:
     """Embed the catalog images of `shards` (default: all) that `model` has not embedded yet.
 

@@ -1,8 +1,10 @@
-"""Which training-data sources help on held-out data: one model per source, and one on all of them.
+"""What helps on held-out data, in-domain and out of domain: training recipes and training-data sources.
 
-Every variant trains the same towers with the same reduced budget (settings.ablation) on the mix of
-its sources only, then is evaluated on the held-out sets exactly like a challenger. Each variant is a
-nested MLflow run under one `ablation` run, which also holds the comparison table.
+A variant is a recipe (`RECIPES`: head, raw-feature block, model selection; trained on every source) or
+a source name (the default recipe on that source only), or ``all``. Every variant trains with the same
+reduced budget (settings.ablation) and is evaluated exactly like a challenger: on the test split and on
+each out-of-domain collection. v0 and raw pretrained features are evaluated in the same run. Each
+variant is a nested MLflow run under one `ablation` run, which also holds the comparison table.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ from imagesearch.catalog.build import read_catalog
 from imagesearch.common.images import decode_limits
 from imagesearch.common.io import write_parquet_atomic
 from imagesearch.evaluation.ranking import metrics_table
-from imagesearch.evaluation.report import EvaluationReport
-from imagesearch.evaluation.sets import EvalSets
-from imagesearch.evaluation.step import evaluate_encoder
+from imagesearch.evaluation.sets import EvalSets, outside_sets
+from imagesearch.evaluation.step import evaluate_everywhere, pretrained_results, read_outside_sets
 from imagesearch.models import registry
-from imagesearch.models.encoders import build_two_tower_encoder
-from imagesearch.settings import TRAINING_SOURCES, Settings
+from imagesearch.models.encoders import build_trained_encoder, build_zeroshot_encoder
+from imagesearch.settings import TRAINING_SOURCES, ModelSettings, Settings, TrainingSettings
 from imagesearch.training.loop import fingerprint, train_towers
 from imagesearch.training.step import model_for_training
 from imagesearch.training_data.examples import leakage_problems, mix_examples
@@ -31,6 +32,18 @@ from imagesearch.training_data.step import held_out_queries
 
 ALL = "all"
 HEADLINE = ["image_to_image", "text_to_image", "text_to_image/title", "text_to_image/tag"]
+OUTSIDE_HEADLINE = ["image_to_image", "text_to_image"]
+# recipe -> (model settings, training settings) overrides; each trains on every enabled source
+RECIPES: dict[str, tuple[dict, dict]] = {
+    "two_tower (round one)": ({"head": "two_tower", "raw_feature_weight": 0.0}, {"selection": "last"}),
+    "two_tower + raw features": ({"head": "two_tower", "raw_feature_weight": 1.0}, {}),
+    "anchored, no raw features": ({"head": "anchored", "raw_feature_weight": 0.0}, {}),
+    "anchored, last epoch, full residual": (
+        {"head": "anchored", "raw_feature_weight": 1.0},
+        {"selection": "last", "interpolation_grid": [1.0]},
+    ),
+    "anchored (default)": ({"head": "anchored", "raw_feature_weight": 1.0}, {}),
+}
 
 
 @dataclass(slots=True)
@@ -41,10 +54,21 @@ class AblationResult:
 
 
 def variant_weights(variant: str, weights: dict[str, float]) -> dict[str, float]:
-    """The mix of one variant: only its source (or every enabled source for 'all')."""
-    if variant != ALL and variant not in TRAINING_SOURCES:
-        raise ValueError(f"unknown ablation variant {variant!r}; use a source name or {ALL!r}")
-    return {s: w if variant in (ALL, s) else 0.0 for s, w in weights.items()}
+    """The mix of one variant: only its source (or every enabled source for 'all' and recipes)."""
+    if variant != ALL and variant not in TRAINING_SOURCES and variant not in RECIPES:
+        raise ValueError(
+            f"unknown ablation variant {variant!r}; use a source name, {ALL!r} or a recipe: {list(RECIPES)}"
+        )
+    every = variant == ALL or variant in RECIPES
+    return {s: w if every or variant == s else 0.0 for s, w in weights.items()}
+
+
+def variant_settings(
+    variant: str, settings: Settings, budget: TrainingSettings
+) -> tuple[ModelSettings, TrainingSettings]:
+    """The architecture and optimisation a variant trains with (sources: the default recipe)."""
+    model, training = RECIPES.get(variant, ({}, {}))
+    return model_for_training(settings).model_copy(update=model), budget.model_copy(update=training)
 
 
 def ablation_step(
@@ -52,6 +76,13 @@ def ablation_step(
 ) -> AblationResult:
     """Train and evaluate every variant of settings.ablation; `on_variant` gets each finished row."""
     sets = EvalSets.read(settings.evaluation_dir)
+    outside = read_outside_sets(settings)
+    validation_sets = outside_sets(
+        settings.ood_corpus_dir,
+        settings.evaluation.ood_collections,
+        "val",
+        settings.evaluation.max_image_queries,
+    )
     catalog = read_catalog(settings.catalog_path)
     frames = {
         s: pd.read_parquet(settings.source_path(s))
@@ -81,25 +112,28 @@ def ablation_step(
                 raise ValueError(f"ablation {variant}: leaking examples: {'; '.join(problems)}")
             path = folder / f"examples-{variant}.parquet"
             write_parquet_atomic(examples, path)
-            encoder = build_two_tower_encoder(model_for_training(settings), seed=budget.seed)
-            work_dir = folder / "work" / fingerprint(budget, settings.model.model_dump(mode="json"), path)
+            model, training = variant_settings(variant, settings, budget)
+            encoder = build_trained_encoder(model, seed=budget.seed)
+            work_dir = folder / "work" / fingerprint(training, model.model_dump(mode="json"), path)
             trained = train_towers(
                 encoder,
                 examples,
                 catalog,
-                budget,
+                training,
                 work_dir=work_dir,
                 limits=decode_limits(settings.catalog),
                 progress=progress,
+                outside=validation_sets,
             )
-            _, results[variant] = evaluate_encoder(encoder, sets)
+            _, results[variant] = evaluate_everywhere(encoder, sets, outside)
             row = {
                 "variant": variant,
                 "examples": trained.rows,
-                "train_images": trained.images,
                 "train_s": round(trained.seconds),
+                "epoch": int(trained.final.get("epoch", 0)),
+                "interp.": trained.final.get("interpolation"),
+                **_headline(results[variant], outside),
             }
-            row |= {f"{q} ndcg@10": results[variant].get(q, {}).get("ndcg_at_10") for q in HEADLINE}
             rows.append(row)
             if on_variant:
                 on_variant(row)
@@ -108,9 +142,15 @@ def ablation_step(
                 params={"variant": variant, "examples": trained.rows},
                 metrics=_flat(results[variant]),
             )
+        results["v0 (no training)"] = evaluate_everywhere(
+            build_zeroshot_encoder(settings.model), sets, outside
+        )[1]
+        results["pretrained features (no training)"] = pretrained_results(settings, sets, outside)
+        for baseline in ("v0 (no training)", "pretrained features (no training)"):
+            rows.append({"variant": baseline, **_headline(results[baseline], outside)})
         table = pd.DataFrame(rows)
         markdown = folder / "table.md"
-        markdown.write_text(table.to_markdown(index=False, floatfmt=".3f") + "\n\n" + _baselines(settings))
+        markdown.write_text(table.to_markdown(index=False, floatfmt=".3f") + "\n")
         (folder / "results.json").write_text(json.dumps(results, indent=2))
         (folder / "metrics.md").write_text(metrics_table(results).to_markdown(index=False, floatfmt=".3f"))
         registry.log_artifacts([markdown, folder / "metrics.md", folder / "results.json"], "ablation")
@@ -125,20 +165,12 @@ def _flat(results: dict[str, dict[str, float]]) -> dict[str, float]:
     }
 
 
-def _baselines(settings: Settings) -> str:
-    """The untrained references from the last full evaluation, for scale (same held-out sets)."""
-    try:
-        report = EvaluationReport.read(settings.evaluation_dir)
-    except FileNotFoundError:
-        return ""
-    lines = [
-        f"- {label}: "
-        + ", ".join(
-            f"{q} ndcg@10 {report.results[label][q]['ndcg_at_10']:.3f}"
-            for q in HEADLINE
-            if q in report.results[label]
+def _headline(results: dict[str, dict[str, float]], outside: dict[str, EvalSets]) -> dict[str, float | None]:
+    """nDCG@10 of the headline query types: in-domain first, then each out-of-domain collection."""
+    names = [*HEADLINE, *(f"{c}:{q}" for c in outside for q in OUTSIDE_HEADLINE)]
+    return {
+        name.replace("text_to_image", "t2i").replace("image_to_image", "i2i"): results.get(name, {}).get(
+            "ndcg_at_10"
         )
-        for label in ("v0", "pretrained features")
-        if label in report.results
-    ]
-    return "Baselines (last offline evaluation):\n" + "\n".join(lines) if lines else ""
+        for name in names
+    }

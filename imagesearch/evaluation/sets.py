@@ -7,17 +7,27 @@ Evaluation sets (built from the catalog's test split only, never from training d
   and test image titles (known-item queries: the image itself, grade 2). Titles of test images are
   never training texts; tag words are (for train images), so the two origins are reported apart.
 - judged: the held-out side of imported judgments (`judgments_eval.parquet`), restricted to test images.
-The corpus searched is the test split, so a metric never rewards finding a training image."""
+The corpus searched is the test split, so a metric never rewards finding a training image.
+
+Title queries drop author tokens: openclipart file names end with (a cut of) the author's name, shared
+across splits, so a raw title partly rewards learning an author's style rather than the words.
+
+Out-of-domain sets (`collection_sets`) come from a labelled collection no training source reads:
+image->image by label, text->image by the label's query (origin ``label``, grade 1) and by captions
+naming at most a few images (origin ``caption``, known-item, grade 2)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from imagesearch.catalog.corpus import COMPLETE_MARKER
+from imagesearch.catalog.ood_collections import read_manifest
 from imagesearch.training_data.examples import tag_text
 
 CORPUS_FILE, IMAGE_QRELS_FILE, TEXT_QRELS_FILE = "corpus.parquet", "image_qrels.parquet", "text_qrels.parquet"
@@ -78,7 +88,7 @@ def build_eval_sets(
         pd.concat(
             [
                 _tag_qrels(tags, len(test), tag_max_share),
-                _title_qrels(test),
+                _title_qrels(test, author_tokens(catalog)),
                 _judged_qrels(judgments_eval, test),
             ],
             ignore_index=True,
@@ -114,10 +124,42 @@ def _tag_qrels(tags: pd.DataFrame, images: int, max_share: float) -> pd.DataFram
     )
 
 
-def _title_qrels(test: pd.DataFrame) -> pd.DataFrame:
-    titled = test.dropna(subset=["title"])
-    titled = titled[titled["title"].str.strip() != ""].drop_duplicates("title", keep=False)
+def _title_qrels(test: pd.DataFrame, authors: frozenset[str]) -> pd.DataFrame:
+    titled = test.dropna(subset=["title"]).assign(
+        title=lambda f: f["title"].map(partial(strip_authors, authors=authors))
+    )
+    titled = titled[titled["title"] != ""].drop_duplicates("title", keep=False)
     return pd.DataFrame({"query": titled["title"], "origin": "title", "image_id": titled["id"], "grade": 2})
+
+
+def author_tokens(
+    catalog: pd.DataFrame, min_categories: int = 2, trailing_share: float = 0.8
+) -> frozenset[str]:
+    """Tokens that end titles in several unrelated categories and rarely appear anywhere else.
+
+    Author names sit at the end of openclipart titles (``full moon dan gerhards``) across categories;
+    content words (``apple``) stay within a category, appear mid-title too, or are tags.
+    """
+    titles = catalog[["category", "title"]].dropna()
+    words = titles.assign(token=titles["title"].str.split()).explode("token").dropna(subset=["token"])
+    words["trailing"] = words.groupby(level=0).cumcount(ascending=False) < 2
+    stats = pd.DataFrame(
+        {
+            "categories": words[words["trailing"]].groupby("token")["category"].nunique(),
+            "trailing": words.groupby("token")["trailing"].mean(),
+        }
+    ).fillna(0)
+    chosen = stats[(stats["categories"] >= min_categories) & (stats["trailing"] >= trailing_share)]
+    tags = set(catalog["tags"].explode().dropna().astype(str)) if "tags" in catalog else set()
+    return frozenset(chosen.index) - tags
+
+
+def strip_authors(title: str, authors: frozenset[str]) -> str:
+    """Drop author tokens from the end of a title (never from its start or middle)."""
+    tokens = title.split()
+    while tokens and tokens[-1] in authors:
+        tokens.pop()
+    return " ".join(tokens)
 
 
 def _judged_qrels(judgments_eval: pd.DataFrame | None, test: pd.DataFrame) -> pd.DataFrame:
@@ -134,6 +176,59 @@ def _judged_qrels(judgments_eval: pd.DataFrame | None, test: pd.DataFrame) -> pd
             "grade": judged["grade"],
         }
     )
+
+
+def collection_sets(
+    manifest: pd.DataFrame,
+    root: Path,
+    split: str,
+    *,
+    max_image_queries: int = 500,
+    seed: int = 0,
+    max_caption_images: int = 5,
+) -> EvalSets:
+    """Evaluation sets from one split of an out-of-domain collection (see `ood_collections`)."""
+    rows = manifest[manifest["split"] == split].sort_values("path")
+    corpus = pd.DataFrame(
+        {"id": rows["path"], "path": [str(root / p) for p in rows["path"]], "category": rows["label"]}
+    ).reset_index(drop=True)
+    labelled = corpus[corpus["category"] != ""]
+    queries = labelled.sample(min(max_image_queries, len(labelled)), random_state=seed)[["id", "category"]]
+    pairs = queries.merge(labelled[["id", "category"]], on="category", suffixes=("_query", ""))
+    pairs = pairs[pairs["id_query"] != pairs["id"]]
+    image_qrels = pd.DataFrame({"query_image_id": pairs["id_query"], "image_id": pairs["id"], "grade": 1})
+    with_label = rows[rows["label_text"] != ""]
+    label_qrels = pd.DataFrame(
+        {"query": with_label["label_text"], "origin": "label", "image_id": with_label["path"], "grade": 1}
+    )
+    sizes = rows.groupby("caption")["path"].transform("size")
+    named = rows[
+        (rows["caption"] != "")
+        & (sizes <= max_caption_images)
+        & ~rows["caption"].isin(with_label["label_text"])
+    ]
+    caption_qrels = pd.DataFrame(
+        {"query": named["caption"], "origin": "caption", "image_id": named["path"], "grade": 2}
+    )
+    return EvalSets(
+        corpus, image_qrels.reset_index(drop=True), pd.concat([label_qrels, caption_qrels], ignore_index=True)
+    )
+
+
+def outside_sets(
+    root: Path, names: list[str], split: str, max_image_queries: int = 500
+) -> dict[str, EvalSets]:
+    """Evaluation sets of each named out-of-domain collection fetched under `root` (one split)."""
+    out = {}
+    for name in names:
+        folder = root / name
+        if not (folder / COMPLETE_MARKER).exists():
+            raise FileNotFoundError(
+                f"out-of-domain collection {name!r} is not in {root}: run `imagesearch corpus fetch`, "
+                "or drop it from IMAGESEARCH_EVALUATION__OOD_COLLECTIONS"
+            )
+        out[name] = collection_sets(read_manifest(folder), folder, split, max_image_queries=max_image_queries)
+    return out
 
 
 # --- rankings and metrics ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ promotion_step: the promotion rule applied to the last evaluation, recorded in t
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +31,15 @@ from imagesearch.evaluation.ranking import (
 )
 from imagesearch.evaluation.report import EvaluationReport
 from imagesearch.evaluation.served import rankings_through_served_index, served_index_check
-from imagesearch.evaluation.sets import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, EvalSets, build_eval_sets
+from imagesearch.evaluation.sets import (
+    IMAGE_TO_IMAGE,
+    TEXT_TO_IMAGE,
+    EvalSets,
+    build_eval_sets,
+    outside_sets,
+)
 from imagesearch.models import registry
-from imagesearch.models.encoders import Encoder, build_two_tower_encoder
+from imagesearch.models.encoders import Encoder, build_trained_encoder
 from imagesearch.settings import Settings
 from imagesearch.training_data.examples import leakage_problems
 
@@ -62,6 +69,16 @@ def eval_sets_step(settings: Settings, *, record: bool = True) -> EvalSetsResult
     )
     sets.write(settings.evaluation_dir)
     summary = sets.summary()
+    outside = outside_sets(
+        settings.ood_corpus_dir,
+        settings.evaluation.ood_collections,
+        "test",
+        settings.evaluation.max_image_queries,
+    )
+    shutil.rmtree(settings.ood_evaluation_dir, ignore_errors=True)
+    for name, collection in outside.items():
+        collection.write(settings.ood_evaluation_dir / name)
+        summary |= {f"{name}:{key}": value for key, value in collection.summary().items()}
     version = repo.record(EVAL_SETS_STAGE, f"evaluation sets: {summary}") if repo else None
     return EvalSetsResult(summary, version)
 
@@ -74,9 +91,19 @@ def evaluation_leakage(settings: Settings) -> list[str]:
     return leakage_problems(examples, read_catalog(settings.catalog_path), eval_queries=judged)
 
 
+def read_outside_sets(settings: Settings) -> dict[str, EvalSets]:
+    """The out-of-domain test sets written by `eval_sets_step`, by collection name."""
+    return {
+        name: EvalSets.read(settings.ood_evaluation_dir / name)
+        for name in settings.evaluation.ood_collections
+    }
+
+
 def evaluation_step(settings: Settings, *, models: dict[str, str] | None = None) -> EvaluationReport:
-    """Evaluate the challenger, the champion, v0 and raw pretrained features on the held-out sets."""
+    """Evaluate the challenger, the champion, v0 and raw pretrained features on the held-out sets:
+    the test split, and each out-of-domain collection (query types prefixed ``<collection>:``)."""
     sets = EvalSets.read(settings.evaluation_dir)
+    outside = read_outside_sets(settings)
     models = models or default_models(settings)
     results, curves, rankings, seen = {}, {}, {}, {}
     for label, reference in models.items():
@@ -88,7 +115,9 @@ def evaluation_step(settings: Settings, *, models: dict[str, str] | None = None)
             )
             continue
         seen[reference] = label
-        rankings[label], results[label] = evaluate_encoder(registry.load_encoder(reference, settings), sets)
+        rankings[label], results[label] = evaluate_everywhere(
+            registry.load_encoder(reference, settings), sets, outside
+        )
         curves[label] = _curves(sets, rankings[label])
     served = rankings_through_served_index(settings, sets, models, rankings)
     if served is not None:
@@ -96,7 +125,7 @@ def evaluation_step(settings: Settings, *, models: dict[str, str] | None = None)
         results[label] = score_rankings(sets, rankings[label])
     raw = _pretrained_features(settings, sets.corpus["path"].tolist())
     rankings[PRETRAINED] = rank_corpus(sets, raw, None)
-    results[PRETRAINED] = score_rankings(sets, rankings[PRETRAINED])
+    results[PRETRAINED] = score_rankings(sets, rankings[PRETRAINED]) | pretrained_outside(settings, outside)
     curves[PRETRAINED] = _curves(sets, rankings[PRETRAINED])
     table = metrics_table(results)
     folder = settings.evaluation_dir
@@ -117,6 +146,34 @@ def evaluation_step(settings: Settings, *, models: dict[str, str] | None = None)
     )
     report.write(folder)
     return report
+
+
+def evaluate_everywhere(
+    encoder: Encoder, sets: EvalSets, outside: dict[str, EvalSets]
+) -> tuple[ModelRankings, dict[str, dict[str, float]]]:
+    """The test split's rankings, and metrics on it and on every out-of-domain collection."""
+    rankings, results = evaluate_encoder(encoder, sets)
+    for name, collection in outside.items():
+        results |= _prefixed(name, evaluate_encoder(encoder, collection)[1])
+    return rankings, results
+
+
+def pretrained_outside(settings: Settings, outside: dict[str, EvalSets]) -> dict[str, dict[str, float]]:
+    """Raw pretrained features (image->image only) on every out-of-domain collection."""
+    results = {}
+    for name, collection in outside.items():
+        raw = _pretrained_features(settings, collection.corpus["path"].tolist())
+        results |= _prefixed(name, score_rankings(collection, rank_corpus(collection, raw, None)))
+    return results
+
+
+def pretrained_results(settings: Settings, sets: EvalSets, outside: dict[str, EvalSets]) -> dict:
+    raw = _pretrained_features(settings, sets.corpus["path"].tolist())
+    return score_rankings(sets, rank_corpus(sets, raw, None)) | pretrained_outside(settings, outside)
+
+
+def _prefixed(collection: str, results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {f"{collection}:{query_type}": metrics for query_type, metrics in results.items()}
 
 
 def evaluate_encoder(encoder: Encoder, sets: EvalSets) -> tuple[ModelRankings, dict[str, dict[str, float]]]:
@@ -147,7 +204,8 @@ def _curves(sets: EvalSets, rankings: ModelRankings) -> dict[str, list[float]]:
 @torch.inference_mode()
 def _pretrained_features(settings: Settings, paths: list[str], batch: int = 32) -> np.ndarray:
     """The image backbone's pooled ImageNet features, before any head: the image->image floor."""
-    encoder: Encoder = build_two_tower_encoder(settings.model)
+    plain = settings.model.model_copy(update={"head": "two_tower", "raw_feature_weight": 0.0})
+    encoder: Encoder = build_trained_encoder(plain)
     chunks = []
     for start in range(0, len(paths), batch):
         pixels = encoder.preprocess([Path(p) for p in paths[start : start + batch]]).to(encoder.device)

@@ -1,11 +1,21 @@
 """Image and text encoders into one space, as torch modules and as a numpy-facing `Encoder`.
 
-Two kinds share one interface:
-- ``two_tower``: timm image backbone + projection, MiniLM text transformer (mean pooling) + projection,
-  both into `embed_dim`; the alignment is learned by training.
+Three kinds share one interface:
 - ``zeroshot`` (v0): no training. An image becomes the mix of the text embeddings of its top ImageNet
   classes (prompted class names), weighted by the classifier's probabilities; a text is its MiniLM
   embedding. Text queries work from the first run.
+- ``anchored`` (the default trained model): the text tower is locked (MiniLM as is, LiT-style) and the
+  image tower maps into its space as v0's bridge *plus* a learned residual scaled by `interpolation`
+  (0 = v0, 1 = the fine-tuned head: WiSE-FT's interpolation between zero-shot and fine-tuned). Both
+  start from pretrained knowledge, so what the training corpus does not teach stays as it was.
+- ``two_tower``: timm image backbone + projection, MiniLM text transformer (mean pooling) + projection,
+  both into `embed_dim`, co-trained from random heads (the round-one recipe: best in-domain, forgets
+  out of domain).
+
+Trained kinds may append the backbone's own pooled features, scaled by `raw_feature_weight`, to the
+image vector (and zeros to the text vector): text->image scores are unchanged, image->image scores add
+the pretrained similarity, which is what generalises best for "more like this". Still one plain
+two-tower encoder: one vector per image or text, one index, one dot product.
 """
 
 from __future__ import annotations
@@ -30,21 +40,65 @@ from imagesearch.settings import ModelSettings
 FORMAT_VERSION = 1
 TWO_TOWER = "two_tower"
 ZEROSHOT = "zeroshot"
+ANCHORED = "anchored"
 
 
 class ImageTower(nn.Module):
-    """Backbone features -> linear projection -> unit vector."""
+    """Backbone features -> projection -> unit vector [+ the scaled unit backbone features] -> unit."""
 
-    def __init__(self, backbone: nn.Module, embed_dim: int):
+    def __init__(self, backbone: nn.Module, projection: nn.Module, raw_feature_weight: float = 0.0):
         super().__init__()
         self.backbone = backbone
-        self.projection = nn.Linear(backbone.num_features, embed_dim)
+        self.projection = projection
+        self.raw_feature_weight = raw_feature_weight
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_head(self.backbone.forward_features(pixels), pre_logits=True)
 
+    def from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The image vector from pooled backbone features (what training and validation use)."""
+        projected = F.normalize(self.projection(features), dim=-1)
+        if not self.raw_feature_weight:
+            return projected
+        raw = F.normalize(features.float(), dim=-1) * self.raw_feature_weight
+        return F.normalize(torch.cat([projected, raw.to(projected.dtype)], dim=-1), dim=-1)
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projection(self.features(pixels)), dim=-1)
+        return self.from_features(self.features(pixels))
+
+
+class AnchoredProjection(nn.Module):
+    """Pooled features -> v0's class-name bridge + interpolation x a learned residual (zero at start)."""
+
+    def __init__(self, classifier: nn.Module, class_embeddings: torch.Tensor, top_k: int, dim: int):
+        super().__init__()
+        self.classifier = classifier
+        self.register_buffer("class_embeddings", class_embeddings)
+        self.top_k = top_k
+        self.residual = nn.Linear(classifier.in_features, dim)
+        nn.init.zeros_(self.residual.weight)
+        nn.init.zeros_(self.residual.bias)
+        self.register_buffer("interpolation", torch.tensor(1.0))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        probabilities = self.classifier(features).float().softmax(dim=-1)
+        top = probabilities.topk(self.top_k, dim=-1)
+        sparse = torch.zeros_like(probabilities).scatter_(-1, top.indices, top.values)
+        anchor = F.normalize(sparse @ self.class_embeddings, dim=-1)
+        return anchor + self.interpolation * self.residual(features).float()
+
+
+class ZeroPadded(nn.Module):
+    """A text vector padded with zeros where image vectors carry raw backbone features."""
+
+    def __init__(self, projection: nn.Module, padding: int):
+        super().__init__()
+        self.projection = projection
+        self.padding = padding
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        projected = F.normalize(self.projection(pooled), dim=-1)
+        return F.pad(projected, (0, self.padding)) if self.padding else projected
 
 
 class ZeroShotImageBridge(nn.Module):
@@ -76,6 +130,10 @@ class TextTower(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
         return (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
+    def head(self) -> nn.Module:
+        """The projection without the zero padding: the text side of training's shared space."""
+        return self.projection.projection if isinstance(self.projection, ZeroPadded) else self.projection
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projection(self.pooled(input_ids, attention_mask)), dim=-1)
 
@@ -93,6 +151,7 @@ class EncoderSpec:
     text_max_length: int
     zeroshot_top_k: int = 10
     format_version: int = FORMAT_VERSION
+    raw_feature_weight: float = 0.0  # trained kinds: backbone features appended to image vectors
 
 
 class Encoder:
@@ -172,18 +231,35 @@ class Encoder:
         tokenizer = AutoTokenizer.from_pretrained(folder / "text_model", local_files_only=True)
         hidden = transformer.config.hidden_size
         if spec.kind == ZEROSHOT:
-            image_model = ZeroShotImageBridge(
+            image_model: nn.Module = ZeroShotImageBridge(
                 backbone, torch.zeros(backbone.num_classes, hidden), spec.zeroshot_top_k
             )
             projection: nn.Module = nn.Identity()
         else:
-            image_model = ImageTower(backbone, spec.dim)
-            projection = nn.Linear(hidden, spec.dim)
+            image_model, text_head = _trained_towers(spec, backbone, hidden)
+            projection = ZeroPadded(text_head, backbone.num_features if spec.raw_feature_weight else 0)
         image_model.load_state_dict(torch.load(folder / "image.pt", map_location="cpu", weights_only=True))
         projection.load_state_dict(
             torch.load(folder / "text_projection.pt", map_location="cpu", weights_only=True)
         )
         return cls(spec, image_model, TextTower(transformer, projection), tokenizer, resolve_device(device))
+
+
+def _trained_towers(spec: EncoderSpec, backbone: nn.Module, hidden: int) -> tuple[ImageTower, nn.Module]:
+    """The image tower and the text head of a trained kind, freshly initialised."""
+    raw_width = backbone.num_features if spec.raw_feature_weight else 0
+    shared = spec.dim - raw_width
+    if spec.kind == ANCHORED:
+        projection: nn.Module = AnchoredProjection(
+            backbone.get_classifier(), torch.zeros(backbone.num_classes, hidden), spec.zeroshot_top_k, shared
+        )
+        text_head: nn.Module = nn.Identity()
+    elif spec.kind == TWO_TOWER:
+        projection = nn.Linear(backbone.num_features, shared)
+        text_head = nn.Linear(hidden, shared)
+    else:
+        raise ValueError(f"unknown encoder kind {spec.kind!r}")
+    return ImageTower(backbone, projection, spec.raw_feature_weight), text_head
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -242,22 +318,38 @@ def prompt_embeddings(encoder: Encoder, names: list[str], prompts: Sequence[str]
     return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
 
 
-def build_two_tower_encoder(settings: ModelSettings, seed: int = 0) -> Encoder:
-    """Pretrained backbones with freshly initialised projection heads: the starting point of training."""
+def build_trained_encoder(settings: ModelSettings, seed: int = 0) -> Encoder:
+    """The starting point of training: pretrained backbones with the heads of `settings.head`.
+
+    ``anchored``: v0's bridge (class-name embeddings computed here) with a zero residual, so the
+    untrained model *is* v0; ``two_tower``: freshly initialised linear heads.
+    """
     torch.manual_seed(seed)
     backbone = create_image_backbone(settings.image_backbone, settings.image_weights)
     transformer, tokenizer = load_text_model(settings.text_model)
     preprocessor = Preprocessor.for_backbone(backbone, settings.image_size)
+    hidden = transformer.config.hidden_size
+    shared = hidden if settings.head == ANCHORED else settings.embed_dim
+    raw_width = backbone.num_features if settings.raw_feature_weight else 0
     spec = EncoderSpec(
-        TWO_TOWER,
+        settings.head,
         settings.image_backbone,
         settings.image_size,
         preprocessor.mean,
         preprocessor.std,
-        settings.embed_dim,
+        shared + raw_width,
         settings.text_max_length,
+        settings.zeroshot_top_k,
+        raw_feature_weight=settings.raw_feature_weight,
     )
-    text_tower = TextTower(transformer, nn.Linear(transformer.config.hidden_size, settings.embed_dim))
-    return Encoder(
-        spec, ImageTower(backbone, settings.embed_dim), text_tower, tokenizer, resolve_device(settings.device)
-    )
+    if settings.head == ANCHORED and getattr(backbone, "num_classes", 0) != 1000:
+        raise ValueError(
+            f"the anchored head needs an ImageNet-1k classifier; {settings.image_backbone} has none"
+        )
+    image_model, text_head = _trained_towers(spec, backbone, hidden)
+    text_tower = TextTower(transformer, ZeroPadded(text_head, raw_width))
+    encoder = Encoder(spec, image_model, text_tower, tokenizer, resolve_device(settings.device))
+    if settings.head == ANCHORED:
+        names = prompt_embeddings(encoder, imagenet_class_names(), settings.zeroshot_prompts)
+        image_model.projection.class_embeddings.copy_(torch.from_numpy(names[:, :hidden]))
+    return encoder

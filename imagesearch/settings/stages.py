@@ -60,7 +60,18 @@ class ModelSettings(BaseModel):
         default="package", description="'package' (bundled all-MiniLM-L6-v2), a local HF folder, or a hub id"
     )
     text_max_length: int = Field(default=64, ge=8, description="tokens per text; longer texts are cut")
-    embed_dim: int = Field(default=256, ge=8, description="shared space of the trained two towers")
+    head: Literal["anchored", "two_tower"] = Field(
+        default="anchored",
+        description="trained heads: 'anchored' (locked text tower, image side = v0's bridge + a learned "
+        "residual) or 'two_tower' (both projections co-trained from scratch: the round-one recipe)",
+    )
+    embed_dim: int = Field(default=256, ge=8, description="shared space of the 'two_tower' head")
+    raw_feature_weight: float = Field(
+        default=1.0,
+        ge=0,
+        description="trained models append the backbone's pooled features x this to image vectors "
+        "(image->image keeps the pretrained similarity; 0 = off)",
+    )
     zeroshot_top_k: int = Field(default=10, ge=1, le=1000, description="classes mixed into a v0 image vector")
     zeroshot_prompts: tuple[str, ...] = ("a photo of a {}.", "a drawing of a {}.", "clip art of a {}.")
     device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'")
@@ -143,7 +154,10 @@ class TrainingSettings(BaseModel):
 
     frozen_epochs: int = Field(default=10, ge=0, description="epochs training only the projection heads")
     unfrozen_epochs: int = Field(
-        default=1, ge=0, description="epochs with the last backbone stages trainable"
+        default=0,
+        ge=0,
+        description="epochs with the last backbone stages trainable (changes the pretrained features "
+        "that v0's bridge and the raw-feature block read: off by default)",
     )
     unfreeze_stages: int = Field(
         default=1, ge=0, description="backbone stages trained after the frozen phase"
@@ -164,6 +178,15 @@ class TrainingSettings(BaseModel):
     mined_negatives: bool = Field(default=True, description="add each anchor's nearest non-positive image")
     views: int = Field(default=2, ge=1, description="augmented views cached per training image")
     max_train_images: int | None = Field(default=None, ge=2, description="subsample for small configs")
+    selection: Literal["validation", "last"] = Field(
+        default="validation",
+        description="keep the epoch with the best mean val metric, in-domain and out-of-domain "
+        "('last': the final epoch)",
+    )
+    interpolation_grid: list[float] = Field(
+        default=[0.25, 0.5, 0.75, 1.0],
+        description="anchored head: residual scales tried at each validation (0 = v0, 1 = fine-tuned)",
+    )
     seed: int = 0
     device: str = Field(default="auto", description="'auto' (CUDA when present, with AMP), 'cpu' or 'cuda'")
 
@@ -201,6 +224,10 @@ class ServiceSettings(BaseModel):
     )
 
 
+OOD_COLLECTIONS = ("fashion-mnist", "gcompris")
+QUERY_KINDS = ("image_to_image", "text_to_image")
+
+
 class EvaluationSettings(BaseModel):
     """Held-out evaluation on the test split and the promotion rule it feeds."""
 
@@ -215,10 +242,20 @@ class EvaluationSettings(BaseModel):
         default=0.005, ge=-1, description="absolute gain needed on the primary (negative: a loss allowed)"
     )
     guarded_metrics: list[str] = Field(
-        default=["image_to_image.ndcg_at_10", "text_to_image.recall_at_10"],
-        description="metrics that may not regress by more than guard_tolerance",
+        default=[
+            "image_to_image.ndcg_at_10",
+            "text_to_image.recall_at_10",
+            *(f"{name}:{kind}.ndcg_at_10" for name in OOD_COLLECTIONS for kind in QUERY_KINDS),
+        ],
+        description="metrics that may not regress by more than guard_tolerance "
+        "('<collection>:<query type>.<metric>' for an out-of-domain collection)",
     )
     guard_tolerance: float = Field(default=0.01, ge=0)
+    ood_collections: list[str] = Field(
+        default=list(OOD_COLLECTIONS),
+        description="out-of-domain collections evaluated next to the test split (test rows) and used "
+        "for model selection in training (val rows); never trained on",
+    )
     index_recall_floor: float = Field(
         default=0.8, ge=0, le=1, description="served index recall@10 against exact search, at least"
     )
@@ -227,7 +264,16 @@ class EvaluationSettings(BaseModel):
 class AblationSettings(BaseModel):
     """The reduced training budget of the ablation (one model per training-data source, and all)."""
 
-    variants: list[str] = Field(default=[*TRAINING_SOURCES, "all"], description="a source name, or 'all'")
+    variants: list[str] = Field(
+        default=[
+            "two_tower (round one)",
+            "two_tower + raw features",
+            "anchored, no raw features",
+            "anchored, last epoch, full residual",
+            "anchored (default)",
+        ],
+        description="a recipe of imagesearch.evaluation.ablation.RECIPES, a source name, or 'all'",
+    )
     max_train_images: int = Field(
         default=1500, ge=2, description="train images per variant (the same budget)"
     )

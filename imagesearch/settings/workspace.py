@@ -143,6 +143,16 @@ class Settings(BaseSettings):
         return self.data_dir / "evaluation"
 
     @property
+    def ood_corpus_dir(self) -> Path:
+        """Out-of-domain collections: fetched for evaluation, never catalogued or trained on."""
+        return self.corpus_dir / "ood"
+
+    @property
+    def ood_evaluation_dir(self) -> Path:
+        """One folder of evaluation sets per out-of-domain collection (its test split)."""
+        return self.evaluation_dir / "ood"
+
+    @property
     def ablation_dir(self) -> Path:
         return self.data_dir / "ablation"
 

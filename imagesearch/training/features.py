@@ -4,7 +4,7 @@ makes of every training view, computed once and reused by every epoch and by a r
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -12,10 +12,10 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from imagesearch.common.images import DecodeLimits
 from imagesearch.common.io import write_atomic
+from imagesearch.common.progress import Progress, progress_bar
 from imagesearch.embeddings.reader import collate, default_workers
 from imagesearch.models.encoders import Encoder
 from imagesearch.settings import TrainingSettings
@@ -64,6 +64,7 @@ class FeatureCache:
     val: torch.Tensor  # (val images, *trunk output) float16
     texts: torch.Tensor  # (texts, hidden) float32: pooled, frozen transformer outputs
     failed: dict[str, str]  # image id -> why its views could not be made
+    outside: dict[str, torch.Tensor] = field(default_factory=dict)  # out-of-domain val corpora
 
 
 def build_feature_cache(
@@ -74,9 +75,11 @@ def build_feature_cache(
     texts: list[str],
     settings: TrainingSettings,
     limits: DecodeLimits,
-    progress: bool,
+    progress: Progress,
+    outside_paths: dict[str, list[str]] | None = None,
 ) -> FeatureCache:
-    """`train_images` maps image id -> path, in the order of the cache's rows."""
+    """`train_images` maps image id -> path, in the order of the cache's rows; `outside_paths` are
+    the out-of-domain validation corpora (clean views, like the val split)."""
 
     def views_of(paths: list[str], ids: list[str], views: int, augment: bool) -> ImageViews:
         return ImageViews(
@@ -92,17 +95,21 @@ def build_feature_cache(
     val, failed_val = _trunk_features(
         encoder, trunk, views_of(validation.paths, validation.image_ids, 1, False), progress
     )
+    outside = {
+        name: _trunk_features(encoder, trunk, views_of(paths, paths, 1, False), progress)[0][:, 0]
+        for name, paths in (outside_paths or {}).items()
+    }
     with torch.inference_mode():
         pooled = [
             encoder.text_model.pooled(**encoder.tokenize(texts[i : i + 256])).float().cpu()
             for i in range(0, len(texts), 256)
         ]
     text_features = torch.cat(pooled) if pooled else torch.zeros(0, 1)
-    return FeatureCache(train, val[:, 0], text_features, {**failed, **failed_val})
+    return FeatureCache(train, val[:, 0], text_features, {**failed, **failed_val}, outside)
 
 
 def _trunk_features(
-    encoder: Encoder, trunk: nn.Module, dataset: ImageViews, progress: bool
+    encoder: Encoder, trunk: nn.Module, dataset: ImageViews, progress: Progress
 ) -> tuple[torch.Tensor, dict[str, str]]:
     """Trunk outputs of every view of every image (zeros for an undecodable one) + failures by id."""
     views, failed = dataset.views, {}
@@ -115,7 +122,7 @@ def _trunk_features(
     )
     out: torch.Tensor | None = None
     total = len(dataset) * views
-    bar = tqdm(total=total, desc="caching features", unit="view", disable=not progress, mininterval=2)
+    bar = progress_bar(progress, total=total, desc="caching features", unit="view")
     with torch.inference_mode(), autocast_for(encoder.device):
         for positions, pixels, bad in loader:
             failed.update({dataset.ids[p]: reason for p, reason in bad})
@@ -149,18 +156,23 @@ def load_or_build_cache(
     settings: TrainingSettings,
     limits: DecodeLimits,
     work_dir: Path,
-    progress: bool,
+    progress: Progress,
+    outside_paths: dict[str, list[str]] | None = None,
 ) -> FeatureCache:
     path = work_dir / CACHE
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        return FeatureCache(saved["train"], saved["val"], saved["texts"], dict(saved["failed"]))
+        return FeatureCache(
+            saved["train"], saved["val"], saved["texts"], dict(saved["failed"]), dict(saved["outside"])
+        )
     paths = catalog.set_index("id")["path"].reindex(data.image_ids)
     if paths.isna().any():
         raise ValueError(
             f"{int(paths.isna().sum())} example images are not in the catalog: rebuild the examples"
         )
-    cache = build_feature_cache(encoder, trunk, paths, validation, data.texts, settings, limits, progress)
+    cache = build_feature_cache(
+        encoder, trunk, paths, validation, data.texts, settings, limits, progress, outside_paths
+    )
     write_atomic(path, partial(torch.save, asdict(cache)))
     return cache
 

@@ -7,6 +7,10 @@ Pretrained backbones, two phases:
    holds the activations entering those stages, so the frozen part still runs only once.
 The text transformer stays frozen; its pooled outputs are cached and its projection head learns.
 
+Model selection: every epoch is validated in-domain (val split) and out of domain (the val rows of the
+out-of-domain collections); with `selection="validation"` the best epoch - and, for the anchored head,
+the best interpolation between v0 and the fine-tuned residual - is what gets saved.
+
 Losses: symmetric InfoNCE image<->text and image<->image (or triplet), learnable temperature, in-batch
 negatives plus hard negatives (known ones from judgments/clicks, mined ones: each anchor's nearest
 non-positive image). AdamW, linear warm-up then cosine decay, deterministic seeds. A checkpoint after
@@ -27,6 +31,8 @@ import torch
 
 from imagesearch.common.images import DecodeLimits
 from imagesearch.common.io import write_atomic
+from imagesearch.common.progress import Progress
+from imagesearch.evaluation.sets import EvalSets
 from imagesearch.models.encoders import Encoder
 from imagesearch.settings import TrainingSettings
 from imagesearch.training.examples import index_examples, subsample_examples, without_images
@@ -43,6 +49,7 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 @dataclass(slots=True)
 class TrainResult:
     history: list[dict[str, float]]
+    selected: dict[str, float]  # the epoch (and interpolation) the model was kept at, with its metrics
     seconds: float
     cache_seconds: float
     resumed_from_epoch: int
@@ -52,7 +59,8 @@ class TrainResult:
 
     @property
     def final(self) -> dict[str, float]:
-        return self.history[-1] if self.history else {}
+        """The metrics of the model as saved: the selected epoch's."""
+        return self.selected or (self.history[-1] if self.history else {})
 
 
 def fingerprint(settings: TrainingSettings, model: dict, examples_path: Path) -> str:
@@ -72,7 +80,8 @@ def train_towers(
     work_dir: Path,
     limits: DecodeLimits,
     on_epoch: EpochCallback | None = None,
-    progress: bool = True,
+    progress: Progress = True,
+    outside: dict[str, EvalSets] | None = None,
 ) -> TrainResult:
     """Train `encoder` (a fresh two-tower encoder) in place; resumes from `work_dir` when it can.
 
@@ -83,21 +92,24 @@ def train_towers(
     torch.manual_seed(settings.seed)
     examples = subsample_examples(examples, settings.max_train_images, settings.seed)
     validation = ValidationSet.from_catalog(catalog)
-    data = index_examples(examples, validation.query_texts)
+    outside = outside or {}
+    outside_texts = [q for sets in outside.values() for q in sets.text_qrels["query"].unique()]
+    data = index_examples(examples, [*validation.query_texts, *outside_texts])
     if not len(data.anchor):
         raise ValueError("no training examples: enable at least one source with data")
     stages = settings.unfreeze_stages if settings.unfrozen_epochs else 0
     trunk, top = split_backbone(encoder.image_model.backbone, stages)
     cache_seconds = time.perf_counter()
+    outside_paths = {name: sets.corpus["path"].tolist() for name, sets in outside.items()}
     cache = load_or_build_cache(
-        encoder, trunk, data, catalog, validation, settings, limits, work_dir, progress
+        encoder, trunk, data, catalog, validation, settings, limits, work_dir, progress, outside_paths
     )
     cache_seconds = time.perf_counter() - cache_seconds
     failed = failed_positions(cache, data)
     data = without_images(data, set(failed))
     validation, kept = validation.without(set(cache.failed))
     cache.val = cache.val[torch.from_numpy(kept)]
-    trainer = Trainer(encoder, data, cache, validation, top, settings)
+    trainer = Trainer(encoder, data, cache, validation, top, settings, outside)
     history: list[dict[str, float]] = []
     start_epoch = 0
     checkpoint = work_dir / CHECKPOINT
@@ -106,16 +118,20 @@ def train_towers(
         trainer.load(state)
         history, start_epoch = list(state["history"]), int(state["epoch"]) + 1
     if start_epoch == 0:
-        history.append({"epoch": 0, **trainer.validate()})  # untrained heads: the floor to beat
+        history.append({"epoch": 0, **trainer.validate_and_select(0)})  # untrained: the floor to beat
+        if on_epoch is not None:
+            on_epoch(0, history[0])
     for epoch in range(max(start_epoch, 1), settings.frozen_epochs + settings.unfrozen_epochs + 1):
-        metrics = {"epoch": epoch, **trainer.run_epoch(epoch - 1), **trainer.validate()}
+        metrics = {"epoch": epoch, **trainer.run_epoch(epoch - 1), **trainer.validate_and_select(epoch)}
         history.append(metrics)
         state = trainer.state(epoch, history)
         write_atomic(checkpoint, partial(torch.save, state))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+    selected = trainer.restore_best() if settings.selection == "validation" else history[-1]
     return TrainResult(
         history,
+        selected,
         time.perf_counter() - started,
         cache_seconds,
         start_epoch,

@@ -16,10 +16,12 @@ import pandas as pd
 from imagesearch.catalog.build import read_catalog
 from imagesearch.common.images import decode_limits
 from imagesearch.common.plots import ExampleQuery, result_grid, training_curves
+from imagesearch.common.progress import Progress
 from imagesearch.common.versioning import StageVersion, code_version
 from imagesearch.common.workspace import init_workspace
+from imagesearch.evaluation.sets import outside_sets
 from imagesearch.models import registry
-from imagesearch.models.encoders import build_two_tower_encoder
+from imagesearch.models.encoders import build_trained_encoder
 from imagesearch.settings import PROJECT_ROOT, ModelSettings, Settings
 from imagesearch.training.loop import EpochCallback, TrainResult, fingerprint, train_towers
 from imagesearch.training.validation import ValidationSet
@@ -39,7 +41,11 @@ class TrainStepResult:
 
 
 def train_step(
-    settings: Settings, *, record: bool = True, progress: bool = True, on_epoch: EpochCallback | None = None
+    settings: Settings,
+    *,
+    record: bool = True,
+    progress: Progress = True,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainStepResult:
     """Train a challenger on the mixed examples, tracked in MLflow; resumes an interrupted run."""
     repo = init_workspace(settings) if record else None
@@ -56,7 +62,7 @@ def train_step(
     work_dir.mkdir(parents=True, exist_ok=True)
     run_file = work_dir / "mlflow_run_id"
     resume = run_file.read_text().strip() if run_file.exists() else None
-    encoder = build_two_tower_encoder(model_for_training(settings), seed=settings.training.seed)
+    encoder = build_trained_encoder(model_for_training(settings), seed=settings.training.seed)
     with registry.tracked_run(
         settings,
         run_name="train-two-towers",
@@ -80,6 +86,12 @@ def train_step(
             limits=decode_limits(settings.catalog),
             on_epoch=log_epoch,
             progress=progress,
+            outside=outside_sets(
+                settings.ood_corpus_dir,
+                settings.evaluation.ood_collections,
+                "val",
+                settings.evaluation.max_image_queries,
+            ),
         )
         registry.log_step_metrics({k: v for k, v in result.history[0].items() if k != "epoch"}, 0)
         registry.log_step_metrics(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -11,6 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from imagesearch.evaluation.metrics import recall_at_k
+from imagesearch.evaluation.ranking import rank_corpus, score_rankings
+from imagesearch.evaluation.sets import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, EvalSets
 from imagesearch.models.encoders import Encoder
 from imagesearch.settings import TrainingSettings
 from imagesearch.training import losses
@@ -26,7 +29,7 @@ class _Parts(nn.Module):
         super().__init__()
         self.top = top
         self.image_projection = encoder.image_model.projection
-        self.text_projection = encoder.text_model.projection
+        self.text_projection = encoder.text_model.head()
         self.logit_scale = nn.Parameter(
             torch.tensor(math.log(1 / temperature)), requires_grad=learn_temperature
         )
@@ -50,8 +53,11 @@ class Trainer:
         validation: ValidationSet,
         top: nn.Module,
         settings: TrainingSettings,
+        outside: dict[str, EvalSets] | None = None,
     ):
         self.encoder, self.data, self.cache, self.validation = encoder, data, cache, validation
+        self.outside = outside or {}
+        self.best: dict | None = None  # the selected epoch: its metrics, interpolation and parts
         self.settings, self.device = settings, encoder.device
         self.parts = _Parts(encoder, top, settings.temperature, settings.learn_temperature).to(self.device)
         self.parts.top.eval()  # batch-norm statistics stay those of pretraining
@@ -80,9 +86,11 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "history": history,
+            "best": self.best,
         }
 
     def load(self, state: dict) -> None:
+        self.best = state.get("best")
         self.parts.load_state_dict(state["parts"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -243,28 +251,81 @@ class Trainer:
 
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
-        """recall@10 on the val split: tag text -> image, and image -> image of the same category."""
-        val = self.validation
-        if not val.image_ids:
-            return {}
-        images = F.normalize(
-            self.parts.image_projection(self._top_outputs(self.cache.val).to(self.device)), dim=-1
-        )
-        images = images.float().cpu()
+        """recall@10 on the val split (tag text -> image, image -> image of the same category) and
+        nDCG@10 on each out-of-domain collection's val rows; image vectors as served (with raw features)."""
         metrics = {}
-        if val.query_texts:
-            positions = [self.data.texts.index(text) for text in val.query_texts]
-            texts = self.parts.texts(self.cache.texts[positions].to(self.device)).float().cpu()
-            ranked = _ranked_ids(texts @ images.T, val.image_ids, exclude_self=False)
-            metrics["val_text_to_image_recall_at_10"] = recall_at_k(ranked, val.text_relevant, 10)
-        ranked = _ranked_ids(images @ images.T, val.image_ids, exclude_self=True)
-        category = np.array(val.categories)
-        relevant = [
-            {val.image_ids[j] for j in np.flatnonzero(category == c) if j != i}
-            for i, c in enumerate(category)
-        ]
-        metrics["val_image_to_image_recall_at_10"] = recall_at_k(ranked, relevant, 10)
+        val = self.validation
+        if val.image_ids:
+            images = self._served_vectors(self.cache.val)
+            if val.query_texts:
+                texts = self._text_vectors(val.query_texts, images.shape[1])
+                ranked = _ranked_ids(texts @ images.T, val.image_ids, exclude_self=False)
+                metrics["val_text_to_image_recall_at_10"] = recall_at_k(ranked, val.text_relevant, 10)
+            ranked = _ranked_ids(images @ images.T, val.image_ids, exclude_self=True)
+            category = np.array(val.categories)
+            relevant = [
+                {val.image_ids[j] for j in np.flatnonzero(category == c) if j != i}
+                for i, c in enumerate(category)
+            ]
+            metrics["val_image_to_image_recall_at_10"] = recall_at_k(ranked, relevant, 10)
+        for name, sets in self.outside.items():
+            vectors = self._served_vectors(self.cache.outside[name])
+            embed = partial(self._text_numpy, width=vectors.shape[1])
+            scores = score_rankings(sets, rank_corpus(sets, vectors.numpy(), embed))
+            for kind in (IMAGE_TO_IMAGE, TEXT_TO_IMAGE):
+                found = scores.get(kind, {})
+                metrics[f"val_{name}_{kind}_ndcg_at_10"] = found.get("ndcg_at_10", 0.0)
         return metrics
+
+    def _served_vectors(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = self._top_outputs(features).to(self.device)
+        return self.encoder.image_model.from_features(pooled).float().cpu()
+
+    def _text_numpy(self, texts: list[str], width: int) -> np.ndarray:
+        return self._text_vectors(texts, width).numpy()
+
+    def _text_vectors(self, texts: list[str], width: int) -> torch.Tensor:
+        positions = [self.data.texts.index(text) for text in texts]
+        shared = self.parts.texts(self.cache.texts[positions].to(self.device)).float().cpu()
+        return F.pad(shared, (0, width - shared.shape[1]))
+
+    # --- model selection -------------------------------------------------------------------------
+    def validate_and_select(self, epoch: int) -> dict[str, float]:
+        """Validate (at each interpolation of the grid, for the anchored head) and remember the best.
+
+        The selection score is the mean of the val metrics: in-domain and out-of-domain count alike,
+        so an epoch that wins in-domain by forgetting elsewhere is not the one kept.
+        """
+        projection = self.parts.image_projection
+        grid = self.settings.interpolation_grid if hasattr(projection, "interpolation") and epoch else [1.0]
+        candidates = []
+        for weight in grid:
+            if hasattr(projection, "interpolation"):
+                projection.interpolation.fill_(weight)
+            metrics = self.validate()
+            candidates.append({**metrics, "interpolation": weight, "selection_score": _mean(metrics)})
+        chosen = max(candidates, key=lambda c: c["selection_score"])
+        if hasattr(projection, "interpolation"):
+            projection.interpolation.fill_(1.0)  # training always moves the full residual
+        if self.best is None or chosen["selection_score"] > self.best["metrics"]["selection_score"]:
+            state = {k: v.detach().clone() for k, v in self.parts.state_dict().items()}
+            self.best = {"epoch": epoch, "metrics": chosen, "parts": state}
+        return chosen
+
+    def restore_best(self) -> dict[str, float]:
+        """Load the selected epoch's heads and interpolation into the encoder; its metrics."""
+        if self.best is None:
+            return {}
+        self.parts.load_state_dict(self.best["parts"])
+        projection = self.parts.image_projection
+        if hasattr(projection, "interpolation"):
+            projection.interpolation.fill_(self.best["metrics"]["interpolation"])
+        return {"epoch": self.best["epoch"], **self.best["metrics"]}
+
+
+def _mean(metrics: dict[str, float]) -> float:
+    values = [v for k, v in metrics.items() if k.startswith("val_")]
+    return float(np.mean(values)) if values else 0.0
 
 
 def _ranked_ids(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from imagesearch.common.images import DecodeLimits
+from imagesearch.common.progress import Progress, progress_bar
 from imagesearch.embeddings.reader import CatalogImages, collate, default_workers
 from imagesearch.models.backbones import create_image_backbone
 from imagesearch.models.encoders import imagenet_class_names, resolve_device
@@ -21,7 +21,7 @@ def classifier_labels(
     limits: DecodeLimits,
     *,
     batch_size: int = 32,
-    progress: bool = True,
+    progress: Progress = True,
 ) -> pd.DataFrame:
     """id, label (ImageNet class name), probability of the top class; undecodable images are left out."""
     classifier = create_image_backbone(settings.image_backbone, settings.image_weights)
@@ -42,7 +42,7 @@ def classifier_labels(
     )
     names = imagenet_class_names()
     rows = []
-    bar = tqdm(total=len(paths), desc="classifying", unit="img", disable=not progress, mininterval=2)
+    bar = progress_bar(progress, total=len(paths), desc="classifying", unit="img")
     with torch.inference_mode():
         for positions, pixels, failed in loader:
             bar.update(len(positions) + len(failed))

@@ -13,6 +13,7 @@ import pandas as pd
 from imagesearch.catalog.build import read_catalog
 from imagesearch.common.images import decode_limits
 from imagesearch.common.io import write_parquet_atomic
+from imagesearch.common.progress import Progress
 from imagesearch.common.versioning import StageVersion
 from imagesearch.common.workspace import init_workspace
 from imagesearch.feedback.clicklog import ClickLog
@@ -65,7 +66,7 @@ class SourceResult:
 
 
 def source_step(
-    settings: Settings, source: str, *, record: bool = True, progress: bool = True
+    settings: Settings, source: str, *, record: bool = True, progress: Progress = True
 ) -> SourceResult:
     """Build one source's training examples from the catalog (and its own input) and version them."""
     if source not in TRAINING_SOURCES:
@@ -78,12 +79,12 @@ def source_step(
     return SourceResult(source, len(frame), source_summary(frame).get(source, {}), report, version)
 
 
-def _augmentation(settings: Settings, catalog: pd.DataFrame, progress: bool) -> tuple[pd.DataFrame, dict]:
+def _augmentation(settings: Settings, catalog: pd.DataFrame, progress: Progress) -> tuple[pd.DataFrame, dict]:
     frame = augmentation_pairs(catalog, per_image=settings.training_data.augmentation_per_image)
     return frame, {"views": settings.training.views}
 
 
-def _classifier(settings: Settings, catalog: pd.DataFrame, progress: bool) -> tuple[pd.DataFrame, dict]:
+def _classifier(settings: Settings, catalog: pd.DataFrame, progress: Progress) -> tuple[pd.DataFrame, dict]:
     config = settings.training_data
     labels = classifier_labels(
         train_images(catalog), settings.model, decode_limits(settings.catalog), progress=progress
@@ -104,7 +105,7 @@ def _classifier(settings: Settings, catalog: pd.DataFrame, progress: bool) -> tu
     }
 
 
-def _tags(settings: Settings, catalog: pd.DataFrame, progress: bool) -> tuple[pd.DataFrame, dict]:
+def _tags(settings: Settings, catalog: pd.DataFrame, progress: Progress) -> tuple[pd.DataFrame, dict]:
     config = settings.training_data
     frame = tag_pairs(
         catalog,
@@ -115,7 +116,7 @@ def _tags(settings: Settings, catalog: pd.DataFrame, progress: bool) -> tuple[pd
     return frame, {}
 
 
-def _judgments(settings: Settings, catalog: pd.DataFrame, progress: bool) -> tuple[pd.DataFrame, dict]:
+def _judgments(settings: Settings, catalog: pd.DataFrame, progress: Progress) -> tuple[pd.DataFrame, dict]:
     config = settings.training_data
     qrels_path = settings.judgments_eval_path
     if config.judgments_path is None:
@@ -135,7 +136,7 @@ def _no_judgments() -> pd.DataFrame:
     return pd.DataFrame(columns=["query_text", "query_image_id", "image_id", "grade", "query", "split"])
 
 
-def _clicks(settings: Settings, catalog: pd.DataFrame, progress: bool) -> tuple[pd.DataFrame, dict]:
+def _clicks(settings: Settings, catalog: pd.DataFrame, progress: Progress) -> tuple[pd.DataFrame, dict]:
     config = settings.training_data
     log = ClickLog(settings.effective_click_log_url)
     report: dict = {"real_queries": log.count_queries(simulated=False)}
