@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from imagesearch.catalog.build import assign_split, build_catalog, read_catalog, title_from_filename
+from imagesearch.catalog.ood_collections import FASHION_QUERIES, _caption, rcc_files, read_manifest
 from imagesearch.catalog.sources import SourceError
 from imagesearch.catalog.step import catalog_step
 from imagesearch.catalog.watch import files_fingerprint, uncatalogued_files, unembedded_shards
 from imagesearch.common.io import content_id
 from imagesearch.embeddings.step import backfill_step
+from imagesearch.evaluation.sets import outside_sets
 from imagesearch.settings import CatalogSettings, Settings, SourceSettings
-from tests.conftest import TEST_CATALOG, noise_image
+from tests.conftest import TEST_CATALOG, noise_image, write_outside_collection
 
 
 def build(settings: Settings, **options):
@@ -187,3 +192,55 @@ def test_watch_lists_new_files_until_they_are_catalogued_then_the_shards_left_to
     assert unembedded_shards(workspace_settings, model) == shards
     backfill_step(workspace_settings, model=model, shards=shards[:1], progress=False)
     assert unembedded_shards(workspace_settings, model) == shards[1:]
+
+
+# --- out-of-domain collections -------------------------------------------------------------------
+def tiny_rcc(files: dict[str, bytes]) -> bytes:
+    """A Qt binary resource bundle (format 1) with one folder 'a' holding `files`, zlib-compressed."""
+    names = b""
+    offsets = {}
+    for name in ["a", *files]:
+        offsets[name] = len(names)
+        names += struct.pack(">HI", len(name), 0) + name.encode("utf-16-be")
+    data, nodes = b"", []
+    nodes.append(struct.pack(">IHII", 0, 0x02, 1, 1))  # root: one child, node 1
+    nodes.append(struct.pack(">IHII", offsets["a"], 0x02, len(files), 2))
+    for name, content in files.items():
+        packed = struct.pack(">I", len(content)) + zlib.compress(content)
+        nodes.append(struct.pack(">IHHHI", offsets[name], 0x01, 0, 0, len(data)))
+        data += struct.pack(">I", len(packed)) + packed
+    tree = b"".join(nodes)
+    header = 20
+    return (
+        b"qres"
+        + struct.pack(">IIII", 1, header, header + len(tree), header + len(tree) + len(data))
+        + tree
+        + data
+        + names
+    )
+
+
+def test_qt_resource_bundles_are_read_file_by_file():
+    bundle = tiny_rcc({"one.txt": b"first", "two.webp": b"\x00second" * 50})
+    assert dict(rcc_files(bundle)) == {"/a/one.txt": b"first", "/a/two.webp": b"\x00second" * 50}
+    with pytest.raises(ValueError, match="not a Qt resource bundle"):
+        list(rcc_files(b"nope" + bytes(16)))
+
+
+def test_picture_names_become_captions():
+    assert _caption("screwDriver2") == "screw driver"
+    assert _caption("Taj_Mahal") == "taj mahal"
+
+
+def test_the_fashion_collection_is_a_labelled_folder_split_into_val_and_test(workspace_settings):
+    folder = write_outside_collection(workspace_settings, per_class=3)
+    manifest = read_manifest(folder)
+    assert manifest.groupby("split").size().to_dict() == {"test": 30, "val": 20}
+    assert set(manifest["label_text"]) == set(FASHION_QUERIES.values()) and len(FASHION_QUERIES) == 10
+    first = manifest.iloc[0]
+    with Image.open(folder / first["path"]) as image:
+        assert image.size == (28, 28) and image.mode == "L"
+    sets = outside_sets(workspace_settings.ood_corpus_dir, ["fashion-mnist"], "test")["fashion-mnist"]
+    assert len(sets.corpus) == 30 and set(sets.text_qrels["origin"]) == {"label"}
+    with pytest.raises(FileNotFoundError, match="imagesearch corpus fetch"):
+        outside_sets(workspace_settings.ood_corpus_dir, ["gcompris"], "test")

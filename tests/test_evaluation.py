@@ -19,7 +19,7 @@ from imagesearch.evaluation.metrics import (
 )
 from imagesearch.evaluation.promotion import PromotionRule, decide
 from imagesearch.evaluation.report import served_index_problems
-from imagesearch.evaluation.sets import build_eval_sets
+from imagesearch.evaluation.sets import author_tokens, build_eval_sets, collection_sets, strip_authors
 from imagesearch.settings import EvaluationSettings
 
 # --- metrics --------------------------------------------------------------------------------
@@ -147,3 +147,67 @@ def test_rule_from_settings_follows_the_settings():
     rule = PromotionRule.from_settings(config)
     assert (rule.primary, rule.margin, rule.tolerance) == ("image_to_image.map_at_10", 0.02, 0)
     assert rule.guarded == tuple(config.guarded_metrics)
+
+
+def test_an_overfit_challenger_is_refused_for_its_out_of_domain_loss():
+    """Wins in-domain by a wide margin, loses on one out-of-domain collection: the default rule refuses
+    it and says which out-of-domain metric regressed."""
+    champion = {
+        "text_to_image.ndcg_at_10": 0.10,
+        "text_to_image.recall_at_10": 0.20,
+        "image_to_image.ndcg_at_10": 0.60,
+        "fashion-mnist:image_to_image.ndcg_at_10": 0.55,
+        "fashion-mnist:text_to_image.ndcg_at_10": 0.40,
+        "gcompris:image_to_image.ndcg_at_10": 0.50,
+        "gcompris:text_to_image.ndcg_at_10": 0.30,
+    }
+    overfit = champion | {
+        "text_to_image.ndcg_at_10": 0.30,
+        "text_to_image.recall_at_10": 0.45,
+        "image_to_image.ndcg_at_10": 0.67,
+        "gcompris:text_to_image.ndcg_at_10": 0.12,
+    }
+    rule = PromotionRule.from_settings(EvaluationSettings())
+    decision = decide(overfit, champion, rule)
+    assert not decision.promote
+    assert "gcompris:text_to_image.ndcg_at_10 regressed" in decision.reason
+    assert decide(overfit | {"gcompris:text_to_image.ndcg_at_10": 0.295}, champion, rule).promote
+
+
+def test_title_queries_lose_the_author_names_that_end_them():
+    rows = [
+        ("food", "red apple dan gerhards"),
+        ("space", "full moon dan gerhards"),
+        ("tools", "hammer dan gerhards"),
+        ("food", "green apple"),
+        ("food", "apple pie"),
+        ("tools", "saw"),
+    ]
+    catalog = pd.DataFrame(rows, columns=["category", "title"]).assign(tags=[["food"]] * 6)
+    authors = author_tokens(catalog)
+    assert authors == {"dan", "gerhards"}
+    assert strip_authors("red apple dan gerhards", authors) == "red apple"
+    assert strip_authors("dan the man", authors) == "dan the man"  # only from the end
+
+
+def test_collection_sets_judge_by_label_and_caption(tmp_path):
+    manifest = pd.DataFrame(
+        [
+            ("a/1.png", "hammer", "a", "a", "a tool", "test"),
+            ("a/2.png", "saw", "a", "a", "a tool", "test"),
+            ("b/1.png", "trout", "b", "b", "a fish", "test"),
+            ("b/2.png", "trout", "b", "b", "a fish", "test"),
+            ("x/1.png", "chair", "other", "", "", "test"),
+            ("a/3.png", "pliers", "a", "a", "a tool", "val"),
+        ],
+        columns=["path", "caption", "tags", "label", "label_text", "split"],
+    )
+    sets = collection_sets(manifest, tmp_path, "test")
+    assert len(sets.corpus) == 5 and "a/3.png" not in set(sets.corpus["id"])
+    assert sets.corpus["path"].iloc[0] == str(tmp_path / "a/1.png")
+    pairs = set(zip(sets.image_qrels["query_image_id"], sets.image_qrels["image_id"], strict=True))
+    assert ("a/1.png", "a/2.png") in pairs and not any("x/1.png" in pair for pair in pairs)
+    text = sets.text_qrels
+    assert set(text.loc[text["query"] == "a tool", "image_id"]) == {"a/1.png", "a/2.png"}
+    assert set(text.loc[text["query"] == "trout", "image_id"]) == {"b/1.png", "b/2.png"}
+    assert set(text.loc[text["origin"] == "caption", "grade"]) == {2}

@@ -355,7 +355,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, training_fol
             raise Interrupted
 
     def train(work_dir: Path, callback=None):
-        encoder = build_trained_encoder(ModelSettings(embed_dim=32))
+        encoder = build_trained_encoder(ModelSettings(head="two_tower", embed_dim=32, raw_feature_weight=0))
         kwargs = {"work_dir": work_dir, "limits": DEFAULT_LIMITS, "on_epoch": callback, "progress": False}
         return encoder, train_towers(encoder, examples, catalog, settings, **kwargs)
 

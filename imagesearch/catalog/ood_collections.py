@@ -6,7 +6,7 @@ as a bring-your-own folder: ``<label>/<file>.png`` plus a ``manifest.csv`` with 
 reads (``path``, ``caption``, ``tags``) and three more for evaluation:
 
 - ``label``: what image->image relevance is judged by (empty: a distractor, never an image query);
-- ``label_text``: the text query for the label (empty: no label query);
+- ``label_text``: the text queries for the label, ``|``-separated (empty: no label query);
 - ``split``: ``val`` (model selection during training) or ``test`` (the gate); never mixed.
 
 Collections:
@@ -71,6 +71,13 @@ FASHION_TREE = Path("usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = (
     "t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"
 )  # fmt: skip
+# more than one way to ask for a class: ten queries alone make a noisy metric
+FASHION_QUERIES = {
+    "t-shirt": "t-shirt|top|tee", "trousers": "trousers|pants|jeans", "pullover": "pullover|sweater|jumper",
+    "dress": "dress|a woman's dress", "coat": "coat|jacket", "sandal": "sandal|summer sandals",
+    "shirt": "shirt|blouse", "sneaker": "sneaker|running shoe|trainers", "bag": "bag|handbag|purse",
+    "ankle boot": "ankle boot|boots",
+}  # fmt: skip
 FASHION_PER_CLASS = {"test": ("t10k", 100), "val": ("train", 50)}
 
 
@@ -94,8 +101,8 @@ def convert_fashion_mnist(unpacked: Path, staging: Path) -> None:
                 relpath = f"{folder}/{split}_{index:05d}.png"
                 Image.fromarray(images[index]).save(staging / relpath)
                 rows.append(
-                    {"path": relpath, "caption": f"a {name}", "tags": folder, "label": folder,
-                     "label_text": name, "split": split}
+                    {"path": relpath, "caption": name, "tags": folder, "label": folder,
+                     "label_text": FASHION_QUERIES[name], "split": split}
                 )  # fmt: skip
     _write(staging, rows)
 
@@ -212,3 +219,12 @@ COLLECTIONS = (
     ),
     Collection("gcompris", "gcompris-qt-data", convert_gcompris, "labelled pictures of GCompris"),
 )
+
+
+def fetch_collections(names: list[str], root: Path) -> dict[str, Path]:
+    """Fetch every named collection missing under `root` (a complete one is left as it is)."""
+    known = {collection.name: collection for collection in COLLECTIONS}
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown out-of-domain collections {unknown}; known: {sorted(known)}")
+    return {name: fetch_collection(known[name], root) for name in names}

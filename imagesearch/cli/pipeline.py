@@ -13,6 +13,7 @@ import typer
 
 from imagesearch.catalog.build import read_catalog, summarize_catalog
 from imagesearch.catalog.corpus import fetch_openclipart
+from imagesearch.catalog.ood_collections import fetch_collections, read_manifest
 from imagesearch.catalog.step import CATALOG_STAGE, catalog_step
 from imagesearch.cli.app import (
     JsonOption,
@@ -67,12 +68,18 @@ def doctor(as_json: JsonOption = False) -> None:
 @corpus_app.command("fetch")
 @user_errors
 def corpus_fetch() -> None:
-    """Fetch Debian's openclipart-png (8,121 PNG clip art images) into the workspace."""
+    """Fetch Debian's openclipart-png (8,121 PNG clip art images) into the workspace, and the
+    out-of-domain evaluation collections (evaluation.ood_collections)."""
     settings = Settings()
     with console.status("fetching openclipart-png (apt-get download + dpkg-deb -x)"):
         folder = fetch_openclipart(settings.default_corpus_root)
     count = sum(1 for _ in folder.rglob("*.png"))
     console.print(f"default corpus: {count} PNG files in [bold]{folder}[/]")
+    with console.status("fetching the out-of-domain collections"):
+        folders = fetch_collections(settings.evaluation.ood_collections, settings.ood_corpus_dir)
+    for name, folder in folders.items():
+        splits = read_manifest(folder)["split"].value_counts().to_dict()
+        console.print(f"out-of-domain {name}: {splits} images in [bold]{folder}[/] (evaluation only)")
 
 
 @catalog_app.command("build")

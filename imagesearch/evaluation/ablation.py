@@ -20,7 +20,7 @@ from imagesearch.catalog.build import read_catalog
 from imagesearch.common.images import decode_limits
 from imagesearch.common.io import write_parquet_atomic
 from imagesearch.evaluation.ranking import metrics_table
-from imagesearch.evaluation.sets import EvalSets, outside_sets
+from imagesearch.evaluation.sets import EvalSets, outside_split
 from imagesearch.evaluation.step import evaluate_everywhere, pretrained_results, read_outside_sets
 from imagesearch.models import registry
 from imagesearch.models.encoders import build_trained_encoder, build_zeroshot_encoder
@@ -77,12 +77,7 @@ def ablation_step(
     """Train and evaluate every variant of settings.ablation; `on_variant` gets each finished row."""
     sets = EvalSets.read(settings.evaluation_dir)
     outside = read_outside_sets(settings)
-    validation_sets = outside_sets(
-        settings.ood_corpus_dir,
-        settings.evaluation.ood_collections,
-        "val",
-        settings.evaluation.max_image_queries,
-    )
+    validation_sets = outside_split(settings, "val")
     catalog = read_catalog(settings.catalog_path)
     frames = {
         s: pd.read_parquet(settings.source_path(s))

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from imagesearch.catalog.corpus import COMPLETE_MARKER
-from imagesearch.catalog.ood_collections import read_manifest
+from imagesearch.catalog.ood_collections import fetch_collections, read_manifest
+from imagesearch.settings import Settings
 from imagesearch.training_data.examples import tag_text
 
 CORPUS_FILE, IMAGE_QRELS_FILE, TEXT_QRELS_FILE = "corpus.parquet", "image_qrels.parquet", "text_qrels.parquet"
@@ -197,15 +198,14 @@ def collection_sets(
     pairs = queries.merge(labelled[["id", "category"]], on="category", suffixes=("_query", ""))
     pairs = pairs[pairs["id_query"] != pairs["id"]]
     image_qrels = pd.DataFrame({"query_image_id": pairs["id_query"], "image_id": pairs["id"], "grade": 1})
-    with_label = rows[rows["label_text"] != ""]
+    with_label = rows[rows["label_text"] != ""].assign(query=lambda f: f["label_text"].str.split("|"))
+    with_label = with_label.explode("query")
     label_qrels = pd.DataFrame(
-        {"query": with_label["label_text"], "origin": "label", "image_id": with_label["path"], "grade": 1}
+        {"query": with_label["query"], "origin": "label", "image_id": with_label["path"], "grade": 1}
     )
     sizes = rows.groupby("caption")["path"].transform("size")
     named = rows[
-        (rows["caption"] != "")
-        & (sizes <= max_caption_images)
-        & ~rows["caption"].isin(with_label["label_text"])
+        (rows["caption"] != "") & (sizes <= max_caption_images) & ~rows["caption"].isin(with_label["query"])
     ]
     caption_qrels = pd.DataFrame(
         {"query": named["caption"], "origin": "caption", "image_id": named["path"], "grade": 2}
@@ -229,6 +229,13 @@ def outside_sets(
             )
         out[name] = collection_sets(read_manifest(folder), folder, split, max_image_queries=max_image_queries)
     return out
+
+
+def outside_split(settings: Settings, split: str) -> dict[str, EvalSets]:
+    """One split of every configured out-of-domain collection, fetching those not there yet."""
+    names = settings.evaluation.ood_collections
+    fetch_collections(names, settings.ood_corpus_dir)
+    return outside_sets(settings.ood_corpus_dir, names, split, settings.evaluation.max_image_queries)
 
 
 # --- rankings and metrics ---------------------------------------------------------------------

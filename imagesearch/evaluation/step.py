@@ -36,7 +36,7 @@ from imagesearch.evaluation.sets import (
     TEXT_TO_IMAGE,
     EvalSets,
     build_eval_sets,
-    outside_sets,
+    outside_split,
 )
 from imagesearch.models import registry
 from imagesearch.models.encoders import Encoder, build_trained_encoder
@@ -69,12 +69,7 @@ def eval_sets_step(settings: Settings, *, record: bool = True) -> EvalSetsResult
     )
     sets.write(settings.evaluation_dir)
     summary = sets.summary()
-    outside = outside_sets(
-        settings.ood_corpus_dir,
-        settings.evaluation.ood_collections,
-        "test",
-        settings.evaluation.max_image_queries,
-    )
+    outside = outside_split(settings, "test")
     shutil.rmtree(settings.ood_evaluation_dir, ignore_errors=True)
     for name, collection in outside.items():
         collection.write(settings.ood_evaluation_dir / name)

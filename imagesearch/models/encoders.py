@@ -88,6 +88,28 @@ class AnchoredProjection(nn.Module):
         return anchor + self.interpolation * self.residual(features).float()
 
 
+class ResidualText(nn.Module):
+    """The locked text embedding + interpolation x a learned residual (zero at start): the text side of
+    the anchored head, so both towers can adapt while both start, and can be pulled back, at v0."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.residual = nn.Linear(hidden, hidden)
+        nn.init.zeros_(self.residual.weight)
+        nn.init.zeros_(self.residual.bias)
+        self.register_buffer("interpolation", torch.tensor(1.0))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return pooled + self.interpolation * self.residual(pooled)
+
+
+def set_interpolation(module: nn.Module, weight: float) -> None:
+    """Scale every learned residual of an anchored encoder (0 = v0, 1 = as trained)."""
+    for part in module.modules():
+        if isinstance(part, AnchoredProjection | ResidualText):
+            part.interpolation.fill_(weight)
+
+
 class ZeroPadded(nn.Module):
     """A text vector padded with zeros where image vectors carry raw backbone features."""
 
@@ -152,6 +174,7 @@ class EncoderSpec:
     zeroshot_top_k: int = 10
     format_version: int = FORMAT_VERSION
     raw_feature_weight: float = 0.0  # trained kinds: backbone features appended to image vectors
+    text_residual: bool = False  # anchored: the text side learns a residual on MiniLM
 
 
 class Encoder:
@@ -253,7 +276,7 @@ def _trained_towers(spec: EncoderSpec, backbone: nn.Module, hidden: int) -> tupl
         projection: nn.Module = AnchoredProjection(
             backbone.get_classifier(), torch.zeros(backbone.num_classes, hidden), spec.zeroshot_top_k, shared
         )
-        text_head: nn.Module = nn.Identity()
+        text_head: nn.Module = ResidualText(hidden) if spec.text_residual else nn.Identity()
     elif spec.kind == TWO_TOWER:
         projection = nn.Linear(backbone.num_features, shared)
         text_head = nn.Linear(hidden, shared)
@@ -341,6 +364,7 @@ def build_trained_encoder(settings: ModelSettings, seed: int = 0) -> Encoder:
         settings.text_max_length,
         settings.zeroshot_top_k,
         raw_feature_weight=settings.raw_feature_weight,
+        text_residual=settings.text_residual and settings.head == ANCHORED,
     )
     if settings.head == ANCHORED and getattr(backbone, "num_classes", 0) != 1000:
         raise ValueError(

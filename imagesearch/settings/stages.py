@@ -65,6 +65,10 @@ class ModelSettings(BaseModel):
         description="trained heads: 'anchored' (locked text tower, image side = v0's bridge + a learned "
         "residual) or 'two_tower' (both projections co-trained from scratch: the round-one recipe)",
     )
+    text_residual: bool = Field(
+        default=True,
+        description="anchored head: the text side learns a residual too (False: MiniLM fully locked, LiT)",
+    )
     embed_dim: int = Field(default=256, ge=8, description="shared space of the 'two_tower' head")
     raw_feature_weight: float = Field(
         default=1.0,
@@ -183,9 +187,20 @@ class TrainingSettings(BaseModel):
         description="keep the epoch with the best mean val metric, in-domain and out-of-domain "
         "('last': the final epoch)",
     )
+    selection_ood_tolerance: float = Field(
+        default=0.0,
+        ge=0,
+        description="model selection: an out-of-domain val metric may fall this far below the untrained "
+        "model's before it is penalised",
+    )
     interpolation_grid: list[float] = Field(
-        default=[0.25, 0.5, 0.75, 1.0],
+        default=[0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0],
         description="anchored head: residual scales tried at each validation (0 = v0, 1 = fine-tuned)",
+    )
+    raw_weight_grid: list[float] = Field(
+        default=[0.5, 1.0, 1.5, 2.0],
+        description="raw-feature weights tried on validation after training (image->image only); "
+        "empty = keep model.raw_feature_weight",
     )
     seed: int = 0
     device: str = Field(default="auto", description="'auto' (CUDA when present, with AMP), 'cpu' or 'cuda'")

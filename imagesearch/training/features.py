@@ -4,6 +4,7 @@ makes of every training view, computed once and reused by every epoch and by a r
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -65,6 +66,7 @@ class FeatureCache:
     texts: torch.Tensor  # (texts, hidden) float32: pooled, frozen transformer outputs
     failed: dict[str, str]  # image id -> why its views could not be made
     outside: dict[str, torch.Tensor] = field(default_factory=dict)  # out-of-domain val corpora
+    texts_key: str = ""  # which text list `texts` holds, in order
 
 
 def build_feature_cache(
@@ -99,13 +101,22 @@ def build_feature_cache(
         name: _trunk_features(encoder, trunk, views_of(paths, paths, 1, False), progress)[0][:, 0]
         for name, paths in (outside_paths or {}).items()
     }
-    with torch.inference_mode():
-        pooled = [
-            encoder.text_model.pooled(**encoder.tokenize(texts[i : i + 256])).float().cpu()
-            for i in range(0, len(texts), 256)
-        ]
-    text_features = torch.cat(pooled) if pooled else torch.zeros(0, 1)
-    return FeatureCache(train, val[:, 0], text_features, {**failed, **failed_val}, outside)
+    return FeatureCache(
+        train, val[:, 0], text_features(encoder, texts), {**failed, **failed_val}, outside, texts_key(texts)
+    )
+
+
+@torch.inference_mode()
+def text_features(encoder: Encoder, texts: list[str]) -> torch.Tensor:
+    pooled = [
+        encoder.text_model.pooled(**encoder.tokenize(texts[i : i + 256])).float().cpu()
+        for i in range(0, len(texts), 256)
+    ]
+    return torch.cat(pooled) if pooled else torch.zeros(0, 1)
+
+
+def texts_key(texts: list[str]) -> str:
+    return hashlib.blake2b("\n".join(texts).encode(), digest_size=8).hexdigest()
 
 
 def _trunk_features(
@@ -162,9 +173,11 @@ def load_or_build_cache(
     path = work_dir / CACHE
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        return FeatureCache(
-            saved["train"], saved["val"], saved["texts"], dict(saved["failed"]), dict(saved["outside"])
-        )
+        cache = FeatureCache(**{**saved, "failed": dict(saved["failed"]), "outside": dict(saved["outside"])})
+        if cache.texts_key != texts_key(data.texts):  # other validation queries: re-embed the texts only
+            cache.texts, cache.texts_key = text_features(encoder, data.texts), texts_key(data.texts)
+            write_atomic(path, partial(torch.save, asdict(cache)))
+        return cache
     paths = catalog.set_index("id")["path"].reindex(data.image_ids)
     if paths.isna().any():
         raise ValueError(

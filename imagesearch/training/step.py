@@ -19,7 +19,7 @@ from imagesearch.common.plots import ExampleQuery, result_grid, training_curves
 from imagesearch.common.progress import Progress
 from imagesearch.common.versioning import StageVersion, code_version
 from imagesearch.common.workspace import init_workspace
-from imagesearch.evaluation.sets import outside_sets
+from imagesearch.evaluation.sets import outside_split
 from imagesearch.models import registry
 from imagesearch.models.encoders import build_trained_encoder
 from imagesearch.settings import PROJECT_ROOT, ModelSettings, Settings
@@ -86,12 +86,7 @@ def train_step(
             limits=decode_limits(settings.catalog),
             on_epoch=log_epoch,
             progress=progress,
-            outside=outside_sets(
-                settings.ood_corpus_dir,
-                settings.evaluation.ood_collections,
-                "val",
-                settings.evaluation.max_image_queries,
-            ),
+            outside=outside_split(settings, "val"),
         )
         registry.log_step_metrics({k: v for k, v in result.history[0].items() if k != "epoch"}, 0)
         registry.log_step_metrics(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -14,7 +15,7 @@ from torch.nn import functional as F
 from imagesearch.evaluation.metrics import recall_at_k
 from imagesearch.evaluation.ranking import rank_corpus, score_rankings
 from imagesearch.evaluation.sets import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, EvalSets
-from imagesearch.models.encoders import Encoder
+from imagesearch.models.encoders import AnchoredProjection, Encoder, set_interpolation
 from imagesearch.settings import TrainingSettings
 from imagesearch.training import losses
 from imagesearch.training.examples import IndexedExamples, positive_sets
@@ -58,6 +59,7 @@ class Trainer:
         self.encoder, self.data, self.cache, self.validation = encoder, data, cache, validation
         self.outside = outside or {}
         self.best: dict | None = None  # the selected epoch: its metrics, interpolation and parts
+        self.reference: dict[str, float] | None = None  # epoch 0's val metrics
         self.settings, self.device = settings, encoder.device
         self.parts = _Parts(encoder, top, settings.temperature, settings.learn_temperature).to(self.device)
         self.parts.top.eval()  # batch-norm statistics stay those of pretraining
@@ -87,10 +89,11 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "history": history,
             "best": self.best,
+            "reference": self.reference,
         }
 
     def load(self, state: dict) -> None:
-        self.best = state.get("best")
+        self.best, self.reference = state.get("best"), state.get("reference")
         self.parts.load_state_dict(state["parts"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -290,42 +293,88 @@ class Trainer:
         return F.pad(shared, (0, width - shared.shape[1]))
 
     # --- model selection -------------------------------------------------------------------------
+    def _anchored(self) -> bool:
+        return isinstance(self.parts.image_projection, AnchoredProjection)
+
+    @torch.inference_mode()
+    def _raw_feature_metrics(self) -> dict[str, float]:
+        """Out-of-domain image->image val nDCG of the raw pretrained features: what "more like this"
+        must not fall below (text->image is held to the untrained model, v0 for the anchored head)."""
+        metrics = {}
+        for name, sets in self.outside.items():
+            raw = F.normalize(self._top_outputs(self.cache.outside[name]).float(), dim=-1).numpy()
+            scores = score_rankings(sets, rank_corpus(sets, raw, None))
+            metrics[f"val_{name}_{IMAGE_TO_IMAGE}_ndcg_at_10"] = scores[IMAGE_TO_IMAGE]["ndcg_at_10"]
+        return metrics
+
+    def _score(self, metrics: dict[str, float]) -> float:
+        inside = [metrics[k] for k in IN_DOMAIN_VAL if k in metrics]
+        score = float(np.mean(inside)) if inside else 0.0
+        tolerance = self.settings.selection_ood_tolerance
+        for key, value in metrics.items():
+            if key.startswith("val_") and key not in IN_DOMAIN_VAL and key in (self.reference or {}):
+                score -= OOD_PENALTY * max(0.0, self.reference[key] - tolerance - value)
+        return score
+
+    def _interpolate(self, weight: float) -> None:
+        set_interpolation(self.encoder.image_model, weight)
+        set_interpolation(self.encoder.text_model, weight)
+
+    def _candidates(self, key: str, grid: list[float], apply) -> list[dict[str, float]]:
+        out = []
+        for value in grid:
+            apply(value)
+            metrics = self.validate()
+            out.append({**metrics, key: value, "selection_score": self._score(metrics)})
+        return out
+
     def validate_and_select(self, epoch: int) -> dict[str, float]:
         """Validate (at each interpolation of the grid, for the anchored head) and remember the best.
 
-        The selection score is the mean of the val metrics: in-domain and out-of-domain count alike,
-        so an epoch that wins in-domain by forgetting elsewhere is not the one kept.
+        The selection score mirrors the promotion gate: the mean in-domain val metric, minus a steep
+        penalty for every out-of-domain val metric below its reference by more than
+        `selection_ood_tolerance` - text->image: the untrained model (v0 for the anchored head);
+        image->image: the raw pretrained features. An epoch that wins in-domain by
+        forgetting elsewhere is not the one kept.
         """
-        projection = self.parts.image_projection
-        grid = self.settings.interpolation_grid if hasattr(projection, "interpolation") and epoch else [1.0]
-        candidates = []
-        for weight in grid:
-            if hasattr(projection, "interpolation"):
-                projection.interpolation.fill_(weight)
+        if self._anchored() and epoch:
+            candidates = self._candidates(
+                "interpolation", self.settings.interpolation_grid, self._interpolate
+            )
+            self._interpolate(1.0)  # training always moves the full residuals
+        else:
             metrics = self.validate()
-            candidates.append({**metrics, "interpolation": weight, "selection_score": _mean(metrics)})
+            self.reference = self.reference or (metrics | self._raw_feature_metrics())
+            candidates = [{**metrics, "interpolation": 1.0, "selection_score": self._score(metrics)}]
         chosen = max(candidates, key=lambda c: c["selection_score"])
-        if hasattr(projection, "interpolation"):
-            projection.interpolation.fill_(1.0)  # training always moves the full residual
         if self.best is None or chosen["selection_score"] > self.best["metrics"]["selection_score"]:
             state = {k: v.detach().clone() for k, v in self.parts.state_dict().items()}
             self.best = {"epoch": epoch, "metrics": chosen, "parts": state}
         return chosen
 
     def restore_best(self) -> dict[str, float]:
-        """Load the selected epoch's heads and interpolation into the encoder; its metrics."""
+        """Load the selected epoch's heads and interpolation, then choose the raw-feature weight (it
+        only moves image->image scores) on validation too; the metrics of the model as kept."""
         if self.best is None:
             return {}
         self.parts.load_state_dict(self.best["parts"])
-        projection = self.parts.image_projection
-        if hasattr(projection, "interpolation"):
-            projection.interpolation.fill_(self.best["metrics"]["interpolation"])
-        return {"epoch": self.best["epoch"], **self.best["metrics"]}
+        self._interpolate(self.best["metrics"]["interpolation"])
+        chosen = self.best["metrics"]
+        tower = self.encoder.image_model
+        if getattr(tower, "raw_feature_weight", 0) and self.settings.raw_weight_grid:
+
+            def apply(weight: float) -> None:
+                tower.raw_feature_weight = weight
+
+            candidates = self._candidates("raw_feature_weight", self.settings.raw_weight_grid, apply)
+            chosen = {**chosen, **max(candidates, key=lambda c: c["selection_score"])}
+            apply(chosen["raw_feature_weight"])
+            self.encoder.spec = replace(self.encoder.spec, raw_feature_weight=chosen["raw_feature_weight"])
+        return {"epoch": self.best["epoch"], **chosen}
 
 
-def _mean(metrics: dict[str, float]) -> float:
-    values = [v for k, v in metrics.items() if k.startswith("val_")]
-    return float(np.mean(values)) if values else 0.0
+IN_DOMAIN_VAL = ("val_text_to_image_recall_at_10", "val_image_to_image_recall_at_10")
+OOD_PENALTY = 10.0
 
 
 def _ranked_ids(
