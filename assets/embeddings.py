@@ -36,7 +36,9 @@ with warnings.catch_warnings():
     ) -> dg.MaterializeResult:
         shards = list(context.partition_keys)
         context.log.info(f"embedding catalog shards {','.join(shards)}")
-        report = backfill_step(workspace.settings(), model=config.model, shards=shards, progress=context.log.info)
+        report = backfill_step(
+            workspace.settings(), model=config.model, shards=shards, progress=context.log.info
+        )
         if report.failed:
             context.log.warning(f"{len(report.failed)} images could not be read: {report.failed}")
         return dg.MaterializeResult(

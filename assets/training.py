@@ -7,6 +7,7 @@ import dagster as dg
 from assets.metadata import version_metadata
 from dagster_project.resources import WorkspaceResource
 from imagesearch.training.step import train_step
+from imagesearch.training.trainer import IN_DOMAIN_VAL
 
 
 @dg.asset(
@@ -58,7 +59,7 @@ def training_beat_untrained_heads(workspace: WorkspaceResource) -> dg.AssetCheck
     compared = {
         key: (metrics["untrained"][key], value)
         for key, value in metrics.items()
-        if key.startswith("val_") and key in metrics["untrained"]
+        if key in IN_DOMAIN_VAL and key in metrics["untrained"]  # out of domain: selection's job
     }
     worse = [key for key, (before, after) in compared.items() if not after > before]
     return dg.AssetCheckResult(

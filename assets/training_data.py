@@ -40,10 +40,9 @@ def _source_asset(source: str) -> dg.AssetsDefinition:
         description=DESCRIPTIONS[source] + " Schema: anchor_id, positive_id | positive_text, negative_id, "
         "weight, source. Versioned with DVC.",
     )
-    def build(workspace: WorkspaceResource) -> dg.MaterializeResult:
-        return dg.MaterializeResult(
-            metadata=source_metadata(source_step(workspace.settings(), source, progress=context.log.info))
-        )
+    def build(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
+        report = source_step(workspace.settings(), source, progress=context.log.info)
+        return dg.MaterializeResult(metadata=source_metadata(report))
 
     return build
 

@@ -71,7 +71,7 @@ class ModelSettings(BaseModel):
     )
     embed_dim: int = Field(default=256, ge=8, description="shared space of the 'two_tower' head")
     raw_feature_weight: float = Field(
-        default=1.0,
+        default=2.0,
         ge=0,
         description="trained models append the backbone's pooled features x this to image vectors "
         "(image->image keeps the pretrained similarity; 0 = off)",
@@ -198,7 +198,7 @@ class TrainingSettings(BaseModel):
         description="anchored head: residual scales tried at each validation (0 = v0, 1 = fine-tuned)",
     )
     raw_weight_grid: list[float] = Field(
-        default=[0.5, 1.0, 1.5, 2.0],
+        default=[1.0, 1.5, 2.0, 3.0],
         description="raw-feature weights tried on validation after training (image->image only); "
         "empty = keep model.raw_feature_weight",
     )
