@@ -103,8 +103,9 @@ def model_promotion(context: dg.AssetExecutionContext, workspace: WorkspaceResou
     group_name="ablation",
     kinds={"pytorch", "mlflow"},
     owners=["team:imagesearch"],
-    description="One model per training-data source and one on all sources, each trained with the same "
-    "reduced budget (settings.ablation) and evaluated on the held-out sets: which sources help. The "
+    description="One model per training recipe (and/or per training-data source), each trained with the "
+    "same reduced budget (settings.ablation) and evaluated like a challenger on the test split and on "
+    "every out-of-domain collection, next to v0 and raw pretrained features: what generalizes. The "
     "comparison table is written to data/ablation/table.md and logged with nested MLflow runs.",
 )
 def ablation_study(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
@@ -118,7 +119,7 @@ def ablation_study(context: dg.AssetExecutionContext, workspace: WorkspaceResour
     return dg.MaterializeResult(
         metadata={
             "table": dg.MetadataValue.md(table),
-            "variants": len(result.table),
+            "variants": int(result.table["train_s"].notna().sum()),
             "mlflow_run_id": result.mlflow_run_id,
             "path": str(result.markdown_path),
         }
