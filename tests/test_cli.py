@@ -151,3 +151,41 @@ def test_python_dash_m_reaches_every_command():
         )
         assert done.returncode == 0, done.stderr
         assert "No such command" not in done.stdout + done.stderr
+
+
+@pytest.mark.usefixtures("dvc_available")
+def test_an_anchored_model_indexes_an_outside_collection_folder(tmp_path):
+    """The bring-your-own path with the default trained head (image vectors carry the raw-feature
+    block, texts are zero-padded) on a folder laid out like the out-of-domain collections."""
+    from imagesearch.models.encoders import build_trained_encoder
+    from imagesearch.settings import ModelSettings, Settings
+    from tests.conftest import write_outside_collection
+
+    model = build_trained_encoder(ModelSettings()).save(tmp_path / "anchored")
+    folder = write_outside_collection(Settings(home=tmp_path / "ws"), per_class=1)
+    index = tmp_path / "index"
+    built = run_cli(
+        "index",
+        "build",
+        "--images",
+        str(folder),
+        "--out",
+        str(index),
+        "--model",
+        str(model),
+        home=tmp_path / "ws",
+    )
+    assert built.returncode == 0, built.stderr
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert manifest["count"] == 30 and manifest["dim"] == 384 + 1280
+    image = sorted(folder.rglob("*.png"))[0]
+    searched = run_cli(
+        "search", "--index", str(index), "--image", str(image), "-k", "3", "--json", home=tmp_path / "ws"
+    )
+    assert searched.returncode == 0, searched.stderr
+    assert json.loads(searched.stdout.splitlines()[0])["results"][0]["path"] == str(image)
+    texts = run_cli(
+        "search", "--index", str(index), "--text", "a sneaker", "-k", "5", "--json", home=tmp_path / "ws"
+    )
+    assert texts.returncode == 0, texts.stderr
+    assert len(json.loads(texts.stdout.splitlines()[0])["results"]) == 5

@@ -265,3 +265,19 @@ def test_restoring_an_unknown_revision_is_a_clear_error(workspace_settings):
     catalog_step(workspace_settings, progress=False)
     with pytest.raises(VersioningError):
         data_repo(workspace_settings).restore(CATALOG_STAGE, "0123456789abcdef")
+
+
+def test_progress_for_a_run_log_is_plain_lines_with_counts_and_rate():
+    from imagesearch.common.progress import progress_bar
+
+    lines: list[str] = []
+    bar = progress_bar(lines.append, total=40, desc="embedding", unit="img")
+    for _ in range(4):
+        bar.update(10)
+    bar.close()
+    assert lines, "a finished bar reports at least once"
+    assert all("\r" not in line and "\n" not in line for line in lines)
+    assert "embedding" in lines[-1] and "40/40" in lines[-1] and "img/s" in lines[-1]
+    assert len(lines) <= 3  # throttled: not one line per update
+    silent = progress_bar(False, total=5, desc="x", unit="img")
+    assert silent.disable
