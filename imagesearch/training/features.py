@@ -5,6 +5,7 @@ makes of every training view, computed once and reused by every epoch and by a r
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -23,8 +24,6 @@ from imagesearch.settings import TrainingSettings
 from imagesearch.training.augment import ImageViews
 from imagesearch.training.examples import IndexedExamples
 from imagesearch.training.validation import ValidationSet
-
-CACHE = "features.pt"
 
 
 def split_backbone(backbone: nn.Module, stages: int) -> tuple[nn.Module, nn.Module]:
@@ -170,7 +169,11 @@ def load_or_build_cache(
     progress: Progress,
     outside_paths: dict[str, list[str]] | None = None,
 ) -> FeatureCache:
-    path = work_dir / CACHE
+    """The cache of these exact images, views and trunk: shared by every run in `work_dir`'s parent
+    folder that would compute the same features (e.g. ablation recipes that differ only in the heads)."""
+    stages = settings.unfreeze_stages if settings.unfrozen_epochs else 0
+    key = _cache_key(encoder, stages, settings, data.image_ids, validation.paths, outside_paths or {})
+    path = work_dir.parent / f"features-{key}.pt"
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         cache = FeatureCache(**{**saved, "failed": dict(saved["failed"]), "outside": dict(saved["outside"])})
@@ -188,6 +191,28 @@ def load_or_build_cache(
     )
     write_atomic(path, partial(torch.save, asdict(cache)))
     return cache
+
+
+def _cache_key(
+    encoder: Encoder,
+    stages: int,
+    settings: TrainingSettings,
+    image_ids: list[str],
+    val_paths: list[str],
+    outside_paths: dict[str, list[str]],
+) -> str:
+    spec = encoder.spec
+    parts = [
+        spec.image_backbone,
+        spec.image_size,
+        stages,
+        settings.views,
+        settings.seed,
+        image_ids,
+        val_paths,
+    ]
+    digest = hashlib.blake2b(json.dumps([*parts, outside_paths], sort_keys=True).encode(), digest_size=8)
+    return digest.hexdigest()
 
 
 def failed_positions(cache: FeatureCache, data: IndexedExamples) -> dict[int, str]:
