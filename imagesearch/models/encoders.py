@@ -234,7 +234,8 @@ class Encoder:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "encoder.json").write_text(json.dumps(asdict(self.spec), indent=2))
         torch.save(_cpu_state(self.image_model), folder / "image.pt")
-        torch.save(_cpu_state(self.text_model.projection), folder / "text_projection.pt")
+        # the head alone (not its zero padding): the file format of every earlier version
+        torch.save(_cpu_state(self.text_model.head()), folder / "text_projection.pt")
         text_folder = folder / "text_model"
         shutil.rmtree(text_folder, ignore_errors=True)
         self.text_model.transformer.save_pretrained(text_folder)
@@ -259,10 +260,11 @@ class Encoder:
             )
             projection: nn.Module = nn.Identity()
         else:
-            image_model, text_head = _trained_towers(spec, backbone, hidden)
-            projection = ZeroPadded(text_head, backbone.num_features if spec.raw_feature_weight else 0)
+            image_model, trained_head = _trained_towers(spec, backbone, hidden)
+            projection = ZeroPadded(trained_head, backbone.num_features if spec.raw_feature_weight else 0)
         image_model.load_state_dict(torch.load(folder / "image.pt", map_location="cpu", weights_only=True))
-        projection.load_state_dict(
+        text_head = projection.projection if isinstance(projection, ZeroPadded) else projection
+        text_head.load_state_dict(
             torch.load(folder / "text_projection.pt", map_location="cpu", weights_only=True)
         )
         return cls(spec, image_model, TextTower(transformer, projection), tokenizer, resolve_device(device))
