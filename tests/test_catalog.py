@@ -235,7 +235,7 @@ def test_picture_names_become_captions():
 def test_the_fashion_collection_is_a_labelled_folder_split_into_val_and_test(workspace_settings):
     folder = write_outside_collection(workspace_settings, per_class=3)
     manifest = read_manifest(folder)
-    assert manifest.groupby("split").size().to_dict() == {"test": 30, "val": 20}
+    assert manifest.groupby("split").size().to_dict() == {"test": 30, "val": 20}  # 2 val per class here
     assert set(manifest["label_text"]) == set(FASHION_QUERIES.values()) and len(FASHION_QUERIES) == 10
     first = manifest.iloc[0]
     with Image.open(folder / first["path"]) as image:

@@ -11,7 +11,7 @@ reads (``path``, ``caption``, ``tags``) and three more for evaluation:
 
 Collections:
 - ``fashion-mnist`` (Debian ``dataset-fashion-mnist``): 28x28 grayscale product photos, 10 classes.
-  Test: 100 images per class from the official test file; val: 50 per class from the training file.
+  Test: 100 images per class from the official test file; val: 100 per class from the training file.
 - ``gcompris`` (Debian ``gcompris-qt-data``): the labelled pictures of GCompris' word, category and
   exploration activities (tools, fishes, monuments, fruit, animals, body parts...), read out of the Qt
   resource bundles; captions are the pictured word. Split by a hash of the file name.
@@ -78,7 +78,7 @@ FASHION_QUERIES = {
     "shirt": "shirt|blouse", "sneaker": "sneaker|running shoe|trainers", "bag": "bag|handbag|purse",
     "ankle boot": "ankle boot|boots",
 }  # fmt: skip
-FASHION_PER_CLASS = {"test": ("t10k", 100), "val": ("train", 50)}
+FASHION_PER_CLASS = {"test": ("t10k", 100), "val": ("train", 100)}
 
 
 def _idx(path: Path) -> np.ndarray:

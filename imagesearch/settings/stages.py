@@ -194,11 +194,11 @@ class TrainingSettings(BaseModel):
         "model's before it is penalised",
     )
     interpolation_grid: list[float] = Field(
-        default=[0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0],
+        default=[0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0],
         description="anchored head: residual scales tried at each validation (0 = v0, 1 = fine-tuned)",
     )
     raw_weight_grid: list[float] = Field(
-        default=[1.0, 1.5, 2.0, 3.0],
+        default=[1.0, 2.0, 3.0, 4.0, 6.0],
         description="raw-feature weights tried on validation after training (image->image only); "
         "empty = keep model.raw_feature_weight",
     )
