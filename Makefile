@@ -39,7 +39,7 @@ demo: setup  ## fetch the default corpus and run the pipeline end to end through
 test: setup  ## the test suite
 	$(PY) -m pytest -q
 
-ablation: setup  ## one model per training-data source + all, reduced budget, held-out table (after make demo)
+ablation: setup  ## one model per training recipe (or source), reduced budget, in- and out-of-domain table (after make demo)
 	$(DEMO_JUDGMENTS) $(PY) -m dagster_project.run materialize --select ablation_study
 	cat .imagesearch/data/ablation/table.md
 

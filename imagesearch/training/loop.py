@@ -128,7 +128,10 @@ def train_towers(
         write_atomic(checkpoint, partial(torch.save, state))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-    selected = trainer.restore_best() if settings.selection == "validation" else history[-1]
+    if settings.selection == "validation":
+        selected = trainer.restore_best()
+    else:  # the last epoch as trained (full residuals), whatever interpolation validation preferred
+        selected = {"epoch": history[-1]["epoch"], **trainer.validate(), "interpolation": 1.0}
     return TrainResult(
         history,
         selected,
