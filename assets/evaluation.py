@@ -113,7 +113,7 @@ def ablation_study(context: dg.AssetExecutionContext, workspace: WorkspaceResour
         shown = (f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         context.log.info(", ".join(shown))
 
-    result = ablation_step(workspace.settings(), on_variant=log_variant)
+    result = ablation_step(workspace.settings(), progress=context.log.info, on_variant=log_variant)
     table = result.table.to_markdown(index=False, floatfmt=".3f")
     context.log.info("\n" + table)
     return dg.MaterializeResult(

@@ -19,6 +19,7 @@ import pandas as pd
 from imagesearch.catalog.build import read_catalog
 from imagesearch.common.images import decode_limits
 from imagesearch.common.io import write_parquet_atomic
+from imagesearch.common.progress import Progress
 from imagesearch.evaluation.ranking import metrics_table
 from imagesearch.evaluation.sets import EvalSets, outside_split
 from imagesearch.evaluation.step import evaluate_everywhere, pretrained_results, read_outside_sets
@@ -72,7 +73,7 @@ def variant_settings(
 
 
 def ablation_step(
-    settings: Settings, *, progress: bool = False, on_variant: Callable[[dict], None] | None = None
+    settings: Settings, *, progress: Progress = False, on_variant: Callable[[dict], None] | None = None
 ) -> AblationResult:
     """Train and evaluate every variant of settings.ablation; `on_variant` gets each finished row."""
     sets = EvalSets.read(settings.evaluation_dir)
