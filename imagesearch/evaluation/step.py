@@ -9,6 +9,7 @@ promotion_step: the promotion rule applied to the last evaluation, recorded in t
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,9 @@ def eval_sets_step(settings: Settings, *, record: bool = True) -> EvalSetsResult
     summary = sets.summary()
     outside = outside_split(settings, "test")
     shutil.rmtree(settings.ood_evaluation_dir, ignore_errors=True)
+    settings.ood_evaluation_dir.mkdir(parents=True)
+    # which collections the folder holds (also keeps it a DVC output when there are none)
+    (settings.ood_evaluation_dir / "collections.json").write_text(json.dumps(sorted(outside)))
     for name, collection in outside.items():
         collection.write(settings.ood_evaluation_dir / name)
         summary |= {f"{name}:{key}": value for key, value in collection.summary().items()}
