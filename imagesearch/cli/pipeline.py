@@ -245,7 +245,7 @@ def evaluate_sets(
 @user_errors
 def evaluate_run() -> None:
     """Evaluate challenger, champion, v0 and pretrained features; print the table, log to MLflow."""
-    report = evaluation_step(Settings())
+    report = evaluation_step(Settings(), log=console.print)
     console.print(report.markdown())
     console.print(f"served index: {report.index}")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,9 +99,15 @@ def read_outside_sets(settings: Settings) -> dict[str, EvalSets]:
     }
 
 
-def evaluation_step(settings: Settings, *, models: dict[str, str] | None = None) -> EvaluationReport:
+def evaluation_step(
+    settings: Settings,
+    *,
+    models: dict[str, str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> EvaluationReport:
     """Evaluate the challenger, the champion, v0 and raw pretrained features on the held-out sets:
-    the test split, and each out-of-domain collection (query types prefixed ``<collection>:``)."""
+    the test split, and each out-of-domain collection (query types prefixed ``<collection>:``).
+    `log` hears which model is being evaluated (minutes each on a CPU)."""
     sets = EvalSets.read(settings.evaluation_dir)
     outside = read_outside_sets(settings)
     models = models or default_models(settings)
@@ -114,6 +121,9 @@ def evaluation_step(settings: Settings, *, models: dict[str, str] | None = None)
             )
             continue
         seen[reference] = label
+        images = len(sets.corpus) + sum(len(c.corpus) for c in outside.values())
+        if log:
+            log(f"evaluating {label} ({reference}) on {images} test images")
         rankings[label], results[label] = evaluate_everywhere(
             registry.load_encoder(reference, settings), sets, outside
         )
@@ -122,6 +132,8 @@ def evaluation_step(settings: Settings, *, models: dict[str, str] | None = None)
     if served is not None:
         label, rankings[label] = served
         results[label] = score_rankings(sets, rankings[label])
+    if log:
+        log("evaluating raw pretrained features")
     raw = _pretrained_features(settings, sets.corpus["path"].tolist())
     rankings[PRETRAINED] = rank_corpus(sets, raw, None)
     results[PRETRAINED] = score_rankings(sets, rankings[PRETRAINED]) | pretrained_outside(settings, outside)
