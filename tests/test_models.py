@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -118,6 +119,21 @@ def test_the_anchored_interpolation_scales_the_learned_residual(anchored, photos
         projection.interpolation.fill_(1.0)
         with torch.no_grad():
             projection.residual.bias.zero_()
+
+
+def test_the_bridge_temperature_softens_the_anchor_and_is_saved_in_the_spec(anchored, photos, tmp_path):
+    projection, spec = anchored.image_model.projection, anchored.spec
+    at_one = anchored.encode_images([photos["cat"]])
+    projection.top_k, projection.temperature = 30, 2.0
+    anchored.spec = replace(spec, zeroshot_top_k=30, bridge_temperature=2.0)
+    try:
+        softer = anchored.encode_images([photos["cat"]])
+        reloaded = Encoder.load(anchored.save(tmp_path / "anchored"))
+        assert (reloaded.spec.zeroshot_top_k, reloaded.spec.bridge_temperature) == (30, 2.0)
+        np.testing.assert_allclose(reloaded.encode_images([photos["cat"]]), softer, atol=1e-6)
+        assert not np.allclose(softer, at_one, atol=1e-3)
+    finally:
+        projection.top_k, projection.temperature, anchored.spec = spec.zeroshot_top_k, 1.0, spec
 
 
 def test_saved_encoder_reloads_to_identical_outputs(two_tower, photos, tmp_path):

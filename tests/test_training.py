@@ -33,7 +33,7 @@ from imagesearch.common.images import DEFAULT_LIMITS
 from imagesearch.evaluation.step import evaluation_step
 from imagesearch.index.store import load_index
 from imagesearch.models.encoders import build_trained_encoder
-from imagesearch.models.registry import CHALLENGER, CHAMPION, alias_version, connect
+from imagesearch.models.registry import CHALLENGER, CHAMPION, alias_version, connect, load_encoder
 from imagesearch.settings import ModelSettings, Settings, TrainingSettings
 from imagesearch.training.loop import train_towers
 from imagesearch.training.losses import info_nce, triplet
@@ -236,6 +236,11 @@ def test_training_registers_a_challenger_with_its_run_params_metrics_and_plots(t
     settings = trained.settings
     history = metadata(trained.result, "trained_model")["history"]
     assert len(history) == 5 and history[-1]["loss"] < history[1]["loss"]
+    bridge = history[0]["bridge_top_k"], history[0]["bridge_temperature"]  # chosen before training
+    assert bridge[0] in settings.training.bridge_top_k_grid
+    assert bridge[1] in settings.training.bridge_temperature_grid
+    spec = load_encoder(f"models:/{settings.model.registered_name}/{trained.version}", settings).spec
+    assert (spec.zeroshot_top_k, spec.bridge_temperature) == bridge
     assert alias_version(settings, CHALLENGER) == trained.version
     client = MlflowClient()
     run = client.get_run(metadata(trained.result, "trained_model")["mlflow_run_id"])

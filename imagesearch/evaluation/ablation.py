@@ -43,6 +43,14 @@ RECIPES: dict[str, tuple[dict, dict]] = {
         {"head": "anchored", "raw_feature_weight": 1.0},
         {"selection": "last", "interpolation_grid": [1.0]},
     ),
+    "anchored, v0's bridge (top 10, T 1)": (
+        {"head": "anchored", "raw_feature_weight": 1.0},
+        {"bridge_top_k_grid": [], "bridge_temperature_grid": []},
+    ),
+    "anchored, bridge chosen, no training": (
+        {"head": "anchored", "raw_feature_weight": 1.0},
+        {"frozen_epochs": 0, "unfrozen_epochs": 0},
+    ),
     "anchored (default)": ({"head": "anchored", "raw_feature_weight": 1.0}, {}),
 }
 
@@ -128,6 +136,7 @@ def ablation_step(
                 "train_s": round(trained.seconds),
                 "epoch": int(trained.final.get("epoch", 0)),
                 "interp.": trained.final.get("interpolation"),
+                "bridge": _bridge(trained.final),
                 **_headline(results[variant], outside),
             }
             rows.append(row)
@@ -151,6 +160,12 @@ def ablation_step(
         (folder / "metrics.md").write_text(metrics_table(results).to_markdown(index=False, floatfmt=".3f"))
         registry.log_artifacts([markdown, folder / "metrics.md", folder / "results.json"], "ablation")
     return AblationResult(table, run_id, markdown)
+
+
+def _bridge(selected: dict[str, float]) -> str | None:
+    if "bridge_top_k" not in selected:
+        return None
+    return f"top {int(selected['bridge_top_k'])}, T {selected['bridge_temperature']:g}"
 
 
 def _flat(results: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -70,18 +70,26 @@ class ImageTower(nn.Module):
 class AnchoredProjection(nn.Module):
     """Pooled features -> v0's class-name bridge + interpolation x a learned residual (zero at start)."""
 
-    def __init__(self, classifier: nn.Module, class_embeddings: torch.Tensor, top_k: int, dim: int):
+    def __init__(
+        self,
+        classifier: nn.Module,
+        class_embeddings: torch.Tensor,
+        top_k: int,
+        dim: int,
+        temperature: float = 1.0,
+    ):
         super().__init__()
         self.classifier = classifier
         self.register_buffer("class_embeddings", class_embeddings)
-        self.top_k = top_k
+        # a softer, wider mix of classes than v0's transfers better (chosen on validation in training)
+        self.top_k, self.temperature = top_k, temperature
         self.residual = nn.Linear(classifier.in_features, dim)
         nn.init.zeros_(self.residual.weight)
         nn.init.zeros_(self.residual.bias)
         self.register_buffer("interpolation", torch.tensor(1.0))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        probabilities = self.classifier(features).float().softmax(dim=-1)
+        probabilities = (self.classifier(features).float() / self.temperature).softmax(dim=-1)
         top = probabilities.topk(self.top_k, dim=-1)
         sparse = torch.zeros_like(probabilities).scatter_(-1, top.indices, top.values)
         anchor = F.normalize(sparse @ self.class_embeddings, dim=-1)
@@ -175,6 +183,7 @@ class EncoderSpec:
     format_version: int = FORMAT_VERSION
     raw_feature_weight: float = 0.0  # trained kinds: backbone features appended to image vectors
     text_residual: bool = False  # anchored: the text side learns a residual on MiniLM
+    bridge_temperature: float = 1.0  # anchored: softmax temperature of the class-name bridge
 
 
 class Encoder:
@@ -276,7 +285,11 @@ def _trained_towers(spec: EncoderSpec, backbone: nn.Module, hidden: int) -> tupl
     shared = spec.dim - raw_width
     if spec.kind == ANCHORED:
         projection: nn.Module = AnchoredProjection(
-            backbone.get_classifier(), torch.zeros(backbone.num_classes, hidden), spec.zeroshot_top_k, shared
+            backbone.get_classifier(),
+            torch.zeros(backbone.num_classes, hidden),
+            spec.zeroshot_top_k,
+            shared,
+            spec.bridge_temperature,
         )
         text_head: nn.Module = ResidualText(hidden) if spec.text_residual else nn.Identity()
     elif spec.kind == TWO_TOWER:

@@ -197,6 +197,15 @@ class TrainingSettings(BaseModel):
         default=[0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0],
         description="anchored head: residual scales tried at each validation (0 = v0, 1 = fine-tuned)",
     )
+    bridge_top_k_grid: list[int] = Field(
+        default=[10, 30, 100],
+        description="anchored head: classes mixed by the class-name bridge, tried on validation before "
+        "training (with the temperatures below); empty = model.zeroshot_top_k, as v0",
+    )
+    bridge_temperature_grid: list[float] = Field(
+        default=[1.0, 1.5, 2.0, 3.0],
+        description="anchored head: softmax temperatures of the bridge tried on validation; empty = 1, as v0",
+    )
     raw_weight_grid: list[float] = Field(
         default=[1.0, 2.0, 3.0, 4.0, 6.0],
         description="raw-feature weights tried on validation after training (image->image only); "
@@ -285,6 +294,8 @@ class AblationSettings(BaseModel):
             "two_tower + raw features",
             "anchored, no raw features",
             "anchored, last epoch, full residual",
+            "anchored, v0's bridge (top 10, T 1)",
+            "anchored, bridge chosen, no training",
             "anchored (default)",
         ],
         description="a recipe of imagesearch.evaluation.ablation.RECIPES, a source name, or 'all'",

@@ -60,6 +60,7 @@ class Trainer:
         self.outside = outside or {}
         self.best: dict | None = None  # the selected epoch: its metrics, interpolation and parts
         self.reference: dict[str, float] | None = None  # epoch 0's val metrics
+        self.bridge: dict[str, float] | None = None  # anchored: the class-name bridge chosen at epoch 0
         self.settings, self.device = settings, encoder.device
         self.parts = _Parts(encoder, top, settings.temperature, settings.learn_temperature).to(self.device)
         self.parts.top.eval()  # batch-norm statistics stay those of pretraining
@@ -90,10 +91,13 @@ class Trainer:
             "history": history,
             "best": self.best,
             "reference": self.reference,
+            "bridge": self.bridge,
         }
 
     def load(self, state: dict) -> None:
         self.best, self.reference = state.get("best"), state.get("reference")
+        if state.get("bridge"):
+            self._set_bridge(state["bridge"])
         self.parts.load_state_dict(state["parts"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -328,6 +332,33 @@ class Trainer:
             out.append({**metrics, key: value, "selection_score": self._score(metrics)})
         return out
 
+    def choose_bridge(self) -> dict[str, float]:
+        """Anchored head, before training: the class-name bridge's top-k and softmax temperature with
+        the best mean over every val metric, in-domain and out of domain (v0 keeps its own, 10 and 1).
+        A softer mix of more classes describes pictures unlike ImageNet's photos better; the residual
+        then learns on top of the anchor chosen here, and selection holds it to that anchor."""
+        spec = self.encoder.spec
+        top_ks = self.settings.bridge_top_k_grid or [spec.zeroshot_top_k]
+        temperatures = self.settings.bridge_temperature_grid or [spec.bridge_temperature]
+        candidates = []
+        for top_k in top_ks:
+            for temperature in temperatures:
+                bridge = {"bridge_top_k": top_k, "bridge_temperature": temperature}
+                self._set_bridge(bridge)
+                metrics = self.validate()
+                candidates.append({**bridge, "score": float(np.mean(list(metrics.values())))})
+        best = max(candidates, key=lambda c: c["score"])
+        self._set_bridge(best)
+        return {key: best[key] for key in ("bridge_top_k", "bridge_temperature")}
+
+    def _set_bridge(self, bridge: dict[str, float]) -> None:
+        projection = self.parts.image_projection
+        projection.top_k, projection.temperature = int(bridge["bridge_top_k"]), bridge["bridge_temperature"]
+        self.bridge = {"bridge_top_k": projection.top_k, "bridge_temperature": projection.temperature}
+        self.encoder.spec = replace(
+            self.encoder.spec, zeroshot_top_k=projection.top_k, bridge_temperature=projection.temperature
+        )
+
     def validate_and_select(self, epoch: int) -> dict[str, float]:
         """Validate (at each interpolation of the grid, for the anchored head) and remember the best.
 
@@ -343,9 +374,12 @@ class Trainer:
             )
             self._interpolate(1.0)  # training always moves the full residuals
         else:
+            bridge = self.choose_bridge() if self._anchored() else {}
             metrics = self.validate()
             self.reference = self.reference or (metrics | self._raw_feature_metrics())
-            candidates = [{**metrics, "interpolation": 1.0, "selection_score": self._score(metrics)}]
+            candidates = [
+                {**metrics, **bridge, "interpolation": 1.0, "selection_score": self._score(metrics)}
+            ]
         chosen = max(candidates, key=lambda c: c["selection_score"])
         if self.best is None or chosen["selection_score"] > self.best["metrics"]["selection_score"]:
             state = {k: v.detach().clone() for k, v in self.parts.state_dict().items()}
@@ -370,7 +404,7 @@ class Trainer:
             chosen = {**chosen, **max(candidates, key=lambda c: c["selection_score"])}
             apply(chosen["raw_feature_weight"])
             self.encoder.spec = replace(self.encoder.spec, raw_feature_weight=chosen["raw_feature_weight"])
-        return {"epoch": self.best["epoch"], **chosen}
+        return {"epoch": self.best["epoch"], **(self.bridge or {}), **chosen}
 
 
 IN_DOMAIN_VAL = ("val_text_to_image_recall_at_10", "val_image_to_image_recall_at_10")
