@@ -28,6 +28,8 @@ from imagesearch.settings import PROJECT_ROOT, ServiceSettings, Settings
 # --- serving --------------------------------------------------------------------------------
 # The browser test's screenshot stays here for people to look at (git-ignored).
 PROJECT_SCREENSHOT_DIR = PROJECT_ROOT / "test-artifacts"
+ADMIN_TOKEN = "a-test-token-of-32-characters..."
+LOOPBACK = "http://127.0.0.1"  # the Host the service accepts by default (not TestClient's "testserver")
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon", "page", "coins", "horse")
 
 
@@ -59,7 +61,7 @@ def client(indexed, zeroshot_encoder, tmp_path):
     )
     loaded = load_index(root / "index")
     service = SearchService(zeroshot_encoder, loaded, loaded.ids.set_index("id")["path"], settings)
-    with TestClient(create_app(settings, service=service)) as test_client:
+    with TestClient(create_app(settings, service=service), base_url=LOOPBACK) as test_client:
         test_client.settings = settings
         yield test_client
 
@@ -155,7 +157,7 @@ def test_a_query_the_worker_cannot_answer_in_time_gets_503(indexed, zeroshot_enc
     service = SearchService(zeroshot_encoder, loaded, loaded.ids.set_index("id")["path"], settings)
     encode = service.encode
     monkeypatch.setattr(service, "encode", lambda *args: time.sleep(1.0) or encode(*args))  # a busy worker
-    with TestClient(create_app(settings, service=service)) as overloaded:
+    with TestClient(create_app(settings, service=service), base_url=LOOPBACK) as overloaded:
         response = overloaded.post("/search", json={"text": "a cup of coffee"})
     assert response.status_code == 503 and "overloaded" in response.json()["detail"]
 
@@ -181,7 +183,7 @@ def test_admin_routes_need_the_token(client):
 def swappable(indexed, saved_encoder, zeroshot_encoder, tmp_path):
     """A service started on index A (photos), with index B (photos + one more) ready to swap in."""
     _, images = indexed
-    settings = Settings(home=tmp_path / "ws", service=ServiceSettings(admin_token="s3cret"))
+    settings = Settings(home=tmp_path / "ws", service=ServiceSettings(admin_token=ADMIN_TOKEN))
     model = str(saved_encoder)  # a saved v0 folder: loads in seconds, like a registry model would
     first = build_folder_index(zeroshot_encoder, images, tmp_path / "a", model=model, settings=settings)
     extra = tmp_path / "more"
@@ -189,7 +191,7 @@ def swappable(indexed, saved_encoder, zeroshot_encoder, tmp_path):
     Image.open(images / "photos" / "chelsea.png").rotate(90).save(extra / "photos" / "chelsea_rotated.png")
     second = build_folder_index(zeroshot_encoder, extra, tmp_path / "b", model=model, settings=settings)
     assert second.count == first.count + 1
-    with TestClient(create_app(settings, index_dir=tmp_path / "a")) as test_client:
+    with TestClient(create_app(settings, index_dir=tmp_path / "a"), base_url=LOOPBACK) as test_client:
         yield test_client, tmp_path / "b", first.count
 
 
@@ -219,7 +221,7 @@ def searching(client, threads: int = 4):
 
 def test_hot_swap_under_load_fails_no_request(swappable):
     client, second_index, first_count = swappable
-    auth = {"Authorization": "Bearer s3cret"}
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     assert client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.post("/admin/reload").status_code == 401
     with searching(client) as seen:
@@ -242,7 +244,10 @@ def test_a_rebuilt_index_folder_is_swapped_in_by_the_poll(swappable, tmp_path):
     live = tmp_path / "live"
     shutil.copytree(tmp_path / "a", live)
     settings = Settings(home=tmp_path / "ws", service=ServiceSettings(reload_poll_seconds=0.2))
-    with TestClient(create_app(settings, index_dir=live)) as client, searching(client) as seen:
+    with (
+        TestClient(create_app(settings, index_dir=live), base_url=LOOPBACK) as client,
+        searching(client) as seen,
+    ):
         staging = tmp_path / "staging"
         shutil.copytree(second_index, staging)
         retired = tmp_path / "retired"
@@ -258,7 +263,7 @@ def test_a_rebuilt_index_folder_is_swapped_in_by_the_poll(swappable, tmp_path):
 
 def test_a_failed_reload_keeps_serving_the_old_pair(swappable, tmp_path):
     client, _, first_count = swappable
-    auth = {"Authorization": "Bearer s3cret"}
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     (tmp_path / "half-written").mkdir()
     client.post("/admin/reload", json={"index_dir": str(tmp_path / "half-written")}, headers=auth)
     client.app.state.swapper.wait(60)

@@ -121,4 +121,5 @@ def serve(
         host=host or settings.service.host,
         port=port or settings.service.port,
         log_level="info",
+        limit_concurrency=settings.service.limit_concurrency,
     )

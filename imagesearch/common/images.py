@@ -73,11 +73,15 @@ def decode_limits(catalog: CatalogSettings, *, max_file_bytes: int | None = None
     return DecodeLimits(catalog.max_image_pixels, catalog.min_side, max_file_bytes or catalog.max_file_bytes)
 
 
-def open_rgb(source: str | Path | bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedImage:
+def open_rgb(
+    source: str | Path | bytes, limits: DecodeLimits = DEFAULT_LIMITS, *, reduce_to: int | None = None
+) -> DecodedImage:
     """Decode a file path or raw bytes into upright RGB; raise `ImageRejected` if it is unusable.
 
     Handles palette / RGBA / LA (composited onto white), CMYK, 16-bit and float modes, animated
     images (first frame) and EXIF orientation. All pixels are decoded, so truncation is caught here.
+    `reduce_to` (queries only: catalog decodes stay exact) shrinks a large image towards that side
+    while decoding (JPEG) or right after it, before any full-size copy in another mode is made.
     """
     data = _read_bytes(source, limits)
     _raise_pillow_bomb_limit_to(limits.max_image_pixels)
@@ -88,8 +92,10 @@ def open_rgb(source: str | Path | bytes, limits: DecodeLimits = DEFAULT_LIMITS) 
             with Image.open(io.BytesIO(data)) as image:
                 _check_size(image, limits)
                 image.seek(0)
+                if reduce_to and image.format == "JPEG":
+                    image.draft("RGB", (reduce_to, reduce_to))
                 image.load()
-                return _canonicalise(image)
+                return _canonicalise(_reduced(image, reduce_to) if reduce_to else image)
         except ImageRejected:
             raise
         except Image.DecompressionBombError as error:
@@ -143,6 +149,23 @@ def _check_size(image: Image.Image, limits: DecodeLimits) -> None:
         raise ImageRejected(RejectReason.TOO_SMALL, f"{width}x{height} is below {limits.min_side} px")
 
 
+def _reduced(image: Image.Image, side: int) -> Image.Image:
+    """At most ~2x `side` on the short edge: a cheap box reduction, or nearest for palette images
+    (whose colours cannot be averaged without a 4-byte RGBA copy of the full image)."""
+    factor = min(image.size) // (2 * side)
+    if factor < 2:
+        return image
+    size = (image.width // factor, image.height // factor)
+    if image.mode in ("1", "P"):
+        reduced = image.resize(size, Image.Resampling.NEAREST)
+        reduced.info = image.info
+        return reduced
+    try:
+        return image.reduce(factor)
+    except ValueError:  # modes `reduce` does not take (16-bit): an area-averaging resize does
+        return image.resize(size, Image.Resampling.BOX)
+
+
 def _canonicalise(image: Image.Image) -> DecodedImage:
     exif_orientation = int(image.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
     upright = ImageOps.exif_transpose(image) or image
@@ -173,11 +196,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
-    """Scale 16/32-bit or float greyscale to 8 bits; Pillow's own convert clips instead of scaling."""
-    pixels = np.asarray(image, dtype=np.float64)
+    """Scale 16/32-bit or float greyscale to 8 bits; Pillow's own convert clips instead of scaling.
+    Row blocks in float32 keep the working memory at a few megabytes whatever the image's size."""
+    pixels = np.asarray(image)
     if image.mode.startswith("I;16"):
-        scaled = pixels / 257.0
+        low, scale = 0.0, 1 / 257.0
     else:
         low, high = float(pixels.min()), float(pixels.max())
-        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+        scale = 255.0 / (high - low) if high > low else 0.0
+    out = np.empty(pixels.shape, np.uint8)
+    rows = max(1, (1 << 20) // max(1, pixels.shape[1]))
+    for start in range(0, pixels.shape[0], rows):
+        block = (pixels[start : start + rows].astype(np.float32) - low) * scale
+        out[start : start + rows] = np.clip(np.rint(block), 0, 255)
+    return Image.fromarray(out, mode="L")

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from imagesearch.catalog.sources import scan_source
-from imagesearch.common.images import ImageRejected, decode_limits
+from imagesearch.common.images import ImageRejected, RejectReason, decode_limits
 from imagesearch.common.io import content_id
 from imagesearch.embeddings.store import write_embeddings
 from imagesearch.models.encoders import Encoder
@@ -35,6 +35,9 @@ def embed_folder(
     files = list(scan_source(SourceSettings(name="images", path=folder), limits.extensions))
     rows, vectors, rejected, pending = [], [], Counter(), []
     for file in tqdm(files, desc="embedding images", unit="img"):
+        if file.escapes_source:  # a symlink out of the folder: never indexed, so never served
+            rejected[str(RejectReason.OUTSIDE_SOURCE)] += 1
+            continue
         data = file.path.read_bytes()
         try:
             pending.append(encoder.preprocessor(data, decode))

@@ -62,8 +62,14 @@ def search(
 
 
 def rerank_exact(queries: np.ndarray, positions: np.ndarray, vectors: np.ndarray, k: int):
+    """Exact scores of each query's short list, one query at a time: the gathered candidates of a
+    whole batch of deep queries would not fit in memory."""
     safe = np.where(positions < 0, 0, positions)
-    exact = np.einsum("qd,qcd->qc", queries, vectors[safe].astype(np.float32))
+    exact = (
+        np.stack([vectors[row].astype(np.float32) @ query for query, row in zip(queries, safe, strict=True)])
+        if len(queries)
+        else np.zeros(positions.shape, np.float32)
+    )
     exact[positions < 0] = -np.inf
     order = np.argsort(-exact, axis=1)[:, :k]
     return np.take_along_axis(exact, order, axis=1), np.take_along_axis(positions, order, axis=1)

@@ -31,9 +31,15 @@ class Preprocessor:
         std = tuple(config.get("std", (0.229, 0.224, 0.225)))
         return cls(size=size, mean=mean, std=std)
 
-    def __call__(self, image: ImageInput, limits: DecodeLimits = DEFAULT_LIMITS) -> torch.Tensor:
-        """(3, size, size) float tensor, normalised."""
-        rgb = image.convert("RGB") if isinstance(image, Image.Image) else open_rgb(image, limits).rgb
+    def __call__(
+        self, image: ImageInput, limits: DecodeLimits = DEFAULT_LIMITS, *, reduce: bool = False
+    ) -> torch.Tensor:
+        """(3, size, size) float tensor, normalised. `reduce`: shrink large images while decoding
+        (queries: bounded memory; catalog images are decoded exactly)."""
+        if isinstance(image, Image.Image):
+            rgb = image.convert("RGB")
+        else:
+            rgb = open_rgb(image, limits, reduce_to=2 * self.size if reduce else None).rgb
         return self.pixels(letterbox(rgb, self.size))
 
     def pixels(self, square: Image.Image) -> torch.Tensor:

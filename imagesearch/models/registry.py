@@ -19,6 +19,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
@@ -252,13 +253,26 @@ def load_encoder(reference: str, settings: Settings) -> Encoder:
     uri = _model_uri(reference, settings)
     connect(settings)
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except (MlflowException, OSError) as error:
         raise RegistryError(
             f"cannot load {uri}: {str(error).splitlines()[0]} — register a model first "
             "(`imagesearch model register-v0`) or pass --model v0"
         ) from error
-    return model.unwrap_python_model().encoder
+    return Encoder.load(_encoder_folder(local, uri), settings.model.device)
+
+
+def _encoder_folder(model_folder: Path, uri: str) -> Path:
+    """The encoder files inside a downloaded pyfunc model. They are read as JSON, safetensors/HF and
+    `torch.load(weights_only=True)`: the pickled python_model beside them is never unpickled here."""
+    try:
+        flavor = yaml.safe_load((model_folder / "MLmodel").read_text())["flavors"]["python_function"]
+        folder = model_folder / flavor["artifacts"]["encoder"]["path"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as error:
+        raise RegistryError(f"{uri} is not an imagesearch encoder model ({error})") from error
+    if not (folder / "encoder.json").is_file():
+        raise RegistryError(f"{uri} has no encoder files at {folder}")
+    return folder
 
 
 def pin_reference(reference: str, settings: Settings) -> str:

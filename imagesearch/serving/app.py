@@ -18,9 +18,11 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from imagesearch.common.io import content_id
 from imagesearch.feedback.clicklog import ClickLog, UnknownQuery
+from imagesearch.serving.guards import BodyLimit, SameOriginPosts, reload_folder
 from imagesearch.serving.requests import (
     base64_image,
     check_page,
@@ -76,7 +78,11 @@ def create_app(
 
     app = FastAPI(title="imagesearch", version="0.1.0", lifespan=lifespan)
     config = settings.service
-    index_dir_default = index_dir
+    started_with = index_dir or settings.search_index_dir
+    # outermost last: the Host check, then the Origin check, then the body limit, then the routes
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(SameOriginPosts)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.allowed_hosts)
     app.state.admin_token = config.admin_token
     app.state.settings = settings
 
@@ -126,9 +132,12 @@ def create_app(
     async def knn_service(request: Request, service: Service) -> list[KnnResult]:
         """clip-retrieval's ClipClient protocol: `ClipClient(url=".../knn-service", indice_name=...)`.
 
-        Body: KnnRequest as JSON. ClipClient sends it without a content-type, so it is parsed as JSON
-        whatever the header says.
+        Body: KnnRequest as JSON. ClipClient sends it without a content-type, so a missing one is
+        read as JSON; any other than JSON is refused (a cross-site form post cannot pass as JSON).
         """
+        content_type = request.headers.get("content-type", "application/json")
+        if not content_type.startswith("application/json"):
+            raise HTTPException(415, f"send the body as application/json, not {content_type}")
         body = knn_request(await request.body())
         if body.image_url:
             raise HTTPException(
@@ -185,7 +194,7 @@ def create_app(
         Requests in flight finish on the pair they started with; a load that fails keeps the old pair.
         """
         swapper: Swapper = request.app.state.swapper
-        index_dir = Path(body.index_dir) if body and body.index_dir else index_dir_default
+        index_dir = reload_folder(body.index_dir if body else None, started_with, settings.index_dir)
         started = swapper.start(lambda: SearchService.from_index(settings, index_dir))
         if not started:
             raise HTTPException(409, "a reload is already running")

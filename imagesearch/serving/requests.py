@@ -30,11 +30,15 @@ async def parse_search(request: Request, max_bytes: int) -> tuple[SearchRequest,
             raise HTTPException(413, f"the image is larger than {max_bytes} bytes")
         fields = {key: value for key, value in form.items() if key != "image"}
         query = validated(fields)
+        if any(getattr(query, name) is not None for name in ("text", "image_id", "embedding")):
+            raise HTTPException(422, "give exactly one of text, image_id, embedding or an image file")
     else:
         try:
             body = await request.json()
         except ValueError as error:
             raise HTTPException(422, "the body must be JSON (or multipart with an 'image' file)") from error
+        except RecursionError as error:
+            raise HTTPException(400, "the JSON body is nested too deeply") from error
         query = validated(body)
         given = [name for name in ("text", "image_id", "embedding") if getattr(query, name) is not None]
         if len(given) != 1:
@@ -74,6 +78,11 @@ def base64_image(encoded: str, max_bytes: int) -> bytes:
 
 
 def check_page(query: SearchRequest, config: ServiceSettings) -> None:
+    """The limits of the service's settings, on every route (the schema holds only hard caps)."""
+    if query.text is not None and len(query.text) > config.max_text_chars:
+        raise HTTPException(
+            422, f"the text has {len(query.text)} characters; the limit is {config.max_text_chars}"
+        )
     if query.k > config.max_k:
         raise HTTPException(422, f"k must be at most {config.max_k}")
     if query.offset > config.max_offset:

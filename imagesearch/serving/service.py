@@ -6,7 +6,9 @@ with the model version that served them and the time spent in each stage."""
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,11 @@ class SearchService:
         self.model_version = index.manifest.model
         # id -> row, built once: "more like this" must not scan every id per request
         self.positions = pd.Index(index.ids["id"].to_numpy())
-        self.limits = decode_limits(settings.catalog, max_file_bytes=config.max_upload_bytes)
+        limits = decode_limits(settings.catalog, max_file_bytes=config.max_upload_bytes)
+        self.limits = replace(limits, max_image_pixels=min(limits.max_image_pixels, config.max_upload_pixels))
+        # each decode may hold a few full-size copies: only so many at once, whatever clients send
+        self.decodes = threading.BoundedSemaphore(config.max_concurrent_decodes)
+        self.roots = image_roots(index, settings)
         self.worker = QueryWorker(self, max_batch=config.max_batch, timeout_s=config.answer_timeout_s)
         self.fingerprint: str | None = None  # of the index folder it was loaded from (see from_index)
 
@@ -71,7 +77,8 @@ class SearchService:
             raise BadQuery(f"the image has {len(data)} bytes; the limit is {self.config.max_upload_bytes}")
         started = time.perf_counter()
         try:
-            pixels = self.encoder.preprocessor(data, self.limits)
+            with self.decodes:
+                pixels = self.encoder.preprocessor(data, self.limits, reduce=True)
         except ImageRejected as error:
             raise BadQuery(f"the upload is not a usable image ({error.reason})") from error
         if timings is not None:
@@ -118,16 +125,22 @@ class SearchService:
     def search_many(
         self, vectors: np.ndarray, pages: list[PageRequest], timings: dict[str, float]
     ) -> list[Answer]:
-        """ANN for all queries in one call, then the exact re-score and re-rank of each."""
+        """ANN for the queries of one depth in one call, then the exact re-score and re-rank of each:
+        a deep page costs its own query, not the whole batch."""
         started = time.perf_counter()
         total = self.index.index.ntotal
-        depths = [min(max(self.config.candidates, (p.offset + p.k) * 2), total) for p in pages]
-        _, positions = self.index.search(vectors, max(depths))
+        depths = np.array([min(max(self.config.candidates, (p.offset + p.k) * 2), total) for p in pages])
+        found: list[np.ndarray] = [np.empty(0, np.int64)] * len(pages)
+        for depth in np.unique(depths):
+            rows = np.flatnonzero(depths == depth)
+            _, positions = self.index.search(vectors[rows], int(depth))
+            for row, row_positions in zip(rows, positions, strict=True):
+                found[row] = row_positions
         timings["ann"] = _ms(started)
         started = time.perf_counter()
         answers = [
-            self._rerank(vector, found[:depth], page)
-            for vector, found, depth, page in zip(vectors, positions, depths, pages, strict=True)
+            self._rerank(vector, positions, page)
+            for vector, positions, page in zip(vectors, found, pages, strict=True)
         ]
         timings["rerank"] = _ms(started)
         return answers
@@ -153,14 +166,27 @@ class SearchService:
         self.worker.close()
 
     def path_of(self, image_id: str) -> Path | None:
-        """The file of a catalog image, or None: only catalog ids resolve, never a client path."""
+        """The file of a catalog image, or None: only catalog ids resolve, never a client path, and
+        only to a file inside the index's image roots as it is now (a source file since replaced by
+        a symlink to elsewhere is not served)."""
         path = self.paths.get(image_id)
-        return Path(path) if isinstance(path, str) else None
+        if not isinstance(path, str):
+            return None
+        real = Path(path).resolve()
+        return real if any(real.is_relative_to(root) for root in self.roots) else None
 
     def caption_of(self, image_id: str) -> str:
         """A readable caption: the file name without extension (the index keeps no captions)."""
         path = self.path_of(image_id)
         return path.stem.replace("_", " ") if path else ""
+
+
+def image_roots(index: LoadedIndex, settings: Settings) -> list[Path]:
+    """Where the served images may live: the folder a bring-your-own index was built from, else the
+    workspace's catalog sources."""
+    source = index.manifest.extra.get("source")
+    folders = [Path(source)] if source else [s.path for s in settings.effective_sources]
+    return [Path(folder).expanduser().resolve() for folder in folders]
 
 
 def _ms(started: float) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 
 class SourceSettings(BaseModel):
@@ -215,6 +215,9 @@ class TrainingSettings(BaseModel):
     device: str = Field(default="auto", description="'auto' (CUDA when present, with AMP), 'cpu' or 'cuda'")
 
 
+MIN_ADMIN_TOKEN_CHARS = 16
+
+
 class ServiceSettings(BaseModel):
     """The search service: where it listens, request limits and the default query path."""
 
@@ -244,8 +247,41 @@ class ServiceSettings(BaseModel):
         description="check the index folder this often and swap in a rebuilt index + its model; 0 = off",
     )
     admin_token: SecretStr | None = Field(
-        default=None, description="bearer token for /admin routes; unset = admin routes refuse everyone"
+        default=None,
+        description=f"bearer token for /admin routes (at least {MIN_ADMIN_TOKEN_CHARS} characters); unset = "
+        "admin routes refuse everyone",
     )
+    max_upload_pixels: int = Field(
+        default=40_000_000, gt=0, description="uploads whose header declares more pixels are refused (413)"
+    )
+    max_concurrent_decodes: int = Field(
+        default=2, ge=1, description="uploads decoded at once (each may hold a few full-size copies)"
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        gt=0,
+        description="any request body above is refused while it streams in (base64 images need ~4/3 "
+        "of max_upload_bytes)",
+    )
+    max_json_depth: int = Field(default=32, ge=2, description="deeper JSON bodies are refused (400)")
+    limit_concurrency: int = Field(
+        default=64, ge=1, description="connections served at once; beyond, the server answers 503"
+    )
+    allowed_hosts: list[str] = Field(
+        default=["127.0.0.1", "localhost", "::1"],
+        description="Host headers served (a DNS-rebinding page sends its own name); add your hostname "
+        "when binding beyond loopback, or '*' for any",
+    )
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token_long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value().strip()) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"IMAGESEARCH_SERVICE__ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters "
+                "(an empty or short token would open the admin routes); unset it to disable them"
+            )
+        return token
 
 
 OOD_COLLECTIONS = ("fashion-mnist", "gcompris")
