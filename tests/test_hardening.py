@@ -4,10 +4,15 @@ JSON, symlinked images, Host / Origin checks, pickled models)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +21,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import ValidationError
 
+from imagesearch.common.io import folder_atomic, remove_dead_leftovers
+from imagesearch.feedback.clicklog import ClickLog
 from imagesearch.index.folder import build_folder_index
 from imagesearch.index.store import LoadedIndex, load_index
 from imagesearch.serving.app import create_app
@@ -226,3 +233,98 @@ def test_a_foreign_host_header_and_cross_site_posts_are_refused(client):
         "/knn-service", content=json.dumps({"text": "cat"}), headers={"content-type": "text/plain"}
     )
     assert form_post.status_code == 415
+
+
+# --- 11: publishing a folder is one atomic exchange; a kill at any moment leaves one to serve ------
+PUBLISHER = textwrap.dedent(
+    """
+    import hashlib, os, sys
+    from pathlib import Path
+    from imagesearch.common.io import folder_atomic
+    target = Path(sys.argv[1])
+    for round in range(10_000):
+        with folder_atomic(target) as staging:
+            payload = os.urandom(1 << 20)
+            (staging / "vectors.bin").write_bytes(payload)
+            (staging / "manifest.json").write_text(hashlib.sha256(payload).hexdigest())
+    """
+)
+
+
+def complete(folder: Path) -> bool:
+    manifest = (folder / "manifest.json").read_text()
+    return hashlib.sha256((folder / "vectors.bin").read_bytes()).hexdigest() == manifest
+
+
+def test_a_writer_killed_at_random_moments_always_leaves_a_complete_folder(tmp_path):
+    target = tmp_path / "index"
+    rng = np.random.default_rng(0)
+    for kill in range(12):
+        writer = subprocess.Popen([sys.executable, "-c", PUBLISHER, str(target)])
+        time.sleep(1.5 if kill == 0 else rng.uniform(0.2, 0.8))
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        if target.exists():  # the very first publication may not have happened yet
+            assert complete(target), f"kill {kill} left a half-written folder"
+    assert target.exists()
+    leftovers = remove_dead_leftovers(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["index"], leftovers
+    assert complete(target)
+
+
+def test_a_retired_version_is_restored_when_a_kill_left_no_folder(tmp_path):
+    target = tmp_path / "index"
+    retired = tmp_path / ".index.retired-999999999"
+    retired.mkdir()
+    (retired / "manifest.json").write_text("{}")
+    (tmp_path / ".index.staging-999999999").mkdir()
+    with folder_atomic(target) as staging:
+        assert (target / "manifest.json").exists()  # restored before the new version is written
+        (staging / "manifest.json").write_text('{"new": true}')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+    assert json.loads((target / "manifest.json").read_text()) == {"new": True}
+
+
+# --- 15: a locked click log never fails the search and loses no row ------------------------------
+def test_a_locked_click_log_spools_the_query_and_replays_it(tmp_path):
+    url = f"sqlite:///{tmp_path / 'clicks.sqlite'}"
+    log = ClickLog(url, busy_timeout_s=0.05)
+    log.log_query([("a", 0.9)], model_version="v0", query_text="first")
+    blocker = sqlite3.connect(tmp_path / "clicks.sqlite")
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        locked = log.log_query([("b", 0.8)], model_version="v0", query_text="while locked")
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert log.spool.exists() and locked in log.spool.read_text()
+    log.log_query([("c", 0.7)], model_version="v0", query_text="after")
+    tables = log.read()
+    assert sorted(tables.queries["query_text"]) == ["after", "first", "while locked"]
+    assert len(tables.impressions) == 3 and not log.spool.exists()
+
+
+# --- 16: a failed swap is retried at the next poll ------------------------------------------------
+def test_a_build_whose_model_fails_to_load_is_swapped_in_once_it_loads(
+    small_index, zeroshot_encoder, saved_encoder, tmp_path
+):
+    _, images = small_index
+    settings = Settings(home=tmp_path / "ws", service=ServiceSettings(reload_poll_seconds=0.2))
+    live, later_model = tmp_path / "live", tmp_path / "later-model"
+    build_folder_index(zeroshot_encoder, images, live, model=str(saved_encoder), settings=settings)
+    more = tmp_path / "more"
+    shutil.copytree(images, more)
+    noise_image(99, (80, 80)).save(more / "extra.png")
+    build_folder_index(zeroshot_encoder, more, tmp_path / "next", model=str(later_model), settings=settings)
+    with TestClient(create_app(settings, index_dir=live), base_url=LOOPBACK) as client:
+        first = client.get("/health").json()["vectors"]
+        shutil.rmtree(live)
+        (tmp_path / "next").rename(live)
+        deadline = time.time() + 60
+        while client.app.state.swapper.last["status"] != "failed" and time.time() < deadline:
+            time.sleep(0.1)
+        assert client.app.state.swapper.last["status"] == "failed"  # the model is not there yet
+        shutil.copytree(saved_encoder, later_model)
+        while client.get("/health").json()["vectors"] == first and time.time() < deadline:
+            time.sleep(0.2)
+        assert client.get("/health").json()["vectors"] == first + 1

@@ -12,6 +12,10 @@ the same tables with ``simulated = true`` so simulated traffic never passes for 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,16 +75,36 @@ def _sqlite_write_ahead(connection, _record) -> None:
     cursor.close()
 
 
-class ClickLog:
-    """Writes and reads the log; the tables are created on first use."""
+WRITE_ATTEMPTS = 5
 
-    def __init__(self, url: str):
+
+def _connect_args(url: str, busy_timeout_s: float) -> dict:
+    return {"timeout": busy_timeout_s, "check_same_thread": False} if url.startswith("sqlite") else {}
+
+
+class ClickLog:
+    """Writes and reads the log; the tables are created on first use.
+
+    A query's rows never fail the search that showed them: a write that still fails after retries
+    (a locked or unreachable database) goes to a JSON-lines spool file beside the database, replayed
+    into it by the next write that succeeds."""
+
+    def __init__(
+        self, url: str, *, pool_size: int = 8, spool: Path | None = None, busy_timeout_s: float = 10.0
+    ):
         if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = sa.create_engine(url)
+            database = Path(url.removeprefix("sqlite:///"))
+            database.parent.mkdir(parents=True, exist_ok=True)
+            spool = spool or database.with_name(database.name + ".spool.jsonl")
+        # one connection per request thread that logs at once; SQLite waits on a lock, not fails
+        in_memory = url in ("sqlite://", "sqlite:///:memory:")
+        options = {} if in_memory else {"pool_size": pool_size, "max_overflow": pool_size}
+        self.engine = sa.create_engine(url, connect_args=_connect_args(url, busy_timeout_s), **options)
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_write_ahead)
         metadata.create_all(self.engine)
+        self.spool = spool
+        self._spool_lock = threading.Lock()
 
     def log_query(
         self,
@@ -94,26 +118,66 @@ class ClickLog:
     ) -> str:
         """Record a query and the ranked (image id, score) results it showed; returns its query id."""
         query_id = uuid.uuid4().hex
-        with self.engine.begin() as connection:
-            connection.execute(
-                queries_table.insert().values(
-                    query_id=query_id,
-                    created_at=at or datetime.now(UTC),
-                    query_text=query_text,
-                    query_image_hash=query_image_hash,
-                    model_version=model_version,
-                    simulated=simulated,
-                )
-            )
-            if results:
-                connection.execute(
-                    impressions_table.insert(),
-                    [
-                        {"query_id": query_id, "rank": rank, "image_id": image_id, "score": float(score)}
-                        for rank, (image_id, score) in enumerate(results, start=1)
-                    ],
-                )
+        query = {
+            "query_id": query_id,
+            "created_at": (at or datetime.now(UTC)).isoformat(),
+            "query_text": query_text,
+            "query_image_hash": query_image_hash,
+            "model_version": model_version,
+            "simulated": simulated,
+        }
+        shown = [
+            {"query_id": query_id, "rank": rank, "image_id": image_id, "score": float(score)}
+            for rank, (image_id, score) in enumerate(results, start=1)
+        ]
+        try:
+            self._write_with_retries([(query, shown)])
+        except sa.exc.SQLAlchemyError:
+            if self.spool is None:
+                raise
+            self._append_to_spool(query, shown)
+            return query_id
+        self.replay_spool()
         return query_id
+
+    def _write_with_retries(self, rows: list[tuple[dict, list[dict]]]) -> None:
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                with self.engine.begin() as connection:
+                    for query, shown in rows:
+                        values = {**query, "created_at": datetime.fromisoformat(query["created_at"])}
+                        connection.execute(queries_table.insert().values(**values))
+                        if shown:
+                            connection.execute(impressions_table.insert(), shown)
+                return
+            except sa.exc.OperationalError:  # locked / busy: back off and try again
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+
+    def _append_to_spool(self, query: dict, shown: list[dict]) -> None:
+        with self._spool_lock, self.spool.open("a") as handle:
+            handle.write(json.dumps({"query": query, "impressions": shown}) + "\n")
+            handle.flush()
+
+    def replay_spool(self) -> int:
+        """Write the spooled queries into the database (all in one transaction); how many were."""
+        if self.spool is None or not self.spool.exists():
+            return 0
+        with self._spool_lock:
+            if not self.spool.exists():
+                return 0
+            lines = [json.loads(line) for line in self.spool.read_text().splitlines() if line.strip()]
+            try:
+                self._write_with_retries([(row["query"], row["impressions"]) for row in lines])
+            except sa.exc.IntegrityError:  # some were written after all: add the others one by one
+                for row in lines:
+                    with contextlib.suppress(sa.exc.IntegrityError):
+                        self._write_with_retries([(row["query"], row["impressions"])])
+            except sa.exc.SQLAlchemyError:
+                return 0  # still failing: the spool stays for the next write
+            self.spool.unlink()
+        return len(lines)
 
     def log_click(self, query_id: str, rank: int, *, at: datetime | None = None) -> str:
         """Record a click on the result shown at `rank` for `query_id`; returns the clicked image id."""

@@ -21,7 +21,6 @@ two-tower encoder: one vector per image or text, one index, one dot product.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from timm.data import ImageNetInfo
 from torch import nn
 from torch.nn import functional as F
 
+from imagesearch.common.io import folder_atomic
 from imagesearch.models.backbones import create_image_backbone, load_text_model
 from imagesearch.models.preprocess import ImageInput, Preprocessor
 from imagesearch.settings import ModelSettings
@@ -239,16 +239,15 @@ class Encoder:
 
     # --- persistence ---------------------------------------------------------------------------
     def save(self, folder: Path) -> Path:
-        """Spec (JSON) + state dicts (torch, read back with weights_only) + the HF text model folder."""
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "encoder.json").write_text(json.dumps(asdict(self.spec), indent=2))
-        torch.save(_cpu_state(self.image_model), folder / "image.pt")
-        # the head alone (not its zero padding): the file format of every earlier version
-        torch.save(_cpu_state(self.text_model.head()), folder / "text_projection.pt")
-        text_folder = folder / "text_model"
-        shutil.rmtree(text_folder, ignore_errors=True)
-        self.text_model.transformer.save_pretrained(text_folder)
-        self.tokenizer.save_pretrained(text_folder)
+        """Spec (JSON) + state dicts (torch, read back with weights_only) + the HF text model folder,
+        written whole or not at all (a killed save leaves the previous folder, never half of one)."""
+        with folder_atomic(folder) as staging:
+            torch.save(_cpu_state(self.image_model), staging / "image.pt")
+            # the head alone (not its zero padding): the file format of every earlier version
+            torch.save(_cpu_state(self.text_model.head()), staging / "text_projection.pt")
+            self.text_model.transformer.save_pretrained(staging / "text_model")
+            self.tokenizer.save_pretrained(staging / "text_model")
+            (staging / "encoder.json").write_text(json.dumps(asdict(self.spec), indent=2))
         return folder
 
     @classmethod

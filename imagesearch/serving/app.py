@@ -63,7 +63,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.service = service or await run_in_threadpool(SearchService.from_index, settings, index_dir)
-        app.state.clicks = ClickLog(settings.effective_click_log_url)
+        # a connection for each of anyio's 40 request threads that may log at once (20 + 20 overflow)
+        app.state.clicks = ClickLog(settings.effective_click_log_url, pool_size=20)
         app.state.telemetry = Telemetry()
         app.state.swapper = Swapper(app.state)
         watcher = None

@@ -5,6 +5,7 @@ assignment; a watcher swaps in the index folder's new build when the pipeline re
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,22 +16,32 @@ from imagesearch.index.store import index_fingerprint
 from imagesearch.serving.service import SearchService
 from imagesearch.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 async def watch_index(state, settings: Settings, folder: Path, every: float) -> None:
     """Swap in the index folder's new build (and the model its manifest names) when it changes.
 
     The pipeline rebuilds the index after a new champion is promoted; the folder is replaced whole, so
-    a changed manifest digest means a complete new index. A failed load is retried only after the
-    folder changes again.
+    a changed manifest digest means a complete new index. A build counts as served only once it is
+    swapped in: a load that fails (a model not downloadable yet, a transient error) is tried again at
+    the next poll, and no error stops the watcher.
     """
-    tried = state.service.fingerprint
+    served = state.service.fingerprint
     while True:
         await asyncio.sleep(every)
-        current = await run_in_threadpool(index_fingerprint, folder)
-        if current is None or current == tried:
-            continue
-        if state.swapper.start(lambda: SearchService.from_index(settings, folder)):
-            tried = current
+        try:
+            current = await run_in_threadpool(index_fingerprint, folder)
+            if current is None or current == served:
+                continue
+            if state.swapper.start(lambda: SearchService.from_index(settings, folder)):
+                await run_in_threadpool(state.swapper.wait)
+                if state.swapper.last["status"] == "swapped":
+                    served = current
+                else:
+                    log.warning("index %s not swapped in (%s); retrying", folder, state.swapper.last)
+        except Exception:  # the watcher must outlive any one bad poll
+            log.exception("index watcher: a poll of %s failed; still watching", folder)
 
 
 class Swapper:
