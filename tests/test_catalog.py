@@ -11,7 +11,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from imagesearch.catalog.build import assign_split, build_catalog, read_catalog, title_from_filename
+from imagesearch.catalog.build import (
+    CatalogShrank,
+    assign_split,
+    build_catalog,
+    read_catalog,
+    title_from_filename,
+)
 from imagesearch.catalog.ood_collections import FASHION_QUERIES, _caption, rcc_files, read_manifest
 from imagesearch.catalog.sources import SourceError
 from imagesearch.catalog.step import catalog_step
@@ -244,3 +250,17 @@ def test_the_fashion_collection_is_a_labelled_folder_split_into_val_and_test(wor
     assert len(sets.corpus) == 30 and set(sets.text_qrels["origin"]) == {"label"}
     with pytest.raises(FileNotFoundError, match="imagesearch corpus fetch"):
         outside_sets(workspace_settings.ood_corpus_dir, ["gcompris"], "test")
+
+
+def test_a_rebuild_that_loses_most_of_the_catalog_stops_and_writes_nothing(workspace_settings, tiny_folder):
+    build(workspace_settings)
+    before = workspace_settings.catalog_path.read_bytes()
+    for seed in (4, 5, 6):  # a source half gone, as when a mount is missing
+        (tiny_folder / "tools" / f"tools_{seed:02d}.png").unlink()
+    with pytest.raises(CatalogShrank, match="from 6 to 3 images"):
+        build(workspace_settings)
+    assert workspace_settings.catalog_path.read_bytes() == before
+    accepting = workspace_settings.model_copy(
+        update={"catalog": workspace_settings.catalog.model_copy(update={"max_shrink": 1.0})}
+    )
+    assert build(accepting).catalogued == 3

@@ -383,7 +383,7 @@ def test_search_page_in_a_real_browser(real_server, client, indexed, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser = chromium_driver(tmp_path)
-    wait = WebDriverWait(browser, 30)
+    wait = WebDriverWait(browser, 90)  # generous: CI machines may be busy
     try:
         browser.get(real_server + "/")
         box = browser.find_element(By.ID, "query")

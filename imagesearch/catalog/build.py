@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from imagesearch.catalog.sources import ImageFile, scan_source
@@ -165,6 +166,7 @@ def build_catalog(
     previous = {} if full_rescan else load_previous_inspections(catalog_path, quarantine_path)
     inspections, decoded = _inspect_all(files, previous, settings, progress=progress)
     catalog, quarantine = _assemble(files, inspections, settings)
+    _refuse_a_shrink(catalog_path, len(catalog), settings.max_shrink)
     write_parquet_atomic(catalog, catalog_path)
     write_parquet_atomic(quarantine, quarantine_path)
     return CatalogReport(
@@ -177,6 +179,22 @@ def build_catalog(
         splits=dict(Counter(catalog["split"])),
         sources=dict(Counter(catalog["source"])),
     )
+
+
+class CatalogShrank(ValueError):
+    """A rebuild would drop more of the catalog than `catalog.max_shrink` allows."""
+
+
+def _refuse_a_shrink(catalog_path: Path, count: int, max_shrink: float) -> None:
+    if not catalog_path.exists():
+        return
+    before = pq.ParquetFile(catalog_path).metadata.num_rows
+    if before and count < before * (1 - max_shrink):
+        raise CatalogShrank(
+            f"the catalog would shrink from {before} to {count} images (more than {max_shrink:.0%}); "
+            "nothing was written. Is a source folder unmounted or moved? If the images really are gone, "
+            "rerun with IMAGESEARCH_CATALOG__MAX_SHRINK=1"
+        )
 
 
 def load_previous_inspections(catalog_path: Path, quarantine_path: Path) -> dict[tuple, Inspection]:

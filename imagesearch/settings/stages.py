@@ -30,6 +30,13 @@ class CatalogSettings(BaseModel):
     """How images are scanned, validated and split."""
 
     extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+    max_shrink: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="a rebuild that would lose more than this share of the catalog stops (a half-mounted "
+        "source must not shrink the served index); 1 = accept any",
+    )
     max_image_pixels: int = Field(
         default=64_000_000, gt=0, description="larger images are decompression bombs"
     )
