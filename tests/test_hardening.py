@@ -21,9 +21,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import ValidationError
 
+from imagesearch.catalog.step import CATALOG_STAGE, catalog_step
 from imagesearch.common.io import folder_atomic, remove_dead_leftovers
+from imagesearch.common.workspace import StageBusy, init_workspace, stage_lock
 from imagesearch.feedback.clicklog import ClickLog
 from imagesearch.index.folder import build_folder_index
+from imagesearch.index.step import index_step
 from imagesearch.index.store import LoadedIndex, load_index
 from imagesearch.serving.app import create_app
 from imagesearch.serving.service import SearchService
@@ -328,3 +331,37 @@ def test_a_build_whose_model_fails_to_load_is_swapped_in_once_it_loads(
         while client.get("/health").json()["vectors"] == first and time.time() < deadline:
             time.sleep(0.2)
         assert client.get("/health").json()["vectors"] == first + 1
+
+
+# --- 13 and 14: one writer per stage; a killed writer leaves nothing locked ------------------------
+HOLD_LOCK = textwrap.dedent(
+    """
+    import sys, time
+    from imagesearch.common.workspace import stage_lock
+    from imagesearch.settings import Settings
+    with stage_lock(Settings(home=sys.argv[1]), "index"):
+        print("holding", flush=True)
+        time.sleep(60)
+    """
+)
+
+
+def test_a_second_writer_of_a_stage_fails_naming_the_first_and_a_kill_frees_it(workspace_settings):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(workspace_settings.home)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "holding"
+    with pytest.raises(StageBusy, match=rf"another index run is writing this workspace \(pid {holder.pid}"):
+        index_step(workspace_settings, model="v0", record=False)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with stage_lock(workspace_settings, "index"):  # released with the killed process
+        pass
+
+
+def test_a_git_index_lock_left_by_a_killed_commit_does_not_block_recording(workspace_settings):
+    repo = init_workspace(workspace_settings)
+    (workspace_settings.home / ".git" / "index.lock").write_text("")
+    catalog_step(workspace_settings, progress=False)  # records: git add + commit
+    assert not (workspace_settings.home / ".git" / "index.lock").exists()
+    assert repo.history(CATALOG_STAGE)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from imagesearch.catalog.build import CatalogReport, build_catalog
 from imagesearch.common.versioning import StageVersion
-from imagesearch.common.workspace import init_workspace
+from imagesearch.common.workspace import init_workspace, one_writer
 from imagesearch.settings import Settings, SourceSettings
 
 CATALOG_STAGE = "catalog"
@@ -24,6 +24,7 @@ class StepResult:
     version: StageVersion | None
 
 
+@one_writer("catalog")
 def catalog_step(
     settings: Settings,
     *,

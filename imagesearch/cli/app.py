@@ -12,6 +12,7 @@ from rich.console import Console
 from imagesearch.catalog.corpus import CorpusFetchError
 from imagesearch.catalog.sources import SourceError
 from imagesearch.common.versioning import VersioningError
+from imagesearch.common.workspace import StageBusy
 from imagesearch.models.backbones import WeightsNotFound
 from imagesearch.models.registry import RegistryError
 from imagesearch.training_data.judgments import JudgmentsError
@@ -42,6 +43,7 @@ app.add_typer(evaluate_app, name="evaluate")
 console = Console(soft_wrap=True)
 USER_ERRORS = (
     SourceError,
+    StageBusy,
     VersioningError,
     CorpusFetchError,
     FileNotFoundError,

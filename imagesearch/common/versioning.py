@@ -13,6 +13,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -165,11 +166,24 @@ class DataRepo:
         return _run([str(self.dvc), *args], cwd=self.root)
 
     @contextmanager
-    def _lock(self) -> Iterator[None]:
-        """Serialise repository writes: two runs committing at once would corrupt dvc.lock."""
+    def _lock(self, timeout_s: float = 600.0) -> Iterator[None]:
+        """Serialise repository writes: two runs committing at once would corrupt dvc.lock. A kill
+        releases the lock (flock); a run that waits past `timeout_s` fails instead of hanging, and a
+        git `index.lock` left by a killed commit is removed, since no one else writes here now."""
         with open(self.root / ".imagesearch.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise VersioningError(
+                            f"the workspace {self.root} stayed locked by another run for {timeout_s:.0f} s"
+                        ) from None
+                    time.sleep(0.2)
             try:
+                (self.root / ".git" / "index.lock").unlink(missing_ok=True)
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)

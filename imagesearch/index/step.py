@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from imagesearch.catalog.build import read_catalog
 from imagesearch.catalog.step import CATALOG_STAGE
 from imagesearch.common.versioning import StageVersion
-from imagesearch.common.workspace import init_workspace
+from imagesearch.common.workspace import init_workspace, one_writer
 from imagesearch.embeddings.step import EMBEDDINGS_STAGE
 from imagesearch.embeddings.store import model_key, read_model_embeddings
 from imagesearch.index.build import build_tuned_index
@@ -26,6 +26,7 @@ class IndexStepResult:
     version: StageVersion | None
 
 
+@one_writer("index")
 def index_step(settings: Settings, *, model: str | None = None, record: bool = True) -> IndexStepResult:
     """Index every catalog image's embedding by `model`; version embeddings + index with DVC."""
     pinned = pin_reference(model or settings.embeddings.model, settings)

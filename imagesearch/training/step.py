@@ -18,7 +18,7 @@ from imagesearch.common.images import decode_limits
 from imagesearch.common.plots import ExampleQuery, result_grid, training_curves
 from imagesearch.common.progress import Progress
 from imagesearch.common.versioning import StageVersion, code_version
-from imagesearch.common.workspace import init_workspace
+from imagesearch.common.workspace import init_workspace, one_writer
 from imagesearch.evaluation.sets import outside_split
 from imagesearch.models import registry
 from imagesearch.models.encoders import build_trained_encoder
@@ -40,6 +40,7 @@ class TrainStepResult:
     version: StageVersion | None
 
 
+@one_writer("training")
 def train_step(
     settings: Settings,
     *,
