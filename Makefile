@@ -7,7 +7,7 @@ DEMO_JUDGMENTS := IMAGESEARCH_TRAINING_DATA__JUDGMENTS_PATH=$(CURDIR)/examples/o
 TRAINING_ASSETS := augmentation_pairs,classifier_pairs,tag_pairs,judgment_pairs,click_pairs,training_examples,trained_model
 EVALUATION_ASSETS := eval_sets,offline_evaluation,model_promotion
 
-.PHONY: setup demo test ui serve mlflow lint bench ablation
+.PHONY: setup demo test ui serve mlflow lint bench ablation reliability
 
 setup:  ## venvs (project + DVC tool venv) and the workspace; does nothing when already done
 	bash scripts/setup.sh
@@ -54,6 +54,9 @@ mlflow: setup  ## MLflow UI on 127.0.0.1:5000 over the workspace's tracking stor
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+reliability: setup  ## hostile HTTP (OpenAPI fuzz, image bombs) against a real server under load: 5xx, peak RSS
+	$(PY) benchmarks/reliability.py
 
 bench:  ## benchmarks that print ratios against a peer measured in the same run (after make demo)
 	IMAGESEARCH_BENCH=1 bash scripts/setup.sh
