@@ -13,8 +13,10 @@ import subprocess
 import sys
 import textwrap
 import time
+from functools import partial
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -26,8 +28,8 @@ from imagesearch.common.io import folder_atomic, remove_dead_leftovers
 from imagesearch.common.workspace import StageBusy, init_workspace, stage_lock
 from imagesearch.feedback.clicklog import ClickLog
 from imagesearch.index.folder import build_folder_index
-from imagesearch.index.step import index_step
-from imagesearch.index.store import LoadedIndex, load_index
+from imagesearch.index.step import UnsoundIndex, index_step, refuse_unsound_index
+from imagesearch.index.store import LoadedIndex, load_index, save_index_atomic
 from imagesearch.serving.app import create_app
 from imagesearch.serving.service import SearchService
 from imagesearch.serving.types import PageRequest
@@ -365,3 +367,22 @@ def test_a_git_index_lock_left_by_a_killed_commit_does_not_block_recording(works
     catalog_step(workspace_settings, progress=False)  # records: git add + commit
     assert not (workspace_settings.home / ".git" / "index.lock").exists()
     assert repo.history(CATALOG_STAGE)
+
+
+# --- 12: an index that fails its checks is never published ----------------------------------------
+def test_an_unsound_new_index_is_refused_before_it_replaces_the_served_one(small_index, tmp_path):
+    root, _ = small_index
+    served = tmp_path / "served"
+    shutil.copytree(root / "index", served)
+    before = (served / "manifest.json").read_text()
+    loaded = load_index(served)
+    catalog_ids = set(loaded.ids["id"])
+    shrunk = loaded.ids.iloc[:-1].reset_index(drop=True)
+    refuse = partial(refuse_unsound_index, catalog_ids=catalog_ids, floor=0.8)
+    with pytest.raises(UnsoundIndex, match="3 vectors for 4 catalog images"):
+        index = faiss.IndexFlatIP(loaded.vectors.shape[1])
+        index.add(np.asarray(loaded.vectors[:-1], dtype=np.float32))
+        save_index_atomic(served, index, loaded.manifest, shrunk, loaded.vectors[:-1], check=refuse)
+    assert (served / "manifest.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]  # no staging left behind
+    save_index_atomic(served, loaded.index, loaded.manifest, loaded.ids, loaded.vectors, check=refuse)

@@ -7,6 +7,7 @@ per call (`faiss.SearchParameters*`), never set on the shared index, so concurre
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -45,8 +46,10 @@ def build_tuned_index(
     model: str,
     config: IndexSettings,
     extra: dict | None = None,
+    check: Callable[[Path], None] | None = None,
 ) -> IndexManifest:
-    """Choose, build and tune an index over `vectors` (row i is `ids` row i); save it atomically."""
+    """Choose, build and tune an index over `vectors` (row i is `ids` row i); save it atomically.
+    `check(staging_folder)` may refuse the complete new index (by raising) before it is published."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     budget = config.memory_budget_mb * 2**20 if config.memory_budget_mb else None
     choice = choose_index(
@@ -82,5 +85,5 @@ def build_tuned_index(
             **(extra or {}),
         },
     )
-    save_index_atomic(out, index, manifest, ids, vectors)
+    save_index_atomic(out, index, manifest, ids, vectors, check=check)
     return manifest

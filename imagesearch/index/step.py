@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 from imagesearch.catalog.build import read_catalog
 from imagesearch.catalog.step import CATALOG_STAGE
@@ -13,7 +15,7 @@ from imagesearch.common.workspace import init_workspace, one_writer
 from imagesearch.embeddings.step import EMBEDDINGS_STAGE
 from imagesearch.embeddings.store import model_key, read_model_embeddings
 from imagesearch.index.build import build_tuned_index
-from imagesearch.index.store import IndexManifest
+from imagesearch.index.store import IndexManifest, load_index
 from imagesearch.models.registry import pin_reference
 from imagesearch.settings import Settings
 
@@ -24,6 +26,32 @@ INDEX_STAGE = "index"
 class IndexStepResult:
     manifest: IndexManifest
     version: StageVersion | None
+
+
+class UnsoundIndex(ValueError):
+    """A new index that must not be served: the served one stays."""
+
+
+def index_problems(folder: Path, catalog_ids: set[str], floor: float) -> list[str]:
+    """What is wrong with the index in `folder` for this catalog: coverage and tuned recall."""
+    loaded = load_index(folder)
+    index_ids = set(loaded.ids["id"])
+    problems = []
+    if loaded.index.ntotal != len(catalog_ids) or index_ids != catalog_ids:
+        problems.append(
+            f"{loaded.index.ntotal} vectors for {len(catalog_ids)} catalog images "
+            f"({len(catalog_ids - index_ids)} missing, {len(index_ids - catalog_ids)} not in the catalog)"
+        )
+    if loaded.manifest.recall_at_10 < floor:
+        problems.append(f"tuned recall@10 {loaded.manifest.recall_at_10:.3f} is below the floor {floor}")
+    return problems
+
+
+def refuse_unsound_index(staging: Path, *, catalog_ids: set[str], floor: float) -> None:
+    """Run before publication: a new index with problems is never swapped in."""
+    problems = index_problems(staging, catalog_ids, floor)
+    if problems:
+        raise UnsoundIndex("the new index was not published: " + "; ".join(problems))
 
 
 @one_writer("index")
@@ -47,6 +75,9 @@ def index_step(settings: Settings, *, model: str | None = None, record: bool = T
         model=pinned,
         config=settings.index,
         extra={"catalog_dvc_md5": catalog_version.get("data/catalog/catalog.parquet", "unrecorded")},
+        check=partial(
+            refuse_unsound_index, catalog_ids=set(catalog["id"]), floor=settings.index.recall_floor
+        ),
     )
     message = f"index: {manifest.count} vectors of {pinned}, {manifest.factory}"
     version = repo.record([EMBEDDINGS_STAGE, INDEX_STAGE], message) if repo else None

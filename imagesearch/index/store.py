@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,15 +65,24 @@ class LoadedIndex:
 
 
 def save_index_atomic(
-    folder: Path, index: faiss.Index, manifest: IndexManifest, ids: pd.DataFrame, vectors: np.ndarray
+    folder: Path,
+    index: faiss.Index,
+    manifest: IndexManifest,
+    ids: pd.DataFrame,
+    vectors: np.ndarray,
+    *,
+    check: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Readers see the old index or the new one, whole; the manifest is written last, marking it complete."""
+    """Readers see the old index or the new one, whole; the manifest is written last, marking it
+    complete. `check` reads the complete staged folder: if it raises, nothing is published."""
     with folder_atomic(folder) as staging:
         faiss.write_index(index, str(staging / INDEX_FILE))
         manifest.extra["index_file_bytes"] = (staging / INDEX_FILE).stat().st_size
         ids.to_parquet(staging / IDS_FILE, index=False)
         np.save(staging / VECTORS_FILE, vectors.astype(np.float16))
         (staging / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2))
+        if check is not None:
+            check(staging)
     return folder
 
 
