@@ -29,6 +29,7 @@ from imagesearch.models.registry import (
     connect,
     load_encoder,
     log_encoder,
+    version_of_run,
 )
 from imagesearch.settings import ModelSettings, Settings
 from tests.conftest import noise_image, png_bytes
@@ -221,6 +222,14 @@ def test_registered_version_has_alias_tags_and_requirements(registered):
     assert alias_version(settings, CHAMPION) == record.version
     assert client.get_run(record.run_id).data.params["note"] == "test"
     assert settings.mlflow_artifacts_dir.exists() and any(settings.mlflow_artifacts_dir.rglob("encoder.json"))
+
+
+def test_a_runs_registered_version_is_found_again_instead_of_registering_twice(registered):
+    """A training run killed after registering, then resumed, reuses its version (no duplicate)."""
+    settings, record = registered
+    found = version_of_run(settings, record.run_id, alias="challenger")
+    assert found == record and alias_version(settings, "challenger") == record.version
+    assert version_of_run(settings, "0" * 32) is None
 
 
 def test_load_by_alias_in_a_fresh_process_gives_identical_embeddings(registered, zeroshot_encoder):

@@ -177,6 +177,20 @@ def register_encoder(encoder: Encoder, settings: Settings, *, alias: str | None 
     return RegisteredEncoder(run.info.run_id, version, f"models:/{name}/{version}")
 
 
+def version_of_run(settings: Settings, run_id: str, *, alias: str | None = None) -> RegisteredEncoder | None:
+    """The version a run already registered (a resumed run killed after registering must not register
+    a second one), re-aliased; None when the run has registered nothing."""
+    client = connect(settings)
+    name = settings.model.registered_name
+    found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    if not found:
+        return None
+    version = str(max(int(v.version) for v in found))
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return RegisteredEncoder(run_id, version, f"models:/{name}/{version}")
+
+
 def register_v0(settings: Settings, *, make_champion_if_none: bool = True) -> RegisteredEncoder:
     """Register the zero-shot baseline once per configuration; make it champion when there is none yet."""
     params = {

@@ -15,6 +15,7 @@ import pandas as pd
 
 from imagesearch.catalog.build import read_catalog
 from imagesearch.common.images import decode_limits
+from imagesearch.common.io import write_atomic
 from imagesearch.common.plots import ExampleQuery, result_grid, training_curves
 from imagesearch.common.progress import Progress
 from imagesearch.common.versioning import StageVersion, code_version
@@ -98,11 +99,17 @@ def train_step(
             },
             0,
         )
-        registered = _registered_before(work_dir)
-        if registered is None:  # a finished run re-materialized with the same inputs registers nothing new
+        # a finished run re-materialized with the same inputs, or one killed right after registering,
+        # registers nothing new
+        registered = _registered_before(work_dir) or registry.version_of_run(
+            settings, run_id, alias=registry.CHALLENGER
+        )
+        if registered is None:
             registry.log_artifacts(_pictures(encoder, catalog, result, work_dir), folder="plots")
             registered = registry.register_encoder(encoder, settings, alias=registry.CHALLENGER)
-            (work_dir / "registered.json").write_text(json.dumps(asdict(registered)))
+        write_atomic(
+            work_dir / "registered.json", lambda path: path.write_text(json.dumps(asdict(registered)))
+        )
     encoder.save(settings.trained_encoder_dir)
     summary = {
         "mlflow_run_id": registered.run_id,
