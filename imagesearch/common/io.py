@@ -33,6 +33,7 @@ def content_id(data: bytes) -> str:
 def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     """`write(staging_path)` into a hidden sibling, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_leftovers(path)
     staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(staging)
@@ -72,12 +73,13 @@ def folder_atomic(folder: Path) -> Iterator[Path]:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|retired)-(?P<pid>\d+)$")
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|retired|tmp)-(?P<pid>\d+)$")
 
 
 def remove_dead_leftovers(folder: Path) -> list[Path]:
-    """Staging and retired siblings of `folder` whose writer is dead: removed, except that a retired
-    version is put back when a kill between two renames left no `folder` at all."""
+    """Staging, retired and temporary siblings of `folder` (a folder or a file) whose writer is dead:
+    removed, except that a retired version is put back when a kill between two renames left no
+    `folder` at all."""
     removed = []
     for sibling in folder.parent.glob(f".{folder.name}.*-*"):
         match = _LEFTOVER.match(sibling.name)
@@ -86,7 +88,10 @@ def remove_dead_leftovers(folder: Path) -> list[Path]:
         if match["kind"] == "retired" and not folder.exists():
             os.rename(sibling, folder)
             continue
-        shutil.rmtree(sibling, ignore_errors=True)
+        if sibling.is_dir():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
         removed.append(sibling)
     return removed
 

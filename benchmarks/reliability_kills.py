@@ -1,0 +1,149 @@
+"""The kill matrix of `make reliability`: pipeline steps (catalog, backfill, index) run through the
+CLI on a small workspace, killed with SIGKILL at random moments and, for the index, exactly at its
+first rename (strace fault injection), then run to completion. Each must end equal to an
+uninterrupted run, leave no leftovers, keep a loadable served index, and leave git/DVC working."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from imagesearch.embeddings.store import model_key, read_model_embeddings
+from imagesearch.index.store import load_index
+from imagesearch.settings import Settings
+
+CLI = str(Path(sys.executable).parent / "imagesearch")
+STEPS = {
+    "catalog": ["catalog", "build"],
+    "backfill": ["embeddings", "backfill", "--model", "v0", "--quiet"],
+    "index": ["index", "from-catalog", "--model", "v0"],
+}
+
+
+def pipeline_kills(root: Path, kills: int, seed: int = 0) -> list[dict]:
+    images = _images(root / "pipeline-images", 600)
+    reference, killed = root / "reference", root / "killed"
+    durations = {}
+    for step in STEPS:
+        started = time.perf_counter()
+        _run(reference, images, step)
+        durations[step] = time.perf_counter() - started
+    rng = np.random.default_rng(seed)
+    rows = []
+    for step in STEPS:
+        if step == "index":  # a served index must already exist: the kills must never lose it
+            _run(killed, images, step)
+        moments = sorted(rng.uniform(0.3, max(0.6, durations[step] * 0.9), kills))
+        for moment in moments:
+            _kill_after(killed, images, step, moment)
+            _check_served_index(killed)
+        injected = _kill_at_first_rename(killed, images, step) if step == "index" else None
+        _run(killed, images, step)
+        rows.append(
+            {
+                "suite": f"kill -9 {step} ({durations[step]:.0f} s uninterrupted)",
+                "kills": len(moments) + (injected is not None),
+                "at moments (s)": [round(m, 2) for m in moments],
+                "at first rename (strace)": injected,
+                "equal to uninterrupted": _equal(reference, killed, step),
+                "leftovers": _leftovers(killed),
+                "versions still listed": _versions_work(killed, step),
+            }
+        )
+    return rows
+
+
+def _images(folder: Path, count: int) -> Path:
+    rng = np.random.default_rng(1)
+    for number in range(count):
+        category = folder / f"category{number % 4}"
+        category.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(category / f"image{number:04d}.png")
+    return folder
+
+
+def _env(home: Path, images: Path) -> dict[str, str]:
+    return os.environ | {
+        "IMAGESEARCH_HOME": str(home),
+        "IMAGESEARCH_SOURCES": json.dumps([{"name": "images", "path": str(images)}]),
+        "IMAGESEARCH_CATALOG__WORKERS": "1",
+    }
+
+
+def _run(home: Path, images: Path, step: str, timeout: float | None = 900) -> None:
+    subprocess.run(
+        [CLI, *STEPS[step]], env=_env(home, images), check=True, capture_output=True, timeout=timeout
+    )
+
+
+def _kill_after(home: Path, images: Path, step: str, seconds: float) -> None:
+    process = subprocess.Popen(
+        [CLI, *STEPS[step]],
+        env=_env(home, images),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    time.sleep(seconds)
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)  # the step and any worker it started
+    process.wait()
+
+
+def _kill_at_first_rename(home: Path, images: Path, step: str) -> str:
+    """SIGKILL delivered by strace at the step's first rename/exchange system call."""
+    inject = "inject=rename,renameat,renameat2:signal=KILL:when=1"
+    command = ["strace", "-f", "-qq", "-o", os.devnull, "-e", inject, "--", CLI, *STEPS[step]]
+    result = subprocess.run(command, env=_env(home, images), capture_output=True, timeout=900)
+    _check_served_index(home)
+    said = result.stderr.decode(errors="replace").strip().splitlines()
+    return f"exit {result.returncode}" + (f": {said[-1][:120]}" if said else "")
+
+
+def _check_served_index(home: Path) -> None:
+    folder = Settings(home=home).search_index_dir
+    if folder.exists() or any(folder.parent.glob(f".{folder.name}.*")):
+        load_index(folder)  # raises when a kill left no complete index to serve
+
+
+def _equal(reference: Path, killed: Path, step: str) -> bool:
+    a, b = Settings(home=reference), Settings(home=killed)
+    if step == "catalog":
+        columns = ["id", "path", "split"]
+        return _rows(a.catalog_path, columns).equals(_rows(b.catalog_path, columns))
+    if step == "backfill":
+        ids = pd.read_parquet(a.catalog_path)["id"]
+        key = model_key("v0")
+        left, _ = read_model_embeddings(a.embeddings_dir / key, ids)
+        right, _ = read_model_embeddings(b.embeddings_dir / key, ids)
+        return bool(np.allclose(left, right, atol=1e-3))
+    left, right = load_index(a.search_index_dir), load_index(b.search_index_dir)
+    return left.ids.equals(right.ids) and left.index.ntotal == right.index.ntotal
+
+
+def _rows(path: Path, columns: list[str]) -> pd.DataFrame:
+    return pd.read_parquet(path)[columns].sort_values("id").reset_index(drop=True)
+
+
+def _leftovers(home: Path) -> list[str]:
+    patterns = (".*.staging-*", ".*.retired-*", ".*.tmp-*")
+    found = [p for pattern in patterns for p in (home / "data").rglob(pattern)]
+    if (home / ".git" / "index.lock").exists():
+        found.append(home / ".git" / "index.lock")
+    return [str(p.relative_to(home)) for p in found]
+
+
+def _versions_work(home: Path, step: str) -> bool:
+    stage = {"catalog": "catalog", "backfill": "catalog", "index": "index"}[step]
+    listed = subprocess.run([CLI, "versions", "list", stage], env=_env(home, Path(".")), capture_output=True)
+    return listed.returncode == 0
