@@ -51,7 +51,7 @@ def pipeline_kills(root: Path, kills: int, seed: int = 0) -> list[dict]:
         rows.append(
             {
                 "suite": f"kill -9 {step} ({durations[step]:.0f} s uninterrupted)",
-                "kills": len(moments) + (injected is not None),
+                "kills": len(moments) + len(injected or {}),
                 "at moments (s)": [round(m, 2) for m in moments],
                 "at first rename (strace)": injected,
                 "equal to uninterrupted": _equal(reference, killed, step),
@@ -100,14 +100,18 @@ def _kill_after(home: Path, images: Path, step: str, seconds: float) -> None:
     process.wait()
 
 
-def _kill_at_first_rename(home: Path, images: Path, step: str) -> str:
-    """SIGKILL delivered by strace at the step's first rename/exchange system call."""
+def _kill_at_first_rename(home: Path, images: Path, step: str) -> dict[str, str]:
+    """SIGKILL delivered by strace at the first rename/exchange system call: of the step's own process
+    (the index folder's exchange), and of any process it starts (git and DVC, when it records)."""
     inject = "inject=rename,renameat,renameat2:signal=KILL:when=1"
-    command = ["strace", "-f", "-qq", "-o", os.devnull, "-e", inject, "--", CLI, *STEPS[step]]
-    result = subprocess.run(command, env=_env(home, images), capture_output=True, timeout=900)
-    _check_served_index(home)
-    said = result.stderr.decode(errors="replace").strip().splitlines()
-    return f"exit {result.returncode}" + (f": {said[-1][:120]}" if said else "")
+    outcomes = {}
+    for scope, follow in (("own process", []), ("children too", ["-f"])):
+        command = ["strace", *follow, "-qq", "-o", os.devnull, "-e", inject, "--", CLI, *STEPS[step]]
+        result = subprocess.run(command, env=_env(home, images), capture_output=True, timeout=900)
+        _check_served_index(home)
+        said = result.stderr.decode(errors="replace").strip().splitlines()
+        outcomes[scope] = f"exit {result.returncode}" + (f": {said[-1][:100]}" if said else "")
+    return outcomes
 
 
 def _check_served_index(home: Path) -> None:
