@@ -25,11 +25,13 @@ from pydantic import ValidationError
 
 from imagesearch.catalog.step import CATALOG_STAGE, catalog_step
 from imagesearch.common.io import folder_atomic, remove_dead_leftovers
+from imagesearch.common.versioning import VersioningError
 from imagesearch.common.workspace import StageBusy, init_workspace, stage_lock
 from imagesearch.feedback.clicklog import ClickLog
 from imagesearch.index.folder import build_folder_index
 from imagesearch.index.step import UnsoundIndex, index_step, refuse_unsound_index
 from imagesearch.index.store import LoadedIndex, load_index, save_index_atomic
+from imagesearch.models.registry import load_encoder, log_encoder
 from imagesearch.serving.app import create_app
 from imagesearch.serving.service import SearchService
 from imagesearch.serving.types import PageRequest
@@ -386,3 +388,25 @@ def test_an_unsound_new_index_is_refused_before_it_replaces_the_served_one(small
     assert (served / "manifest.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]  # no staging left behind
     save_index_atomic(served, loaded.index, loaded.manifest, loaded.ids, loaded.vectors, check=refuse)
+
+
+# --- 10: the registry's pickle is never what loads the model ---------------------------------------
+def test_a_registered_encoder_loads_without_unpickling_its_pyfunc(zeroshot_encoder, tmp_path):
+    settings = Settings(home=tmp_path / "ws")
+    record = log_encoder(zeroshot_encoder, settings, run_name="pickle-free")
+    pickles = list(settings.mlflow_artifacts_dir.rglob("python_model.pkl"))
+    assert pickles
+    for pickle in pickles:  # what an attacker with write access to the store would plant
+        pickle.write_bytes(b"cos\nsystem\n(S'echo pwned > /tmp/pwned'\ntR.")
+    encoder = load_encoder(record.uri, settings)
+    np.testing.assert_allclose(
+        encoder.encode_texts(["a cat"]), zeroshot_encoder.encode_texts(["a cat"]), atol=1e-6
+    )
+
+
+# --- 13: the repository lock does not wait forever ------------------------------------------------
+def test_the_repository_lock_times_out_with_a_reason(workspace_settings):
+    repo = init_workspace(workspace_settings)
+    waiting = pytest.raises(VersioningError, match="stayed locked by another run")
+    with repo._lock(), waiting, repo._lock(timeout_s=0.5):
+        pass

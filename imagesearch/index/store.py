@@ -104,4 +104,11 @@ def load_index(folder: Path) -> LoadedIndex:
     vectors = np.load(folder / VECTORS_FILE, mmap_mode="r")
     if index.ntotal != len(ids) or len(vectors) != len(ids):
         raise ValueError(f"index in {folder} is inconsistent: {index.ntotal} vectors, {len(ids)} ids")
+    if len(ids) and not (index.d == manifest.dim == vectors.shape[1]):
+        raise ValueError(
+            f"index in {folder} is inconsistent: manifest says {manifest.dim}-d, the index holds "
+            f"{index.d}-d and the vectors file {vectors.shape[1]}-d"
+        )
+    if not ids["id"].is_unique:
+        raise ValueError(f"index in {folder} maps one id to several vectors")
     return LoadedIndex(index, manifest, ids, vectors)
