@@ -109,6 +109,8 @@ def judge(rows: list[dict], faults: list[dict], alive: bool, peak: float, bound:
     problems += [f"{f['suite']}: {f['failed requests']} failed" for f in faults if f.get("failed requests")]
     problems += [f"{f['suite']}: {f['5xx']} 5xx" for f in faults if f.get("5xx")]
     for row in faults:
+        if row.get("restore exit", 0) != 0 or row.get("swap", "swapped") != "swapped":
+            problems.append(f"{row['suite']}: restore exit {row['restore exit']}, {row['swap']}")
         if "equal to uninterrupted" in row and not (
             row["equal to uninterrupted"] and not row["leftovers"] and row["versions still listed"]
         ):

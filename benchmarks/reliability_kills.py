@@ -13,10 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from imagesearch.common.workspace import data_repo
 from imagesearch.embeddings.store import model_key, read_model_embeddings
 from imagesearch.index.store import load_index
 from imagesearch.settings import Settings
@@ -59,7 +61,46 @@ def pipeline_kills(root: Path, kills: int, seed: int = 0) -> list[dict]:
                 "versions still listed": _versions_work(killed, step),
             }
         )
+    rows.append(restore_under_load(killed, images))
     return rows
+
+
+def restore_under_load(home: Path, images: Path) -> dict:
+    """`imagesearch versions restore index <older>` on the served workspace while four clients
+    search: DVC rewrites the folder in place, so the watcher may see it half-restored; it must keep
+    serving the old pair until the restored one loads whole."""
+    from reliability import free_port, wait_until_up
+    from reliability_faults import ADMIN, Searchers, _swap_outcome
+
+    history = data_repo(Settings(home=home)).history("index")
+    older = next(v for v in history[1:] if v.outputs != history[0].outputs)
+    port = free_port()
+    env = _env(home, images) | {
+        "IMAGESEARCH_SERVICE__RELOAD_POLL_SECONDS": "0.5",
+        "IMAGESEARCH_SERVICE__ADMIN_TOKEN": ADMIN["Authorization"].removeprefix("Bearer "),
+    }
+    server = subprocess.Popen(
+        [CLI, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(base)
+        with httpx.Client(base_url=base, timeout=120) as admin, Searchers(base) as searchers:
+            restored = subprocess.run(
+                [CLI, "versions", "restore", "index", older.commit], env=env, capture_output=True
+            )
+            outcome = _swap_outcome(admin)
+            time.sleep(2)
+    finally:
+        server.terminate()
+        server.wait(30)
+    return {
+        "suite": "versions restore index under 4 clients",
+        "restore exit": restored.returncode,
+        "swap": outcome,
+        "requests": sum(searchers.statuses.values()),
+        "failed requests": sum(n for s, n in searchers.statuses.items() if s != "200"),
+    }
 
 
 def _images(folder: Path, count: int) -> Path:
