@@ -21,6 +21,7 @@ from PIL import Image
 from imagesearch.common.workspace import data_repo
 from imagesearch.embeddings.store import model_key, read_model_embeddings
 from imagesearch.index.store import load_index
+from imagesearch.models.registry import connect
 from imagesearch.settings import Settings
 
 CLI = str(Path(sys.executable).parent / "imagesearch")
@@ -28,7 +29,13 @@ STEPS = {
     "catalog": ["catalog", "build"],
     "backfill": ["embeddings", "backfill", "--model", "v0", "--quiet"],
     "index": ["index", "from-catalog", "--model", "v0"],
+    "training": ["train", "--quiet", "--no-record"],
 }
+TRAINING_INPUTS = [
+    ["training-data", "build", "augmentation", "--quiet", "--no-record"],
+    ["training-data", "build", "tags", "--quiet", "--no-record"],
+    ["training-data", "mix", "--no-record"],
+]
 
 
 def pipeline_kills(root: Path, kills: int, seed: int = 0) -> list[dict]:
@@ -36,6 +43,10 @@ def pipeline_kills(root: Path, kills: int, seed: int = 0) -> list[dict]:
     reference, killed = root / "reference", root / "killed"
     durations = {}
     for step in STEPS:
+        if step == "training":
+            for home in (reference, killed):
+                for command in TRAINING_INPUTS:
+                    subprocess.run([CLI, *command], env=_env(home, images), check=True, capture_output=True)
         started = time.perf_counter()
         _run(reference, images, step)
         durations[step] = time.perf_counter() - started
@@ -118,6 +129,12 @@ def _env(home: Path, images: Path) -> dict[str, str]:
         "IMAGESEARCH_HOME": str(home),
         "IMAGESEARCH_SOURCES": json.dumps([{"name": "images", "path": str(images)}]),
         "IMAGESEARCH_CATALOG__WORKERS": "1",
+        # training: the two sources every folder has, no outside collections (no downloads here)
+        "IMAGESEARCH_TRAINING_DATA__SOURCE_WEIGHTS": json.dumps(
+            {"augmentation": 1.0, "tags": 1.0, "classifier": 0.0, "judgments": 0.0, "clicks": 0.0}
+        ),
+        "IMAGESEARCH_EVALUATION__OOD_COLLECTIONS": "[]",
+        "IMAGESEARCH_TRAINING__FROZEN_EPOCHS": "6",
     }
 
 
@@ -172,8 +189,20 @@ def _equal(reference: Path, killed: Path, step: str) -> bool:
         left, _ = read_model_embeddings(a.embeddings_dir / key, ids)
         right, _ = read_model_embeddings(b.embeddings_dir / key, ids)
         return bool(np.allclose(left, right, atol=1e-3))
+    if step == "training":  # resumed from checkpoints: the same selection, one registered version
+        left, right = (json.loads(s.trained_metrics_path.read_text()) for s in (a, b))
+        same = (
+            left["epoch"] == right["epoch"] and abs(left["selection_score"] - right["selection_score"]) < 1e-3
+        )
+        return same and _versions_registered(b) == _versions_registered(a) == 1
     left, right = load_index(a.search_index_dir), load_index(b.search_index_dir)
     return left.ids.equals(right.ids) and left.index.ntotal == right.index.ntotal
+
+
+def _versions_registered(settings: Settings) -> int:
+    """Trained versions in the workspace's registry (v0 is not registered by these steps)."""
+    client = connect(settings)
+    return len(client.search_model_versions(f"name='{settings.model.registered_name}'"))
 
 
 def _rows(path: Path, columns: list[str]) -> pd.DataFrame:
@@ -189,6 +218,6 @@ def _leftovers(home: Path) -> list[str]:
 
 
 def _versions_work(home: Path, step: str) -> bool:
-    stage = {"catalog": "catalog", "backfill": "catalog", "index": "index"}[step]
+    stage = {"catalog": "catalog", "backfill": "catalog", "index": "index", "training": "train"}[step]
     listed = subprocess.run([CLI, "versions", "list", stage], env=_env(home, Path(".")), capture_output=True)
     return listed.returncode == 0
