@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,11 +26,13 @@ from imagesearch.models.registry import connect
 from imagesearch.settings import Settings
 
 CLI = str(Path(sys.executable).parent / "imagesearch")
+DAGSTER_RANGE = [sys.executable, "-m", "dagster_project.run", "materialize", "--select", "image_embeddings"]
 STEPS = {
-    "catalog": ["catalog", "build"],
-    "backfill": ["embeddings", "backfill", "--model", "v0", "--quiet"],
-    "index": ["index", "from-catalog", "--model", "v0"],
-    "training": ["train", "--quiet", "--no-record"],
+    "catalog": [CLI, "catalog", "build"],
+    "backfill": [CLI, "embeddings", "backfill", "--model", "v0", "--quiet"],
+    "backfill as a Dagster partition-range run": [*DAGSTER_RANGE, "--partition-range", "0...f"],
+    "index": [CLI, "index", "from-catalog", "--model", "v0"],
+    "training": [CLI, "train", "--quiet", "--no-record"],
 }
 TRAINING_INPUTS = [
     ["training-data", "build", "augmentation", "--quiet", "--no-record"],
@@ -44,9 +47,7 @@ def pipeline_kills(root: Path, kills: int, seed: int = 0) -> list[dict]:
     durations = {}
     for step in STEPS:
         if step == "training":
-            for home in (reference, killed):
-                for command in TRAINING_INPUTS:
-                    subprocess.run([CLI, *command], env=_env(home, images), check=True, capture_output=True)
+            _training_inputs(reference, images)
         started = time.perf_counter()
         _run(reference, images, step)
         durations[step] = time.perf_counter() - started
@@ -55,6 +56,10 @@ def pipeline_kills(root: Path, kills: int, seed: int = 0) -> list[dict]:
     for step in STEPS:
         if step == "index":  # a served index must already exist: the kills must never lose it
             _run(killed, images, step)
+        if step == "training":
+            _training_inputs(killed, images)
+        if step.startswith("backfill as"):  # the same embeddings again, this time through Dagster
+            shutil.rmtree(Settings(home=killed).embeddings_dir / model_key("v0"))
         moments = sorted(rng.uniform(0.3, max(0.6, durations[step] * 0.9), kills))
         for moment in moments:
             _kill_after(killed, images, step, moment)
@@ -114,6 +119,11 @@ def restore_under_load(home: Path, images: Path) -> dict:
     }
 
 
+def _training_inputs(home: Path, images: Path) -> None:
+    for command in TRAINING_INPUTS:
+        subprocess.run([CLI, *command], env=_env(home, images), check=True, capture_output=True)
+
+
 def _images(folder: Path, count: int) -> Path:
     rng = np.random.default_rng(1)
     for number in range(count):
@@ -135,18 +145,17 @@ def _env(home: Path, images: Path) -> dict[str, str]:
         ),
         "IMAGESEARCH_EVALUATION__OOD_COLLECTIONS": "[]",
         "IMAGESEARCH_TRAINING__FROZEN_EPOCHS": "6",
+        "IMAGESEARCH_EMBEDDINGS__MODEL": "v0",
     }
 
 
 def _run(home: Path, images: Path, step: str, timeout: float | None = 900) -> None:
-    subprocess.run(
-        [CLI, *STEPS[step]], env=_env(home, images), check=True, capture_output=True, timeout=timeout
-    )
+    subprocess.run(STEPS[step], env=_env(home, images), check=True, capture_output=True, timeout=timeout)
 
 
 def _kill_after(home: Path, images: Path, step: str, seconds: float) -> None:
     process = subprocess.Popen(
-        [CLI, *STEPS[step]],
+        STEPS[step],
         env=_env(home, images),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -164,7 +173,7 @@ def _kill_at_first_rename(home: Path, images: Path, step: str) -> dict[str, str]
     inject = "inject=rename,renameat,renameat2:signal=KILL:when=1"
     outcomes = {}
     for scope, follow in (("own process", []), ("children too", ["-f"])):
-        command = ["strace", *follow, "-qq", "-o", os.devnull, "-e", inject, "--", CLI, *STEPS[step]]
+        command = ["strace", *follow, "-qq", "-o", os.devnull, "-e", inject, "--", *STEPS[step]]
         result = subprocess.run(command, env=_env(home, images), capture_output=True, timeout=900)
         _check_served_index(home)
         said = result.stderr.decode(errors="replace").strip().splitlines()
@@ -183,7 +192,7 @@ def _equal(reference: Path, killed: Path, step: str) -> bool:
     if step == "catalog":
         columns = ["id", "path", "split"]
         return _rows(a.catalog_path, columns).equals(_rows(b.catalog_path, columns))
-    if step == "backfill":
+    if step.startswith("backfill"):
         ids = pd.read_parquet(a.catalog_path)["id"]
         key = model_key("v0")
         left, _ = read_model_embeddings(a.embeddings_dir / key, ids)
@@ -218,6 +227,6 @@ def _leftovers(home: Path) -> list[str]:
 
 
 def _versions_work(home: Path, step: str) -> bool:
-    stage = {"catalog": "catalog", "backfill": "catalog", "index": "index", "training": "train"}[step]
+    stage = {"index": "index", "training": "train"}.get(step, "catalog")
     listed = subprocess.run([CLI, "versions", "list", stage], env=_env(home, Path(".")), capture_output=True)
     return listed.returncode == 0
