@@ -1,7 +1,9 @@
-"""The kill matrix of `make reliability`: pipeline steps (catalog, backfill, index) run through the
-CLI on a small workspace, killed with SIGKILL at random moments and, for the index, exactly at its
-first rename (strace fault injection), then run to completion. Each must end equal to an
-uninterrupted run, leave no leftovers, keep a loadable served index, and leave git/DVC working."""
+"""The kill matrix of `make reliability`: pipeline steps (catalog, CLI backfill, the backfill as a
+Dagster partition-range run, index, training) on a small workspace, each killed with SIGKILL at
+random moments and exactly at its first rename (strace fault injection, in its own process and in
+any it starts), then run to completion. Each must end equal to an uninterrupted run (training: the
+same selection and one registered version), leave no leftovers, keep a loadable served index, and
+leave git/DVC working. Then a DVC restore of the served index under load."""
 
 from __future__ import annotations
 
@@ -64,12 +66,12 @@ def pipeline_kills(root: Path, kills: int, seed: int = 0) -> list[dict]:
         for moment in moments:
             _kill_after(killed, images, step, moment)
             _check_served_index(killed)
-        injected = _kill_at_first_rename(killed, images, step) if step == "index" else None
+        injected = _kill_at_first_rename(killed, images, step)
         _run(killed, images, step)
         rows.append(
             {
                 "suite": f"kill -9 {step} ({durations[step]:.0f} s uninterrupted)",
-                "kills": len(moments) + len(injected or {}),
+                "kills": len(moments) + len(injected),
                 "at moments (s)": [round(m, 2) for m in moments],
                 "at first rename (strace)": injected,
                 "equal to uninterrupted": _equal(reference, killed, step),
