@@ -410,3 +410,23 @@ def test_the_repository_lock_times_out_with_a_reason(workspace_settings):
     waiting = pytest.raises(VersioningError, match="stayed locked by another run")
     with repo._lock(), waiting, repo._lock(timeout_s=0.5):
         pass
+
+
+# --- found by the kill matrix: a killed first MLflow migration must not leave a broken store ------
+def test_the_mlflow_store_appears_only_once_fully_migrated(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from imagesearch.models import registry
+
+    settings = Settings(home=tmp_path / "ws")
+    migrate = MlflowClient.search_experiments
+
+    def killed_half_way(self, *args, **kwargs):
+        raise KeyboardInterrupt  # as if the process died inside the migrations
+
+    monkeypatch.setattr(MlflowClient, "search_experiments", killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        registry.connect(settings)
+    assert not (settings.mlflow_dir / "mlflow.db").exists()
+    monkeypatch.setattr(MlflowClient, "search_experiments", migrate)
+    assert registry.connect(settings).get_experiment_by_name(registry.EXPERIMENT) is not None

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 import tempfile
+import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,6 +89,7 @@ def _as_bytes(value: bytes | str) -> bytes:
 def connect(settings: Settings) -> MlflowClient:
     """Point MLflow at the workspace's sqlite store; create the experiment with its artifact folder."""
     settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+    _create_store_whole(settings.mlflow_dir / "mlflow.db")
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     client = MlflowClient()
@@ -93,6 +97,22 @@ def connect(settings: Settings) -> MlflowClient:
         client.create_experiment(EXPERIMENT, artifact_location=settings.mlflow_artifacts_dir.as_uri())
     mlflow.set_experiment(EXPERIMENT)
     return client
+
+
+def _create_store_whole(database: Path) -> None:
+    """MLflow creates its sqlite schema with a chain of migrations; a process killed half-way leaves a
+    database every later run fails on (found by the kill matrix of `make reliability`). So a new
+    store is migrated under a temporary name and renamed into place only when complete."""
+    if database.exists():
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    for stale in database.parent.glob(f".{database.name}.new-*"):  # attempts that died
+        if time.time() - stale.stat().st_mtime > 3600:
+            stale.unlink(missing_ok=True)
+    # a fresh name per attempt: MLflow caches its store by URI
+    staging = database.with_name(f".{database.name}.new-{uuid.uuid4().hex}")
+    MlflowClient(tracking_uri=f"sqlite:///{staging}").search_experiments()  # runs the migrations
+    os.replace(staging, database)
 
 
 def signature(dim: int) -> ModelSignature:
