@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 
@@ -20,29 +19,8 @@ from imagesearch.settings import TrainingSettings
 from imagesearch.training import losses
 from imagesearch.training.examples import IndexedExamples, positive_sets
 from imagesearch.training.features import FeatureCache, autocast_for
+from imagesearch.training.parts import LearnedParts, equal_pairs, ranked_ids, warmup_cosine
 from imagesearch.training.validation import ValidationSet
-
-
-class _Parts(nn.Module):
-    """What learns: the image top (in phase 2), both projection heads and the temperature."""
-
-    def __init__(self, encoder: Encoder, top: nn.Module, temperature: float, learn_temperature: bool):
-        super().__init__()
-        self.top = top
-        self.image_projection = encoder.image_model.projection
-        self.text_projection = encoder.text_model.head()
-        self.logit_scale = nn.Parameter(
-            torch.tensor(math.log(1 / temperature)), requires_grad=learn_temperature
-        )
-
-    def scale(self) -> torch.Tensor:
-        return self.logit_scale.clamp(max=math.log(100)).exp()
-
-    def images(self, features: torch.Tensor, *, pooled: bool) -> torch.Tensor:
-        return F.normalize(self.image_projection(features if pooled else self.top(features)), dim=-1)
-
-    def texts(self, pooled: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_projection(pooled), dim=-1)
 
 
 class Trainer:
@@ -62,7 +40,9 @@ class Trainer:
         self.reference: dict[str, float] | None = None  # epoch 0's val metrics
         self.bridge: dict[str, float] | None = None  # anchored: the class-name bridge chosen at epoch 0
         self.settings, self.device = settings, encoder.device
-        self.parts = _Parts(encoder, top, settings.temperature, settings.learn_temperature).to(self.device)
+        self.parts = LearnedParts(encoder, top, settings.temperature, settings.learn_temperature).to(
+            self.device
+        )
         self.parts.top.eval()  # batch-norm statistics stay those of pretraining
         head_params = [*self.parts.image_projection.parameters(), *self.parts.text_projection.parameters()]
         self.optimizer = torch.optim.AdamW(
@@ -77,7 +57,7 @@ class Trainer:
         unfrozen_steps = math.ceil(unfrozen_rows / settings.batch_size)
         total = max(1, frozen_steps * settings.frozen_epochs + unfrozen_steps * settings.unfrozen_epochs)
         warmup = int(settings.warmup_fraction * total)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_cosine(warmup, total))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup, total))
         self.pooled_train: torch.Tensor | None = None
         self.positives = positive_sets(data)
 
@@ -164,7 +144,7 @@ class Trainer:
         if text_rows.any():
             texts = data.positive_text[rows][text_rows]
             text_emb = self.parts.texts(self.cache.texts[torch.from_numpy(texts)].to(self.device))
-            same = _equal(texts) | _equal(anchors[text_rows])
+            same = equal_pairs(texts) | equal_pairs(anchors[text_rows])
             terms["loss_image_text"] = (
                 self._loss(
                     text_emb,
@@ -183,8 +163,8 @@ class Trainer:
             positive_emb = self._image_embeddings(positives, view_b[image_rows])
             a = anchors[image_rows]
             same = (
-                _equal(a)
-                | _equal(positives)
+                equal_pairs(a)
+                | equal_pairs(positives)
                 | (a[:, None] == positives[None, :])
                 | (positives[:, None] == a[None, :])
             )
@@ -266,9 +246,9 @@ class Trainer:
             images = self._served_vectors(self.cache.val)
             if val.query_texts:
                 texts = self._text_vectors(val.query_texts, images.shape[1])
-                ranked = _ranked_ids(texts @ images.T, val.image_ids, exclude_self=False)
+                ranked = ranked_ids(texts @ images.T, val.image_ids, exclude_self=False)
                 metrics["val_text_to_image_recall_at_10"] = recall_at_k(ranked, val.text_relevant, 10)
-            ranked = _ranked_ids(images @ images.T, val.image_ids, exclude_self=True)
+            ranked = ranked_ids(images @ images.T, val.image_ids, exclude_self=True)
             category = np.array(val.categories)
             relevant = [
                 {val.image_ids[j] for j in np.flatnonzero(category == c) if j != i}
@@ -409,26 +389,3 @@ class Trainer:
 
 IN_DOMAIN_VAL = ("val_text_to_image_recall_at_10", "val_image_to_image_recall_at_10")
 OOD_PENALTY = 10.0
-
-
-def _ranked_ids(
-    similarity: torch.Tensor, ids: list[str], *, exclude_self: bool, k: int = 10
-) -> list[list[str]]:
-    if exclude_self:
-        similarity = similarity.clone().fill_diagonal_(-float("inf"))
-    top = torch.topk(similarity, min(k, similarity.shape[1]), dim=1).indices.numpy()
-    return [[ids[j] for j in row] for row in top]
-
-
-def _equal(values: np.ndarray) -> np.ndarray:
-    return values[:, None] == values[None, :]
-
-
-def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
