@@ -47,9 +47,9 @@ def index_covers_the_catalog(workspace: WorkspaceResource) -> dg.AssetCheckResul
     catalog_ids = set(read_catalog(settings.catalog_path)["id"])
     index_ids = set(loaded.ids["id"])
     return dg.AssetCheckResult(
-        passed=loaded.index.ntotal == len(catalog_ids) and index_ids == catalog_ids,
+        passed=loaded.ntotal == len(catalog_ids) and index_ids == catalog_ids,
         metadata={
-            "index_vectors": loaded.index.ntotal,
+            "index_vectors": loaded.ntotal,
             "catalog_images": len(catalog_ids),
             "missing": len(catalog_ids - index_ids),
         },

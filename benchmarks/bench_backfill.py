@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from imagesearch.catalog.build import read_catalog
+from imagesearch.common.executor import InProcess
 from imagesearch.common.images import DEFAULT_LIMITS
 from imagesearch.embeddings.backfill import backfill
 from imagesearch.embeddings.reader import default_workers
@@ -47,7 +48,7 @@ def backfill_rate(encoder, catalog, workers: int, batch_size: int) -> float:
             catalog,
             Path(folder) / "embeddings",
             batch_size=batch_size,
-            workers=workers,
+            executor=InProcess(workers),
             limits=DEFAULT_LIMITS,
             progress=False,
         )

@@ -14,6 +14,7 @@ from assets.index import index_covers_the_catalog, index_recall_above_floor, sea
 from dagster_project.resources import WorkspaceResource
 from imagesearch.catalog.build import read_catalog
 from imagesearch.catalog.step import catalog_step
+from imagesearch.common.executor import InProcess
 from imagesearch.common.images import DEFAULT_LIMITS
 from imagesearch.common.workspace import data_repo
 from imagesearch.embeddings.backfill import backfill
@@ -50,7 +51,7 @@ def test_backfill_embeds_only_what_is_new_and_matches_direct_encoding(
 ):
     catalog = catalogued(workspace_settings)
     folder = tmp_path / "emb" / "v0"
-    options = {"batch_size": 2, "workers": 1, "limits": DEFAULT_LIMITS, "progress": False}
+    options = {"batch_size": 2, "executor": InProcess(1), "limits": DEFAULT_LIMITS, "progress": False}
     first = backfill(zeroshot_encoder, catalog, folder, **options)
     assert (first.embedded, first.reused, first.failed) == (6, 0, {})
 
@@ -86,7 +87,7 @@ def test_interrupted_backfill_keeps_finished_shards_and_resumes(
         return real(pixels)
 
     monkeypatch.setattr(zeroshot_encoder, "encode_pixels", crash_on_third_batch)
-    options = {"batch_size": 1, "workers": 0, "limits": DEFAULT_LIMITS, "progress": False}
+    options = {"batch_size": 1, "executor": InProcess(0), "limits": DEFAULT_LIMITS, "progress": False}
     with pytest.raises(RuntimeError, match="injected"):
         backfill(zeroshot_encoder, catalog, folder, **options)
     monkeypatch.undo()
@@ -102,7 +103,12 @@ def test_unreadable_image_is_reported_and_the_rest_embedded(workspace_settings, 
     gone = catalog["path"].iloc[2]
     open(gone, "wb").close()  # emptied after cataloguing
     report = backfill(
-        zeroshot_encoder, catalog, tmp_path / "emb", workers=1, limits=DEFAULT_LIMITS, progress=False
+        zeroshot_encoder,
+        catalog,
+        tmp_path / "emb",
+        executor=InProcess(1),
+        limits=DEFAULT_LIMITS,
+        progress=False,
     )
     assert report.embedded == 5 and list(report.failed.values()) == ["empty_file"]
 

@@ -4,9 +4,10 @@ Storage is content-addressed by (model version, image id): ``embeddings/<model k
 holds the ids and vectors of catalog shard k (the first hex digit of the id, so an image never
 changes shard). A re-run embeds only ids the file lacks; another model version writes another folder.
 
-reader -> mapper -> writer: DataLoader workers read, decode and preprocess images in parallel with
-the forward pass in the main process; finished shards are written one by one (atomically), so an
-interrupted backfill keeps every shard it completed and resumes from there."""
+reader -> mapper -> writer: the executor reads, decodes and embeds (in process: DataLoader workers beside
+the forward pass; on Ray: decode tasks and an actor pool of image towers) and hands batches back in
+shard order; finished shards are written one by one (atomically), so an interrupted backfill keeps
+every shard it completed and resumes from there, whichever executor ran it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
+from imagesearch.common.executor import EmbeddedBatch, Executor, InProcess
 from imagesearch.common.images import DecodeLimits
 from imagesearch.common.progress import Progress, progress_bar
 from imagesearch.embeddings.reader import CatalogImages, collate, default_workers, shard_batches
@@ -39,6 +41,7 @@ class BackfillReport:
     dropped: int = 0  # embedded earlier, no longer in the catalog
     failed: dict[str, str] = field(default_factory=dict)  # image id -> reason
     seconds: float = 0.0
+    workers: dict[str, int] = field(default_factory=dict)  # "<node>:<pid>" -> images it embedded
 
     @property
     def images_per_second(self) -> float:
@@ -52,7 +55,7 @@ def backfill(
     *,
     shards: Iterable[str] = SHARD_KEYS,
     batch_size: int = 32,
-    workers: int = 0,
+    executor: Executor | None = None,
     dtype: str = "float16",
     limits: DecodeLimits,
     progress: Progress = True,
@@ -67,19 +70,23 @@ def backfill(
     done = set().union(*(ids for ids, _ in existing.values()))
     todo = catalog[~catalog["id"].isin(done)]
     report.reused = len(catalog) - len(todo)
-    stream = _embed_stream(encoder, todo, batch_size, workers or default_workers(), limits, progress)
+    executor = executor or InProcess()
+    stream = executor.embed_batches(
+        encoder, todo[["id", "path", "shard"]], batch_size=batch_size, limits=limits, progress=progress
+    )
     pending: dict[str, list[tuple[list[str], np.ndarray]]] = {shard: [] for shard in shards}
 
     def flush(shard: str) -> None:
         wanted = set(catalog.loc[catalog["shard"] == shard, "id"])
         report.dropped += write_shard(folder, shard, existing.pop(shard), pending.pop(shard), wanted, dtype)
 
-    for shard, ids, vectors, failed in stream:
-        report.failed.update(failed)
-        report.embedded += len(ids)
-        if len(ids):
-            pending[shard].append((ids, vectors))
-        for finished in [s for s in existing if s < shard]:  # batches arrive in shard order
+    for batch in stream:
+        report.failed.update(batch.failed)
+        report.embedded += len(batch.ids)
+        report.workers[batch.worker] = report.workers.get(batch.worker, 0) + len(batch.ids)
+        if batch.ids:
+            pending[batch.shard].append((batch.ids, batch.vectors))
+        for finished in [s for s in existing if s < batch.shard]:  # batches arrive in shard order
             flush(finished)
     for shard in list(existing):
         flush(shard)
@@ -87,15 +94,17 @@ def backfill(
     return report
 
 
-def _embed_stream(
+def embed_in_process(
     encoder: Encoder,
     todo: pd.DataFrame,
     batch_size: int,
     workers: int,
     limits: DecodeLimits,
     progress: Progress,
-) -> Iterator[tuple[str, list[str], np.ndarray, dict[str, str]]]:
-    """Mapper: (shard, ids, vectors, failures) per batch, while the workers prepare the next ones."""
+) -> Iterator[EmbeddedBatch]:
+    """The in-process mapper: DataLoader workers (`workers`, 0 = one per spare core) prepare the next
+    batches while this process runs the image tower."""
+    workers = workers or default_workers()
     ids, paths = todo["id"].tolist(), todo["path"].tolist()
     batches = shard_batches([i[0] for i in ids], batch_size)
     if not batches:
@@ -113,5 +122,7 @@ def _embed_stream(
             encoder.encode_pixels(pixels) if pixels is not None else np.zeros((0, encoder.dim), np.float32)
         )
         bar.update(len(rows))
-        yield ids[rows[0]][0], [ids[p] for p in good], vectors, {ids[p]: why for p, why in failed}
+        yield EmbeddedBatch(
+            ids[rows[0]][0], [ids[p] for p in good], vectors, {ids[p]: why for p, why in failed}
+        )
     bar.close()

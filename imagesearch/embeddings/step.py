@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from imagesearch.catalog.build import read_catalog
+from imagesearch.common.executor import executor_for
 from imagesearch.common.images import decode_limits
 from imagesearch.common.progress import Progress
 from imagesearch.embeddings.backfill import BackfillReport, backfill
@@ -34,7 +35,7 @@ def backfill_step(
         settings.embeddings_dir / model_key(pinned),
         shards=shards or SHARD_KEYS,
         batch_size=settings.embeddings.batch_size,
-        workers=settings.embeddings.workers,
+        executor=executor_for(settings),
         dtype=settings.embeddings.dtype,
         limits=decode_limits(settings.catalog),
         progress=progress,

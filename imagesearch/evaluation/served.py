@@ -37,7 +37,7 @@ def served_index_check(settings: Settings, sets: EvalSets) -> dict:
     return {
         "model": loaded.manifest.model,
         "factory": loaded.manifest.factory,
-        "vectors": int(loaded.index.ntotal),
+        "vectors": int(loaded.ntotal),
         "catalog_images": len(read_catalog(settings.catalog_path)),
         "finite": bool(np.isfinite(vectors).all()),
         "recall_at_10_vs_exact": recall,
@@ -59,7 +59,7 @@ def rankings_through_served_index(
         return None
     test_ids = set(sets.corpus["id"])
     ids = loaded.ids["id"].to_numpy()
-    depth = min(loaded.index.ntotal, SERVED_DEPTH)
+    depth = min(loaded.ntotal, SERVED_DEPTH)
 
     def ranked(queries: np.ndarray, exclude: list[str | None]) -> list[list[str]]:
         found = loaded.search(np.ascontiguousarray(queries, dtype=np.float32), depth)[1]

@@ -14,11 +14,28 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from imagesearch.common.executor import Executor
 from imagesearch.index.choose import IVF, IndexChoice, choose_index
+from imagesearch.index.pieces import MERGEABLE_KINDS, group_into_shards, merge_pieces
 from imagesearch.index.search import gpu_available
 from imagesearch.index.store import IndexManifest, save_index_atomic
 from imagesearch.index.tune import tune_with_rerank
 from imagesearch.settings import IndexSettings
+
+
+def train_empty(
+    vectors: np.ndarray, choice: IndexChoice, *, train_sample: int = 100_000, seed: int = 0
+) -> faiss.Index:
+    """The chosen structure, trained on a sample when it needs training (on GPU when there is one), empty."""
+    index = faiss.index_factory(vectors.shape[1], choice.factory, faiss.METRIC_INNER_PRODUCT)
+    if index.is_trained:
+        return index
+    on_gpu = gpu_available() and choice.kind == IVF
+    working = faiss.index_cpu_to_all_gpus(index) if on_gpu else index
+    rng = np.random.default_rng(seed)
+    working.train(vectors[rng.choice(len(vectors), min(train_sample, len(vectors)), replace=False)])
+    # Saved and served from the CPU copy: the file format and per-call search parameters are the CPU ones.
+    return faiss.index_gpu_to_cpu(working) if on_gpu else working
 
 
 def build_index(
@@ -26,16 +43,31 @@ def build_index(
 ) -> faiss.Index:
     """Train on a sample (when the structure needs training), then add every vector."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    index = faiss.index_factory(vectors.shape[1], choice.factory, faiss.METRIC_INNER_PRODUCT)
-    on_gpu = gpu_available() and choice.kind == IVF
-    working = faiss.index_cpu_to_all_gpus(index) if on_gpu else index
-    if not working.is_trained:
-        rng = np.random.default_rng(seed)
-        sample = vectors[rng.choice(len(vectors), min(train_sample, len(vectors)), replace=False)]
-        working.train(sample)
-    working.add(vectors)
-    # Saved and served from the CPU copy: the file format and per-call search parameters are the CPU ones.
-    return faiss.index_gpu_to_cpu(working) if on_gpu else working
+    index = train_empty(vectors, choice, train_sample=train_sample, seed=seed)
+    if gpu_available() and choice.kind == IVF:
+        gpu_index = faiss.index_cpu_to_all_gpus(index)
+        gpu_index.add(vectors)
+        return faiss.index_gpu_to_cpu(gpu_index)
+    index.add(vectors)
+    return index
+
+
+def build_in_pieces(
+    vectors: np.ndarray,
+    choice: IndexChoice,
+    bounds: list[int],
+    executor: Executor,
+    *,
+    shards: int = 1,
+    train_sample: int = 100_000,
+) -> tuple[faiss.Index, list[tuple[faiss.Index, int]]]:
+    """Train once, fill one piece per row range [bounds[i], bounds[i+1]) with `executor`, merge: the
+    whole index, and (when `shards` > 1) the shards as (index, first row)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    trained = train_empty(vectors, choice, train_sample=train_sample)
+    pieces = executor.fill_pieces(trained, vectors, bounds)
+    merged = merge_pieces(pieces, bounds[:-1])
+    return merged, (group_into_shards(pieces, bounds, shards) if shards > 1 else [])
 
 
 def build_tuned_index(
@@ -47,9 +79,14 @@ def build_tuned_index(
     config: IndexSettings,
     extra: dict | None = None,
     check: Callable[[Path], None] | None = None,
+    executor: Executor | None = None,
+    bounds: list[int] | None = None,
+    shards: int = 1,
 ) -> IndexManifest:
     """Choose, build and tune an index over `vectors` (row i is `ids` row i); save it atomically.
-    `check(staging_folder)` may refuse the complete new index (by raising) before it is published."""
+    `check(staging_folder)` may refuse the complete new index (by raising) before it is published.
+    With an `executor`, the index is built in pieces (row ranges `bounds`, default one) and merged;
+    `shards` > 1 also keeps it as that many shard files for sharded serving."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     budget = config.memory_budget_mb * 2**20 if config.memory_budget_mb else None
     choice = choose_index(
@@ -59,9 +96,19 @@ def build_tuned_index(
         latency_budget_ms=config.latency_budget_ms,
         gpu=gpu_available(),
         hnsw_m=config.hnsw_m,
+        mergeable=shards > 1 or (executor is not None and executor.name != "in_process"),
     )
     started = time.perf_counter()
-    index = build_index(vectors, choice, train_sample=config.train_sample)
+    shard_indexes: list[tuple[faiss.Index, int]] = []
+    executor_name, piece_count = "in_process", 1
+    if executor is not None and choice.kind in MERGEABLE_KINDS:
+        bounds = bounds or [0, len(vectors)]
+        executor_name, piece_count = executor.name, len(bounds) - 1
+        index, shard_indexes = build_in_pieces(
+            vectors, choice, bounds, executor, shards=shards, train_sample=config.train_sample
+        )
+    else:
+        index = build_index(vectors, choice, train_sample=config.train_sample)
     build_seconds = time.perf_counter() - started
     rerank, tuned = tune_with_rerank(index, choice, vectors, config)
     manifest = IndexManifest(
@@ -82,8 +129,10 @@ def build_tuned_index(
             "build_seconds": round(build_seconds, 3),
             "rerank_vectors": "float16 memory map" if rerank > 1 else "none",
             "gpu_build": gpu_available() and choice.kind == IVF,
+            "executor": executor_name,
+            "pieces": piece_count,
             **(extra or {}),
         },
     )
-    save_index_atomic(out, index, manifest, ids, vectors, check=check)
+    save_index_atomic(out, index, manifest, ids, vectors, check=check, shards=shard_indexes)
     return manifest

@@ -31,8 +31,10 @@ def choose_index(
     exact_flops_per_second: float = 5e9,
     hnsw_m: int = 32,
     gpu: bool = False,
+    mergeable: bool = False,
 ) -> IndexChoice:
-    """The cheapest index that fits the budgets; thresholds are parameters so they can be tested."""
+    """The cheapest index that fits the budgets; thresholds are parameters so they can be tested.
+    `mergeable`: built in pieces and merged (a cluster build, or shards), which rules out HNSW."""
     if n <= 0 or dim <= 0:
         raise ValueError(f"cannot index {n} vectors of dimension {dim}")
     budget = math.inf if memory_budget_bytes is None else memory_budget_bytes / n
@@ -45,7 +47,7 @@ def choose_index(
         )
     # HNSW: full vectors + 2*M int32 links on level 0; best recall/speed when it fits (CPU only in faiss).
     hnsw_bytes = flat_bytes + 2 * hnsw_m * 4
-    if not gpu and hnsw_bytes <= budget:
+    if not gpu and not mergeable and hnsw_bytes <= budget:
         return IndexChoice(
             HNSW, f"HNSW{hnsw_m},Flat", hnsw_bytes, f"{hnsw_bytes:.0f} B/vector fits the budget"
         )

@@ -10,11 +10,13 @@ from pathlib import Path
 
 from imagesearch.catalog.build import read_catalog
 from imagesearch.catalog.step import CATALOG_STAGE
+from imagesearch.common.executor import executor_for
 from imagesearch.common.versioning import StageVersion
 from imagesearch.common.workspace import init_workspace, one_writer
 from imagesearch.embeddings.step import EMBEDDINGS_STAGE
-from imagesearch.embeddings.store import model_key, read_model_embeddings
+from imagesearch.embeddings.store import model_key, read_model_embeddings, shard_of
 from imagesearch.index.build import build_tuned_index
+from imagesearch.index.pieces import piece_bounds
 from imagesearch.index.store import IndexManifest, load_index
 from imagesearch.models.registry import pin_reference
 from imagesearch.settings import Settings
@@ -37,9 +39,9 @@ def index_problems(folder: Path, catalog_ids: set[str], floor: float) -> list[st
     loaded = load_index(folder)
     index_ids = set(loaded.ids["id"])
     problems = []
-    if loaded.index.ntotal != len(catalog_ids) or index_ids != catalog_ids:
+    if loaded.ntotal != len(catalog_ids) or index_ids != catalog_ids:
         problems.append(
-            f"{loaded.index.ntotal} vectors for {len(catalog_ids)} catalog images "
+            f"{loaded.ntotal} vectors for {len(catalog_ids)} catalog images "
             f"({len(catalog_ids - index_ids)} missing, {len(index_ids - catalog_ids)} not in the catalog)"
         )
     if loaded.manifest.recall_at_10 < floor:
@@ -58,7 +60,8 @@ def refuse_unsound_index(staging: Path, *, catalog_ids: set[str], floor: float) 
 def index_step(settings: Settings, *, model: str | None = None, record: bool = True) -> IndexStepResult:
     """Index every catalog image's embedding by `model`; version embeddings + index with DVC."""
     pinned = pin_reference(model or settings.embeddings.model, settings)
-    catalog = read_catalog(settings.catalog_path)
+    # Sorted by id, hence by shard: each embedding partition is one contiguous piece of the index.
+    catalog = read_catalog(settings.catalog_path).sort_values("id", ignore_index=True)
     vectors, missing = read_model_embeddings(settings.embeddings_dir / model_key(pinned), catalog["id"])
     if len(missing):
         shards = sorted(set(missing.str[0]))
@@ -78,6 +81,9 @@ def index_step(settings: Settings, *, model: str | None = None, record: bool = T
         check=partial(
             refuse_unsound_index, catalog_ids=set(catalog["id"]), floor=settings.index.recall_floor
         ),
+        executor=executor_for(settings),
+        bounds=piece_bounds(catalog["id"].map(shard_of).tolist()),
+        shards=settings.cluster.index_shards,
     )
     message = f"index: {manifest.count} vectors of {pinned}, {manifest.factory}"
     version = repo.record([EMBEDDINGS_STAGE, INDEX_STAGE], message) if repo else None

@@ -207,7 +207,7 @@ def create_app(
 
     @app.get("/health")
     async def health(service: Service) -> dict:
-        return {"status": "ok", "model_version": service.model_version, "vectors": service.index.index.ntotal}
+        return {"status": "ok", "model_version": service.model_version, "vectors": service.index.ntotal}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics(request: Request) -> str:

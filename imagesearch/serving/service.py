@@ -128,7 +128,7 @@ class SearchService:
         """ANN for the queries of one depth in one call, then the exact re-score and re-rank of each:
         a deep page costs its own query, not the whole batch."""
         started = time.perf_counter()
-        total = self.index.index.ntotal
+        total = self.index.ntotal
         depths = np.array([min(max(self.config.candidates, (p.offset + p.k) * 2), total) for p in pages])
         found: list[np.ndarray] = [np.empty(0, np.int64)] * len(pages)
         for depth in np.unique(depths):

@@ -121,6 +121,29 @@ class IndexSettings(BaseModel):
     tune_queries: int = Field(default=1000, ge=10, description="held-out queries for tuning")
 
 
+class ClusterSettings(BaseModel):
+    """Where the heavy stages (backfill, index build, sharded search) run: in this process, or on Ray."""
+
+    engine: Literal["in_process", "ray"] = Field(
+        default="in_process",
+        description="'ray': backfill, index pieces and shard searchers run on a Ray cluster",
+    )
+    address: str | None = Field(
+        default=None,
+        description="Ray cluster ('ray://host:10001', 'host:6379'); None: RAY_ADDRESS, else a local one",
+    )
+    embed_actors: int = Field(default=2, ge=1, description="image-tower actors (one model load each)")
+    gpus_per_actor: float = Field(default=0.0, ge=0, description="GPUs each image-tower actor reserves")
+    decode_cpus: float = Field(default=1.0, gt=0, description="CPUs each decode/preprocess task reserves")
+    index_shards: int = Field(
+        default=1, ge=1, le=4096, description="index shards kept for sharded serving (1: one merged index)"
+    )
+    shard_replicas: int = Field(default=1, ge=1, description="shard searchers per shard (for query rate)")
+    local_object_store_mb: int = Field(
+        default=256, ge=80, description="object store of a local cluster started for lack of an address"
+    )
+
+
 TRAINING_SOURCES = ("augmentation", "classifier", "tags", "judgments", "clicks")
 
 

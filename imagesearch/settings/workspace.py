@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from imagesearch.settings.stages import (
     AblationSettings,
     CatalogSettings,
+    ClusterSettings,
     EmbeddingSettings,
     EvaluationSettings,
     IndexSettings,
@@ -55,6 +56,7 @@ class Settings(BaseSettings):
     service: ServiceSettings = ServiceSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     ablation: AblationSettings = AblationSettings()
+    cluster: ClusterSettings = ClusterSettings()
     retrain_cron: str = Field(
         default="0 3 * * 1", description="cron of the weekly_retraining schedule (off until switched on)"
     )
