@@ -133,6 +133,7 @@ class ClusterSettings(BaseModel):
         description="Ray cluster ('ray://host:10001', 'host:6379'); None: RAY_ADDRESS, else a local one",
     )
     embed_actors: int = Field(default=2, ge=1, description="image-tower actors (one model load each)")
+    actor_cpus: float = Field(default=1.0, gt=0, description="CPUs each image-tower actor reserves")
     gpus_per_actor: float = Field(default=0.0, ge=0, description="GPUs each image-tower actor reserves")
     decode_cpus: float = Field(default=1.0, gt=0, description="CPUs each decode/preprocess task reserves")
     index_shards: int = Field(
