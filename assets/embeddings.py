@@ -3,8 +3,9 @@
 import warnings
 
 import dagster as dg
+from dagster_ray import RayResource
 
-from dagster_project.resources import WorkspaceResource
+from dagster_project.resources import WorkspaceResource, settings_on
 from imagesearch.embeddings.step import backfill_step
 from imagesearch.embeddings.store import SHARD_KEYS
 
@@ -32,12 +33,15 @@ with warnings.catch_warnings():
         "version embeds everything into its own folder. A range of shards runs as one backfill run.",
     )
     def image_embeddings(
-        context: dg.AssetExecutionContext, config: EmbeddingsConfig, workspace: WorkspaceResource
+        context: dg.AssetExecutionContext,
+        config: EmbeddingsConfig,
+        workspace: WorkspaceResource,
+        ray_cluster: RayResource,
     ) -> dg.MaterializeResult:
         shards = list(context.partition_keys)
         context.log.info(f"embedding catalog shards {','.join(shards)}")
         report = backfill_step(
-            workspace.settings(), model=config.model, shards=shards, progress=context.log.info
+            settings_on(workspace, ray_cluster), model=config.model, shards=shards, progress=context.log.info
         )
         if report.failed:
             context.log.warning(f"{len(report.failed)} images could not be read: {report.failed}")
@@ -50,5 +54,7 @@ with warnings.catch_warnings():
                 "dropped": report.dropped,
                 "failed": len(report.failed),
                 "images_per_second": round(report.images_per_second, 1),
+                "executor": "ray" if ray_cluster.connected else "in_process",
+                "workers": dg.MetadataValue.json(report.workers),
             }
         )

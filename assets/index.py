@@ -1,9 +1,10 @@
 """Stage: the search index over the catalog's embeddings, chosen, tuned and versioned with DVC."""
 
 import dagster as dg
+from dagster_ray import RayResource
 
 from assets.metadata import version_metadata
-from dagster_project.resources import WorkspaceResource
+from dagster_project.resources import WorkspaceResource, settings_on
 from imagesearch.catalog.build import read_catalog
 from imagesearch.index.step import index_step
 from imagesearch.index.store import load_index
@@ -22,8 +23,10 @@ class SearchIndexConfig(dg.Config):
     "budgets, search parameters tuned for the target recall@10 against exact search, written "
     "atomically with its id map and manifest, versioned and pushed with DVC.",
 )
-def search_index(config: SearchIndexConfig, workspace: WorkspaceResource) -> dg.MaterializeResult:
-    result = index_step(workspace.settings(), model=config.model)
+def search_index(
+    config: SearchIndexConfig, workspace: WorkspaceResource, ray_cluster: RayResource
+) -> dg.MaterializeResult:
+    result = index_step(settings_on(workspace, ray_cluster), model=config.model)
     manifest, version = result.manifest, result.version
     metadata = {
         "model": manifest.model,
@@ -34,6 +37,9 @@ def search_index(config: SearchIndexConfig, workspace: WorkspaceResource) -> dg.
         "recall_at_10_vs_exact": round(manifest.recall_at_10, 4),
         "latency_ms_per_query": round(manifest.latency_ms, 3),
         "bytes_per_vector": manifest.bytes_per_vector,
+        "executor": manifest.extra.get("executor", "in_process"),
+        "pieces": manifest.extra.get("pieces", 1),
+        "shards": len(manifest.extra.get("shards", [])) or 1,
         "catalog_dvc_md5": manifest.extra["catalog_dvc_md5"],
         **version_metadata(version),
     }

@@ -10,7 +10,7 @@ import dagster as dg
 
 from assets import catalog, embeddings, evaluation, index, model, online, training, training_data
 from dagster_project import automation
-from dagster_project.resources import WorkspaceResource
+from dagster_project.resources import WorkspaceResource, ray_cluster_resource
 from imagesearch.settings import Settings
 
 modules = [catalog, model, embeddings, index, training_data, training, evaluation, online]
@@ -23,7 +23,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         jobs=automation.jobs,
         schedules=[automation.weekly_retraining(settings.retrain_cron)],
         sensors=automation.sensors,
-        resources={"workspace": WorkspaceResource()},
+        resources={"workspace": WorkspaceResource(), "ray_cluster": ray_cluster_resource(settings)},
     )
 
 

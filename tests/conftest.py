@@ -19,10 +19,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dagster_project.resources import ray_cluster_resource
 from imagesearch.settings import CatalogSettings, Settings, SourceSettings
 
 # Small limits keep the decompression-bomb case cheap to generate.
 TEST_CATALOG = CatalogSettings(max_image_pixels=1_000_000, min_side=8, workers=1)
+
+
+# The Ray resource as the default settings make it: not connected, so the heavy assets run in process.
+IN_PROCESS = ray_cluster_resource(Settings())
 
 
 def noise_image(seed: int, size: tuple[int, int] = (64, 48), mode: str = "RGB") -> Image.Image:

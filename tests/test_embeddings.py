@@ -21,7 +21,7 @@ from imagesearch.embeddings.backfill import backfill
 from imagesearch.embeddings.reader import shard_batches
 from imagesearch.embeddings.store import SHARD_KEYS, model_key, read_model_embeddings
 from imagesearch.index.store import load_index
-from tests.conftest import noise_image
+from tests.conftest import IN_PROCESS, noise_image
 from tests.test_cli import run_cli
 
 ALL_SHARDS = {
@@ -127,7 +127,8 @@ def test_chain_backfills_indexes_versions_and_restores(tmp_path, tiny_folder, sa
     assets.append(index_recall_above_floor)
 
     def run():
-        return dg.materialize(assets, resources={"workspace": workspace}, run_config=config, tags=ALL_SHARDS)
+        resources = {"workspace": workspace, "ray_cluster": IN_PROCESS}
+        return dg.materialize(assets, resources=resources, run_config=config, tags=ALL_SHARDS)
 
     first = run()
     assert first.success

@@ -20,6 +20,7 @@ from imagesearch.index.choose import (
 from imagesearch.index.search import exact_neighbours, gpu_available, recall_at, search
 from imagesearch.index.store import IndexManifest, load_index, save_index_atomic
 from imagesearch.index.tune import recall_against_exact, tune
+from imagesearch.settings import IndexSettings
 
 MB = 2**20
 
@@ -180,3 +181,34 @@ def test_recall_against_exact_ignores_each_querys_match_with_itself():
     assert recall_against_exact(always_self_then_exact, vectors, queries) == 1.0
     # counting the self-match would credit this search with 1/10 per query; it found no neighbour
     assert recall_against_exact(self_then_nothing, vectors, queries) == 0.0
+
+
+def test_an_index_built_in_pieces_and_kept_in_shards_answers_like_the_whole(tmp_path):
+    from imagesearch.common.executor import InProcess
+    from imagesearch.index.pieces import piece_bounds
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((3000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = pd.DataFrame({"id": [f"{i % 16:x}{i:07d}" for i in range(3000)], "path": "x.png"})
+    ids = ids.sort_values("id", ignore_index=True)
+    bounds = piece_bounds(ids["id"].str[0].tolist())
+    assert len(bounds) == 17 and bounds[0] == 0 and bounds[-1] == 3000
+    config = IndexSettings(memory_budget_mb=0.05, train_sample=1000, tune_queries=50)
+    manifest = build_tuned_index(
+        vectors,
+        ids,
+        tmp_path / "index",
+        model="m",
+        config=config,
+        executor=InProcess(),
+        bounds=bounds,
+        shards=3,
+    )
+    assert manifest.kind == "ivf" and manifest.extra["pieces"] == 16
+    counts = [shard["count"] for shard in manifest.extra["shards"]]
+    assert len(counts) == 3 and sum(counts) == 3000 and min(counts) > 0
+    whole, sharded = load_index(tmp_path / "index"), load_index(tmp_path / "index", InProcess())
+    assert sharded.index is None and sharded.ntotal == 3000
+    expected, got = whole.search(vectors[:40], 10), sharded.search(vectors[:40], 10)
+    assert (got[1] == expected[1]).all() and np.allclose(got[0], expected[0], atol=1e-5)

@@ -40,7 +40,7 @@ from imagesearch.training.losses import info_nce, triplet
 from imagesearch.training.step import model_for_training
 from imagesearch.training.validation import ValidationSet
 from imagesearch.training_data.examples import EXAMPLE_COLUMNS, augmentation_pairs, mix_examples, tag_pairs
-from tests.conftest import make_training_folder, write_outside_collection
+from tests.conftest import IN_PROCESS, make_training_folder, write_outside_collection
 
 # --- losses --------------------------------------------------------------------------------
 E = math.e
@@ -172,7 +172,7 @@ def trained(tmp_path_factory, saved_encoder) -> TrainedWorkspace:
     workspace = WorkspaceResource(
         home=str(root / "ws"), image_dirs=[str(make_training_folder(root / "images"))]
     )
-    resources = {"workspace": workspace}
+    resources = {"workspace": workspace, "ray_cluster": IN_PROCESS}
     model = {"config": {"model": str(saved_encoder)}}
     with pytest.MonkeyPatch.context() as env:
         for key, value in SMALL_TRAINING.items():

@@ -43,11 +43,12 @@ def piece_bounds(shard_per_row: list[str]) -> list[int]:
 
 def merge_pieces(pieces: list[faiss.Index], offsets: list[int]) -> faiss.Index:
     """One index holding every piece, ids shifted to global rows (`offsets[i]`: first row of piece i,
-    relative to the first piece). Flat indexes have implicit ids and are appended in order."""
+    relative to the first piece). Flat indexes have implicit ids and are appended in order. The pieces
+    are left whole (faiss's `merge_from` empties its argument, so each is merged from a copy)."""
     merged = faiss.clone_index(pieces[0])
     ivf = faiss.try_extract_index_ivf(merged) is not None
     for piece, offset in zip(pieces[1:], offsets[1:], strict=True):
-        merged.merge_from(piece, offset - offsets[0] if ivf else 0)
+        merged.merge_from(faiss.clone_index(piece), offset - offsets[0] if ivf else 0)
     return merged
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from imagesearch.common.executor import executor_for
 from imagesearch.common.images import ImageRejected, decode_limits
 from imagesearch.index.store import LoadedIndex, index_fingerprint, load_index
 from imagesearch.models.encoders import Encoder
@@ -51,10 +52,13 @@ class SearchService:
         """An index (default: the workspace's) and the model it was built with (from its manifest).
 
         Images resolve through the index's own id -> path map, so a bring-your-own index serves too.
+        With `cluster.index_shards` > 1, an index kept in shards is searched by the executor's shard
+        searchers (Ray actors on a cluster), which fan each query batch out and merge the top-k.
         """
         folder = index_dir or settings.search_index_dir
         fingerprint = index_fingerprint(folder)
-        index = load_index(folder)
+        sharded = settings.cluster.index_shards > 1
+        index = load_index(folder, executor_for(settings) if sharded else None)
         encoder = load_encoder(index.manifest.model, settings)
         service = cls(encoder, index, index.ids.set_index("id")["path"], settings)
         service.fingerprint = fingerprint
@@ -164,6 +168,8 @@ class SearchService:
     def close(self) -> None:
         """Stop the worker once its queue is answered (after a swap has replaced this pair)."""
         self.worker.close()
+        # Shard searcher actors are not killed here (queued jobs may still need them): Ray ends them
+        # when this pair, the last holder of their handles, is collected.
 
     def path_of(self, image_id: str) -> Path | None:
         """The file of a catalog image, or None: only catalog ids resolve, never a client path, and
