@@ -149,6 +149,7 @@ class RayExecutor:
     ) -> Iterator[EmbeddedBatch]:
         if todo.empty:
             return
+        self._check_room_for_towers()
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # the shard writer needs shard order
         context.enable_progress_bars = False
@@ -174,6 +175,18 @@ class RayExecutor:
             bar.update(len(batch["id"]))
             yield from _shard_runs(batch)
         bar.close()
+
+    def _check_room_for_towers(self) -> None:
+        """The actor pool holds its CPUs for the whole run: with none left for decode tasks the run
+        would wait forever, so say so instead."""
+        needed = self.config.embed_actors * self.config.actor_cpus + self.config.decode_cpus
+        available = ray.cluster_resources().get("CPU", 0)
+        if needed > available:
+            raise ValueError(
+                f"the cluster has {available:g} CPUs; {self.config.embed_actors} image-tower actors x "
+                f"{self.config.actor_cpus:g} CPU plus one {self.config.decode_cpus:g}-CPU decode task need "
+                f"{needed:g}: lower CLUSTER__EMBED_ACTORS / CLUSTER__ACTOR_CPUS or add nodes"
+            )
 
     def fill_pieces(self, trained, vectors: np.ndarray, bounds: list[int]):
         blob = ray.put(serialize(trained))
