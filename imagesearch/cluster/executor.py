@@ -25,7 +25,15 @@ from imagesearch.common.executor import EmbeddedBatch
 from imagesearch.common.images import DecodeLimits
 from imagesearch.common.progress import Progress, progress_bar
 from imagesearch.embeddings.reader import CatalogImages
-from imagesearch.index.pieces import deserialize, fill_piece, merge_top_k, search_shard, serialize
+from imagesearch.index.pieces import (
+    deserialize,
+    fill_piece,
+    merge_top_k,
+    read_shard_file,
+    search_shard,
+    serialize,
+    vectors_in_file,
+)
 from imagesearch.models.encoders import Encoder
 from imagesearch.models.preprocess import Preprocessor
 from imagesearch.settings import ClusterSettings
@@ -84,9 +92,7 @@ class ShardSearcher:
     """One shard file held in memory; answers top-k with global row positions."""
 
     def __init__(self, file: str, offset: int, kind: str, params: dict):
-        import faiss
-
-        self.index, self.offset, self.kind, self.params = faiss.read_index(file), offset, kind, params
+        self.index, self.offset, self.kind, self.params = read_shard_file(Path(file)), offset, kind, params
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return search_shard(self.index, self.offset, self.kind, self.params, queries, k)
@@ -107,14 +113,7 @@ class RayShards:
             for f, o in zip(files, offsets, strict=True)
         ]
         self.turn = itertools.count()
-        self.counts = [self._count(f) for f in files]
-        self.ntotal = sum(self.counts)
-
-    @staticmethod
-    def _count(file: Path) -> int:
-        import faiss
-
-        return faiss.read_index(str(file), faiss.IO_FLAG_MMAP).ntotal
+        self.ntotal = sum(vectors_in_file(f) for f in files)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         turn = next(self.turn)

@@ -28,6 +28,15 @@ def deserialize(blob: np.ndarray) -> faiss.Index:
     return faiss.deserialize_index(np.asarray(blob, dtype=np.uint8))
 
 
+def read_shard_file(path: Path) -> faiss.Index:
+    return faiss.read_index(str(path))
+
+
+def vectors_in_file(path: Path) -> int:
+    """How many vectors an index file holds, without reading its codes into memory."""
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP).ntotal
+
+
 def fill_piece(trained: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """A copy of the trained empty index (serialized) with `vectors` added under local ids 0..n-1."""
     index = deserialize(trained)
@@ -88,7 +97,7 @@ class LocalShards:
     """Shard files searched one after another in this process (the in-process executor's fan-out)."""
 
     def __init__(self, files: list[Path], offsets: list[int], kind: str, params: dict):
-        self.shards = [(faiss.read_index(str(f)), o) for f, o in zip(files, offsets, strict=True)]
+        self.shards = [(read_shard_file(f), o) for f, o in zip(files, offsets, strict=True)]
         self.kind, self.params = kind, params
         self.ntotal = sum(index.ntotal for index, _ in self.shards)
 
