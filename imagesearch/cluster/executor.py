@@ -159,15 +159,16 @@ class RayExecutor:
             batch_size=batch_size,
             num_cpus=self.config.decode_cpus,
         )
+        encoder_ref = ray.put(encoder)  # held for the whole run: restarted actors read it again
         embedded = decoded.map_batches(
             ImageTower,
-            fn_constructor_args=(ray.put(encoder), self.config.gpus_per_actor > 0),
+            fn_constructor_args=(encoder_ref, self.config.gpus_per_actor > 0),
             batch_format="numpy",
             batch_size=batch_size,
-            concurrency=self.config.embed_actors,
+            compute=ray.data.ActorPoolStrategy(size=self.config.embed_actors),
             num_cpus=self.config.actor_cpus,
             num_gpus=self.config.gpus_per_actor,
-            scheduling_strategy="SPREAD",  # one tower per node before two on one
+            ray_remote_args_fn=lambda: {"scheduling_strategy": "SPREAD"},  # a tower per node first
         )
         bar = progress_bar(progress, total=len(todo), desc="embedding on ray", unit="img")
         for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
