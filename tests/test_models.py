@@ -4,6 +4,7 @@ registry round trip (log as pyfunc, register, alias, load by alias in a fresh pr
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import sqlite3
@@ -21,6 +22,7 @@ from skimage import data
 
 from imagesearch.models.backbones import WeightsNotFound, create_image_backbone, load_text_model
 from imagesearch.models.encoders import Encoder, build_trained_encoder, imagenet_class_names
+from imagesearch.models.onnx_runtime import OnnxUnavailable
 from imagesearch.models.preprocess import letterbox
 from imagesearch.models.registry import (
     CHAMPION,
@@ -246,17 +248,56 @@ def test_load_by_alias_in_a_fresh_process_gives_identical_embeddings(registered,
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["dtype"] == "float32"
-    np.testing.assert_array_equal(
-        np.float32(loaded["texts"]), zeroshot_encoder.encode_texts(["a cat", "a cup of coffee"])
-    )
-    np.testing.assert_array_equal(np.float32(loaded["images"]), zeroshot_encoder.encode_images([image]))
+    # the pyfunc runs the ONNX graphs: the same vectors as the torch towers up to float rounding
+    assert_same_vectors(np.float32(loaded["texts"]), zeroshot_encoder.encode_texts(["a cat", "a cup of coffee"]))
+    assert_same_vectors(np.float32(loaded["images"]), zeroshot_encoder.encode_images([image]))
 
 
 def test_load_encoder_resolves_alias_version_and_uri(registered, zeroshot_encoder):
     settings, record = registered
     for reference in (CHAMPION, record.version, record.uri):
         encoder = load_encoder(reference, settings)
-        np.testing.assert_array_equal(encoder.encode_texts(["tree"]), zeroshot_encoder.encode_texts(["tree"]))
+        assert encoder.runtime == "onnx:CPUExecutionProvider"
+        assert_same_vectors(encoder.encode_texts(["tree"]), zeroshot_encoder.encode_texts(["tree"]))
+
+
+def assert_same_vectors(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert (got * want).sum(axis=1).min() >= 0.9999
+
+
+def test_registered_model_runs_its_onnx_graphs_like_torch_on_real_photos(registered, zeroshot_encoder, photos):
+    settings, _ = registered
+    served = load_encoder(CHAMPION, settings)
+    assert served.onnx is not None
+    images = list(photos.values())
+    assert_same_vectors(served.encode_images(images), zeroshot_encoder.encode_images(images))
+    texts = [*CAPTIONS.values(), "a great blue heron standing in shallow water at dawn"]
+    assert_same_vectors(served.encode_texts(texts), zeroshot_encoder.encode_texts(texts))
+    torch_only = load_encoder(CHAMPION, settings.model_copy(update={"model": ModelSettings(runtime="torch")}))
+    assert torch_only.onnx is None and torch_only.runtime == "torch:cpu"
+
+
+def test_trained_towers_export_to_onnx_with_the_same_vectors(anchored, photos, tmp_path):
+    """The anchored head with a non-zero residual, the text residual and raw features appended."""
+    anchored = copy.deepcopy(anchored)  # the fixture stays untrained for the other tests
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in anchored.image_model.projection.residual.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+        for parameter in anchored.text_model.head().residual.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    anchored.export_onnx(anchored.save(tmp_path / "encoder"))
+    exported = Encoder.load(tmp_path / "encoder", "cpu", runtime="onnx")
+    images = list(photos.values())
+    assert_same_vectors(exported.encode_images(images), anchored.encode_images(images))
+    texts = list(CAPTIONS.values())
+    assert_same_vectors(exported.encode_texts(texts), anchored.encode_texts(texts))
+
+
+def test_onnx_runtime_asked_for_without_graphs_is_a_clear_error(saved_encoder):
+    with pytest.raises(OnnxUnavailable, match="has no ONNX graphs"):
+        Encoder.load(saved_encoder, "cpu", runtime="onnx")
 
 
 def test_pyfunc_rejects_unknown_columns(registered):

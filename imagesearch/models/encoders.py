@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from imagesearch.common.io import folder_atomic
 from imagesearch.models.backbones import create_image_backbone, load_text_model
+from imagesearch.models.onnx_runtime import ONNX_FOLDER, OnnxTowers, export_towers, open_towers
 from imagesearch.models.preprocess import ImageInput, Preprocessor
 from imagesearch.settings import ModelSettings
 
@@ -187,12 +188,22 @@ class EncoderSpec:
 
 
 class Encoder:
-    """Turns images and texts into L2-normalised float32 vectors of one space."""
+    """Turns images and texts into L2-normalised float32 vectors of one space.
+
+    Inference runs on the ONNX graphs when `onnx` holds their sessions (a registered model), else on
+    the torch modules, which training always uses."""
 
     def __init__(
-        self, spec: EncoderSpec, image_model: nn.Module, text_model: TextTower, tokenizer, device: str
+        self,
+        spec: EncoderSpec,
+        image_model: nn.Module,
+        text_model: TextTower,
+        tokenizer,
+        device: str,
+        onnx: OnnxTowers | None = None,
     ):
         self.spec = spec
+        self.onnx = onnx
         self.device = torch.device(device)
         self.image_model = image_model.to(self.device).eval()
         self.text_model = text_model.to(self.device).eval()
@@ -208,8 +219,15 @@ class Encoder:
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
         return torch.stack([self.preprocessor(image) for image in images])
 
+    @property
+    def runtime(self) -> str:
+        """What runs inference: 'onnx:<providers>' or 'torch:<device>'."""
+        return f"onnx:{','.join(self.onnx.providers)}" if self.onnx else f"torch:{self.device.type}"
+
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        if self.onnx is not None:
+            return self.onnx.encode_pixels(pixels.numpy())
         pixels = pixels.to(self.device, non_blocking=True, memory_format=torch.channels_last)
         return self.image_model(pixels).float().cpu().numpy()
 
@@ -224,18 +242,31 @@ class Encoder:
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         out = []
         for start in range(0, len(texts), batch_size):
-            tokens = self.tokenize(list(texts[start : start + batch_size]))
-            out.append(self.text_model(**tokens).float().cpu().numpy())
+            chunk = list(texts[start : start + batch_size])
+            if self.onnx is not None:
+                tokens = self._tokens(chunk, "np")
+                out.append(self.onnx.encode_tokens(tokens["input_ids"], tokens["attention_mask"]))
+            else:
+                out.append(self.text_model(**self.tokenize(chunk)).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        tokens = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.spec.text_max_length, return_tensors="pt"
-        )
+        tokens = self._tokens(texts, "pt")
         return {
             "input_ids": tokens["input_ids"].to(self.device),
             "attention_mask": tokens["attention_mask"].to(self.device),
         }
+
+    def _tokens(self, texts: list[str], tensors: str):
+        return self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.spec.text_max_length, return_tensors=tensors
+        )
+
+    def export_onnx(self, folder: Path) -> Path:
+        """Both towers as ONNX graphs in `folder`/onnx (what `load` runs them from)."""
+        return export_towers(
+            self.image_model, self.text_model, self.tokenizer, self.spec.image_size, folder / ONNX_FOLDER
+        )
 
     # --- persistence ---------------------------------------------------------------------------
     def save(self, folder: Path) -> Path:
@@ -251,7 +282,10 @@ class Encoder:
         return folder
 
     @classmethod
-    def load(cls, folder: Path, device: str = "auto") -> Encoder:
+    def load(cls, folder: Path, device: str = "auto", runtime: str = "auto", threads: int = 0) -> Encoder:
+        """`runtime`: 'auto' runs the folder's ONNX graphs when it has them and ONNX Runtime can serve
+        `device`, 'onnx' insists on them, 'torch' never uses them. `threads`: ONNX Runtime's intra-op
+        threads (0 = its default)."""
         from transformers import AutoModel, AutoTokenizer
 
         raw = json.loads((folder / "encoder.json").read_text())
@@ -275,7 +309,9 @@ class Encoder:
         text_head.load_state_dict(
             torch.load(folder / "text_projection.pt", map_location="cpu", weights_only=True)
         )
-        return cls(spec, image_model, TextTower(transformer, projection), tokenizer, resolve_device(device))
+        device = resolve_device(device)
+        onnx = open_towers(folder, device, runtime, threads)
+        return cls(spec, image_model, TextTower(transformer, projection), tokenizer, device, onnx)
 
 
 def _trained_towers(spec: EncoderSpec, backbone: nn.Module, hidden: int) -> tuple[ImageTower, nn.Module]:

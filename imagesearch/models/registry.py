@@ -45,6 +45,7 @@ RUNTIME_PACKAGES = (
     "numpy",
     "pandas",
     "pillow",
+    "onnxruntime",
 )
 
 
@@ -185,7 +186,7 @@ def register_encoder(encoder: Encoder, settings: Settings, *, alias: str | None 
         info = mlflow.pyfunc.log_model(
             name="encoder",
             python_model=EncoderPyfunc(),
-            artifacts={"encoder": str(encoder.save(Path(scratch) / "encoder"))},
+            artifacts={"encoder": str(_saved_with_graphs(encoder, Path(scratch) / "encoder", settings))},
             pip_requirements=pip_requirements(),
             signature=signature(encoder.dim),
             registered_model_name=name,
@@ -195,6 +196,14 @@ def register_encoder(encoder: Encoder, settings: Settings, *, alias: str | None 
     if alias:
         client.set_registered_model_alias(name, alias, version)
     return RegisteredEncoder(run.info.run_id, version, f"models:/{name}/{version}")
+
+
+def _saved_with_graphs(encoder: Encoder, folder: Path, settings: Settings) -> Path:
+    """The encoder's files plus (by default) its ONNX graphs: what serving and backfill run."""
+    encoder.save(folder)
+    if settings.model.export_onnx:
+        encoder.export_onnx(folder)
+    return folder
 
 
 def version_of_run(settings: Settings, run_id: str, *, alias: str | None = None) -> RegisteredEncoder | None:
@@ -283,7 +292,7 @@ def load_encoder(reference: str, settings: Settings) -> Encoder:
         return build_zeroshot_encoder(settings.model)
     folder = Path(reference).expanduser()
     if (folder / "encoder.json").is_file():
-        return Encoder.load(folder, settings.model.device)
+        return _load_folder(folder, settings)
     uri = _model_uri(reference, settings)
     connect(settings)
     try:
@@ -293,7 +302,12 @@ def load_encoder(reference: str, settings: Settings) -> Encoder:
             f"cannot load {uri}: {str(error).splitlines()[0]} — register a model first "
             "(`imagesearch model register-v0`) or pass --model v0"
         ) from error
-    return Encoder.load(_encoder_folder(local, uri), settings.model.device)
+    return _load_folder(_encoder_folder(local, uri), settings)
+
+
+def _load_folder(folder: Path, settings: Settings) -> Encoder:
+    model = settings.model
+    return Encoder.load(folder, model.device, model.runtime, model.onnx_threads)
 
 
 def _encoder_folder(model_folder: Path, uri: str) -> Path:

@@ -86,6 +86,13 @@ class ModelSettings(BaseModel):
     zeroshot_top_k: int = Field(default=10, ge=1, le=1000, description="classes mixed into a v0 image vector")
     zeroshot_prompts: tuple[str, ...] = ("a photo of a {}.", "a drawing of a {}.", "clip art of a {}.")
     device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'")
+    runtime: Literal["auto", "onnx", "torch"] = Field(
+        default="auto",
+        description="inference of registered models: 'auto' runs their ONNX graphs with ONNX Runtime "
+        "(CUDA provider on a GPU when the build has it, else torch there), 'onnx' insists, 'torch' never",
+    )
+    onnx_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads (0 = its default)")
+    export_onnx: bool = Field(default=True, description="export both towers to ONNX when registering a model")
     registered_name: str = Field(default="imagesearch", description="MLflow registered model name")
 
 

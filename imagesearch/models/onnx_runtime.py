@@ -1,0 +1,134 @@
+"""The two towers as ONNX graphs, run by ONNX Runtime: the inference path of serving, backfill and
+ad-hoc embedding. Torch stays the training path and the fallback.
+
+Exported once, at registration, into the encoder folder the MLflow model carries (``onnx/``), so
+every consumer of a registered model gets the same graphs. ONNX Runtime runs a short query several
+times faster than torch eager on CPU (README, "Speed"); CUDA's provider is used when a GPU is present
+and the installed build has it.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ONNX_FOLDER = "onnx"
+IMAGE_GRAPH = "image.onnx"
+TEXT_GRAPH = "text.onnx"
+OPSET = 17
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class OnnxUnavailable(RuntimeError):
+    """ONNX inference was asked for and cannot run (no graphs in the model, or no runtime)."""
+
+
+class _TextGraph(nn.Module):
+    """The text tower with token ids and mask as its only inputs (what the graph is traced from)."""
+
+    def __init__(self, tower: nn.Module):
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.tower(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def export_towers(image_model: nn.Module, text_model: nn.Module, tokenizer, image_size: int, folder: Path) -> Path:
+    """Trace both towers (on CPU copies, eval mode) into `folder`; batch and sequence stay dynamic."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = copy.deepcopy(image_model).to("cpu", memory_format=torch.contiguous_format).float().eval()
+    text = _TextGraph(copy.deepcopy(text_model).to("cpu").float().eval())
+    tokens = tokenizer(["a query", "a longer query of a few words"], padding=True, return_tensors="pt")
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # tracer warnings about shapes fixed by the fixed image size
+        torch.onnx.export(
+            image,
+            (torch.zeros(2, 3, image_size, image_size),),
+            str(folder / IMAGE_GRAPH),
+            input_names=["pixels"],
+            output_names=["vectors"],
+            dynamic_axes={"pixels": {0: "batch"}, "vectors": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+        torch.onnx.export(
+            text,
+            (tokens["input_ids"], tokens["attention_mask"]),
+            str(folder / TEXT_GRAPH),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["vectors"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+                "vectors": {0: "batch"},
+            },
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return folder
+
+
+def has_graphs(folder: Path) -> bool:
+    return (folder / IMAGE_GRAPH).is_file() and (folder / TEXT_GRAPH).is_file()
+
+
+def providers_for(device: str) -> list[str] | None:
+    """The execution providers for `device`; None when this ONNX Runtime build cannot serve it (a CUDA
+    device with a CPU-only build: torch on the GPU is then the faster path)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    available = onnxruntime.get_available_providers()
+    if device == "cuda":
+        return [CUDA, CPU] if CUDA in available else None
+    return [CPU]
+
+
+class OnnxTowers:
+    """Inference sessions for both graphs; thread-safe (ONNX Runtime's `run` may be called concurrently)."""
+
+    def __init__(self, folder: Path, providers: list[str], threads: int = 0):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, one per physical core
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: the CUDA provider's memcpy notes are noise
+        self.image = onnxruntime.InferenceSession(str(folder / IMAGE_GRAPH), options, providers=providers)
+        self.text = onnxruntime.InferenceSession(str(folder / TEXT_GRAPH), options, providers=providers)
+
+    @property
+    def providers(self) -> list[str]:
+        return self.image.get_providers()
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return self.image.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+
+    def encode_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
+        return self.text.run(None, feed)[0]
+
+
+def open_towers(folder: Path, device: str, runtime: str, threads: int = 0) -> OnnxTowers | None:
+    """The ONNX sessions for an encoder folder, or None for torch: `runtime` 'torch' always, 'auto'
+    when the folder has no graphs or the runtime cannot serve the device, 'onnx' never (it raises)."""
+    if runtime == "torch":
+        return None
+    graphs = folder / ONNX_FOLDER
+    providers = providers_for(device)
+    if has_graphs(graphs) and providers is not None:
+        return OnnxTowers(graphs, providers, threads)
+    if runtime == "onnx":
+        why = "has no ONNX graphs (register it again)" if not has_graphs(graphs) else (
+            f"cannot run on {device!r} with this ONNX Runtime build"
+        )
+        raise OnnxUnavailable(f"model.runtime is 'onnx' but the encoder at {folder} {why}")
+    return None
