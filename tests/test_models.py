@@ -249,7 +249,9 @@ def test_load_by_alias_in_a_fresh_process_gives_identical_embeddings(registered,
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["dtype"] == "float32"
     # the pyfunc runs the ONNX graphs: the same vectors as the torch towers up to float rounding
-    assert_same_vectors(np.float32(loaded["texts"]), zeroshot_encoder.encode_texts(["a cat", "a cup of coffee"]))
+    assert_same_vectors(
+        np.float32(loaded["texts"]), zeroshot_encoder.encode_texts(["a cat", "a cup of coffee"])
+    )
     assert_same_vectors(np.float32(loaded["images"]), zeroshot_encoder.encode_images([image]))
 
 
@@ -266,7 +268,9 @@ def assert_same_vectors(got: np.ndarray, want: np.ndarray) -> None:
     assert (got * want).sum(axis=1).min() >= 0.9999
 
 
-def test_registered_model_runs_its_onnx_graphs_like_torch_on_real_photos(registered, zeroshot_encoder, photos):
+def test_registered_model_runs_its_onnx_graphs_like_torch_on_real_photos(
+    registered, zeroshot_encoder, photos
+):
     settings, _ = registered
     served = load_encoder(CHAMPION, settings)
     assert served.onnx is not None

@@ -4,7 +4,9 @@ log), the query worker, and the pure re-rank functions."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
+import os
 import shutil
 import threading
 import time
@@ -111,6 +113,48 @@ def test_images_are_served_by_catalog_id_only(client):
     assert Image.open(io.BytesIO(thumbnail.content)).size[0] <= 256
     assert client.get("/images/does-not-exist").status_code == 404
     assert client.get("/images/..%2F..%2Fetc%2Fpasswd").status_code == 404
+
+
+def test_thumbnails_are_made_once_and_remade_when_the_source_changes(client, indexed):
+    result = client.post("/search", json={"text": "noise", "k": 1}).json()["results"][0]
+    first = client.get(result["thumbnail_url"])
+    cached = client.settings.thumbnails_dir / f"{result['id']}-256.png"
+    assert first.status_code == 200 and cached.read_bytes() == first.content
+    made_at = cached.stat().st_mtime_ns
+    assert client.get(result["thumbnail_url"]).content == first.content
+    assert cached.stat().st_mtime_ns == made_at  # served from the cache, not made again
+    source = next(
+        p
+        for p in (indexed[1] / "photos").iterdir()
+        if client.app.state.service.path_of(result["id"]) == p.resolve()
+    )
+    later = made_at + 5_000_000_000
+    os.utime(source, ns=(later, later))
+    client.get(result["thumbnail_url"])
+    assert cached.stat().st_mtime_ns != made_at
+
+
+def test_repeated_texts_are_encoded_once_per_model(indexed, zeroshot_encoder, tmp_path):
+    root, _ = indexed
+    settings = Settings(home=tmp_path / "ws", service=ServiceSettings(text_cache_size=2))
+    loaded = load_index(root / "index")
+    service = SearchService(zeroshot_encoder, loaded, loaded.ids.set_index("id")["path"], settings)
+    encoded: list[list[str]] = []  # what reaches the real encoder
+
+    def encode_texts(texts: list[str]) -> np.ndarray:
+        encoded.append(list(texts))
+        return zeroshot_encoder.encode_texts(texts)
+
+    service.encoder = copy.copy(zeroshot_encoder)
+    service.encoder.encode_texts = encode_texts
+    queries = [Query(text=t) for t in ("a cat", "a dog", "a cat")]
+    first = service.encode(queries, {})
+    assert encoded == [["a cat", "a dog"]]
+    np.testing.assert_array_equal(first[0], first[2])
+    np.testing.assert_array_equal(service.encode([Query(text="a dog")], {})[0], first[1])
+    service.encode([Query(text="a cow"), Query(text="a hen"), Query(text="a pig")], {})  # more than fit
+    service.encode([Query(text="a cat")], {})
+    assert encoded[1:] == [["a cow", "a hen", "a pig"], ["a cat"]]  # evicted: encoded again
 
 
 def test_clicks_are_logged_against_the_impressions(client):
@@ -509,3 +553,18 @@ def test_worker_hands_an_error_to_its_callers_and_keeps_serving():
     worker.close()
     # after close (a swap replaced this service) a late caller is answered on its own thread
     assert worker.submit(Query(text="late"), PAGE).results[0].id == "id0"
+
+
+def test_a_loaded_service_is_warmed_up_through_its_worker_before_serving(indexed, tmp_path):
+    root, _ = indexed
+    warmed = SearchService.from_index(Settings(home=tmp_path / "ws"), root / "index")
+    cold = SearchService.from_index(
+        Settings(home=tmp_path / "ws", service=ServiceSettings(warm_up=False)), root / "index"
+    )
+    try:
+        assert warmed.worker.thread is not None and warmed.worker.thread.is_alive()
+        assert len(warmed.text_vectors) == 0  # the warm-up query is not a user's: not kept
+        assert cold.worker.thread is None
+    finally:
+        warmed.close()
+        cold.close()

@@ -40,7 +40,9 @@ class _TextGraph(nn.Module):
         return self.tower(input_ids=input_ids, attention_mask=attention_mask)
 
 
-def export_towers(image_model: nn.Module, text_model: nn.Module, tokenizer, image_size: int, folder: Path) -> Path:
+def export_towers(
+    image_model: nn.Module, text_model: nn.Module, tokenizer, image_size: int, folder: Path
+) -> Path:
     """Trace both towers (on CPU copies, eval mode) into `folder`; batch and sequence stay dynamic."""
     folder.mkdir(parents=True, exist_ok=True)
     image = copy.deepcopy(image_model).to("cpu", memory_format=torch.contiguous_format).float().eval()
@@ -127,8 +129,10 @@ def open_towers(folder: Path, device: str, runtime: str, threads: int = 0) -> On
     if has_graphs(graphs) and providers is not None:
         return OnnxTowers(graphs, providers, threads)
     if runtime == "onnx":
-        why = "has no ONNX graphs (register it again)" if not has_graphs(graphs) else (
-            f"cannot run on {device!r} with this ONNX Runtime build"
+        why = (
+            "has no ONNX graphs (register it again)"
+            if not has_graphs(graphs)
+            else (f"cannot run on {device!r} with this ONNX Runtime build")
         )
         raise OnnxUnavailable(f"model.runtime is 'onnx' but the encoder at {folder} {why}")
     return None

@@ -32,10 +32,12 @@ class Preprocessor:
         return cls(size=size, mean=mean, std=std)
 
     def __call__(
-        self, image: ImageInput, limits: DecodeLimits = DEFAULT_LIMITS, *, reduce: bool = False
+        self, image: ImageInput, limits: DecodeLimits = DEFAULT_LIMITS, *, reduce: bool = True
     ) -> torch.Tensor:
-        """(3, size, size) float tensor, normalised. `reduce`: shrink large images while decoding
-        (queries: bounded memory; catalog images are decoded exactly)."""
+        """(3, size, size) float tensor, normalised. `reduce`: shrink large images to ~2x `size` while
+        decoding (JPEG's DCT scaling, else a box reduction) before the bicubic letterbox: a 12-MP photo
+        decodes several times faster in a fraction of the memory, and every stage (training, backfill,
+        uploads) sees the same pixels. The catalog's validation decode stays full-size."""
         if isinstance(image, Image.Image):
             rgb = image.convert("RGB")
         else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from imagesearch.feedback.clicklog import ClickLog, UnknownQuery
 from imagesearch.serving.guards import BodyLimit, SameOriginPosts, reload_folder
 from imagesearch.serving.requests import (
     base64_image,
+    cached_thumbnail,
     check_page,
     knn_request,
     make_thumbnail,
@@ -45,6 +47,8 @@ from imagesearch.serving.swap import Swapper, watch_index
 from imagesearch.serving.telemetry import Telemetry
 from imagesearch.serving.types import Answer, BadQuery, PageRequest
 from imagesearch.settings import Settings
+
+ID_PATTERN = re.compile(r"[0-9a-f]{8,64}")
 
 
 def current_service(request: Request) -> SearchService:
@@ -169,15 +173,16 @@ def create_app(
 
     @app.get("/images/{image_id}")
     async def image(image_id: str, service: Service, thumbnail: bool = False) -> Response:
-        """A catalog image by id (the original, or a thumbnail): ids only, never a path."""
-        path = service.path_of(image_id)
+        """A catalog image by id (the original, or a thumbnail, cached): ids only, never a path."""
+        path, side = service.path_of(image_id), config.thumbnail_side
         if path is None or not path.is_file():
             raise HTTPException(404, f"no catalog image with id {image_id!r}")
         if not thumbnail:
             return FileResponse(path)
-        return Response(
-            await run_in_threadpool(make_thumbnail, path, config.thumbnail_side), media_type="image/png"
-        )
+        if not ID_PATTERN.fullmatch(image_id):  # a bring-your-own id: not a safe cache file name
+            return Response(await run_in_threadpool(make_thumbnail, path, side), media_type="image/png")
+        cached = await run_in_threadpool(cached_thumbnail, path, image_id, side, settings.thumbnails_dir)
+        return FileResponse(cached, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @app.post("/events", status_code=201)
     async def event(click: ClickEvent, request: Request) -> dict:

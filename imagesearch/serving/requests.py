@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 from io import BytesIO
+from pathlib import Path
 
 from fastapi import HTTPException, Request
 from PIL import Image, ImageOps
 from pydantic import ValidationError
 
 from imagesearch.common.images import DEFAULT_LIMITS, ImageRejected, open_rgb
+from imagesearch.common.io import write_atomic
 from imagesearch.serving.schemas import KnnRequest, SearchRequest
 from imagesearch.serving.service import SearchService
 from imagesearch.serving.types import Query
@@ -101,9 +103,21 @@ def prepare(
     return service.vector_query(query.embedding or [])
 
 
-def make_thumbnail(path, side: int) -> bytes:
+def cached_thumbnail(path: Path, image_id: str, side: int, cache: Path) -> Path:
+    """The thumbnail file of a catalog image, made once (decoded reduced) and remade only when the
+    source file is newer than it. Ids are hex content hashes, so the cache name cannot leave `cache`."""
+    cached = cache / f"{image_id}-{side}.png"
     try:
-        image = open_rgb(path, DEFAULT_LIMITS).rgb
+        if cached.stat().st_mtime_ns >= path.stat().st_mtime_ns:
+            return cached
+    except FileNotFoundError:
+        pass
+    return write_atomic(cached, lambda staging: staging.write_bytes(make_thumbnail(path, side)))
+
+
+def make_thumbnail(path: Path, side: int) -> bytes:
+    try:
+        image = open_rgb(path, DEFAULT_LIMITS, reduce_to=side).rgb
     except ImageRejected as error:
         raise HTTPException(422, f"the catalog image cannot be read ({error.reason})") from error
     buffer = BytesIO()

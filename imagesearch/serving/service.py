@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from cachetools import LRUCache
+from PIL import Image
 
 from imagesearch.common.executor import executor_for
-from imagesearch.common.images import ImageRejected, decode_limits
+from imagesearch.common.images import WHITE, ImageRejected, decode_limits
 from imagesearch.index.store import LoadedIndex, index_fingerprint, load_index
 from imagesearch.models.encoders import Encoder
 from imagesearch.models.registry import load_encoder
@@ -45,6 +47,11 @@ class SearchService:
         self.decodes = threading.BoundedSemaphore(config.max_concurrent_decodes)
         self.roots = image_roots(index, settings)
         self.worker = QueryWorker(self, max_batch=config.max_batch, timeout_s=config.answer_timeout_s)
+        # text -> vector of this pair's model (a swap brings a new service, so a new cache); only the
+        # worker thread touches it
+        self.text_vectors: LRUCache | None = (
+            LRUCache(config.text_cache_size) if config.text_cache_size else None
+        )
         self.fingerprint: str | None = None  # of the index folder it was loaded from (see from_index)
 
     @classmethod
@@ -62,7 +69,21 @@ class SearchService:
         encoder = load_encoder(index.manifest.model, settings)
         service = cls(encoder, index, index.ids.set_index("id")["path"], settings)
         service.fingerprint = fingerprint
+        if settings.service.warm_up:
+            service.warm_up()
         return service
+
+    def warm_up(self) -> None:
+        """A text and an image query through the worker before the first client's: ONNX Runtime
+        allocates and the index pages in on first use, which would otherwise land on that client."""
+        if not self.index.ntotal:
+            return
+        blank = Image.new("RGB", (self.encoder.spec.image_size,) * 2, WHITE)
+        page = PageRequest(k=10, offset=0, diversity=self.config.diversity, dedup=True)
+        for query in (Query(pixels=self.encoder.preprocessor(blank)), Query(text="warm up")):
+            self.answer(query, page)
+        if self.text_vectors is not None:
+            self.text_vectors.clear()
 
     # --- preparing a query (request threads: validation and image decoding run in parallel) -----
     def text_query(self, text: str) -> Query:
@@ -82,7 +103,7 @@ class SearchService:
         started = time.perf_counter()
         try:
             with self.decodes:
-                pixels = self.encoder.preprocessor(data, self.limits, reduce=True)
+                pixels = self.encoder.preprocessor(data, self.limits)
         except ImageRejected as error:
             raise BadQuery(f"the upload is not a usable image ({error.reason})") from error
         if timings is not None:
@@ -118,13 +139,25 @@ class SearchService:
         images = [i for i, q in enumerate(queries) if q.pixels is not None]
         given = [i for i, q in enumerate(queries) if q.vector is not None]
         if texts:
-            vectors[texts] = self.encoder.encode_texts([queries[i].text for i in texts])
+            vectors[texts] = self._text_vectors([queries[i].text for i in texts])
         if images:
             vectors[images] = self.encoder.encode_pixels(torch.stack([queries[i].pixels for i in images]))
         if given:
             vectors[given] = np.stack([queries[i].vector for i in given])
         timings["encode"] = _ms(started)
         return vectors
+
+    def _text_vectors(self, texts: list[str]) -> np.ndarray:
+        """Encoded texts, from the LRU cache where seen before (popular queries repeat)."""
+        cache = self.text_vectors
+        if cache is None:
+            return self.encoder.encode_texts(texts)
+        found = {text: cache[text] for text in texts if text in cache}
+        missing = [text for text in dict.fromkeys(texts) if text not in found]
+        if missing:
+            for text, vector in zip(missing, self.encoder.encode_texts(missing), strict=True):
+                found[text] = cache[text] = vector
+        return np.stack([found[text] for text in texts])
 
     def search_many(
         self, vectors: np.ndarray, pages: list[PageRequest], timings: dict[str, float]

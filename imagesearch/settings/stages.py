@@ -279,6 +279,12 @@ class ServiceSettings(BaseModel):
     )
     diversity: float = Field(default=0.85, ge=0, le=1, description="MMR lambda; 1.0 = relevance order only")
     thumbnail_side: int = Field(default=256, ge=16)
+    text_cache_size: int = Field(
+        default=4096, ge=0, description="text query vectors kept per served model (LRU); 0 = off"
+    )
+    warm_up: bool = Field(
+        default=True, description="run a text and an image query through every stage before serving"
+    )
     reload_poll_seconds: float = Field(
         default=10.0,
         ge=0,

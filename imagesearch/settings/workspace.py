@@ -105,6 +105,11 @@ class Settings(BaseSettings):
         return self.index_dir / "catalog"
 
     @property
+    def thumbnails_dir(self) -> Path:
+        """The service's thumbnail cache: one PNG per image id and side, made on first request."""
+        return self.home / "cache" / "thumbnails"
+
+    @property
     def training_dir(self) -> Path:
         """Training examples per source (<source>.parquet), the mix, feature caches, checkpoints."""
         return self.data_dir / "training"
