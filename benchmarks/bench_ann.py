@@ -6,10 +6,11 @@ synthetic sets of 100k / 1M vectors drawn from a Gaussian mixture fitted to thos
 fresh draws from the same mixture (held out: not in the index); for the real set, 1,000 corpus
 vectors left out of the index.
 
-The memory budget is 1/8 of the float32 vectors. For each index: recall@10 against exact search,
-QPS for a batch of queries on 1 thread and on all threads, build time (ours includes tuning), and
-bytes per vector of the in-RAM index. Ours also keeps float16 vectors in a disk memory map for the
-exact re-rank of its short list: reported separately.
+The memory budget is 1/8 of the float32 vectors for what every query scans (codes + ids), and 1/4
+for ours' re-rank tier (8-bit scalar codes inside the index that re-score its short list); a second
+row of ours lifts the re-rank tier to float16 (1/2) to show the trade-off. For each index: recall@10
+against exact search, QPS for a batch of queries on 1 thread and on all threads, build time (ours
+includes tuning), and bytes per vector of each tier.
 
     IMAGESEARCH_BENCH=1 bash scripts/setup.sh   # once: the autofaiss venv
     .venv/bin/python benchmarks/bench_ann.py [--sizes real,100000,1000000]
@@ -32,7 +33,7 @@ import pandas as pd
 from imagesearch.catalog.build import read_catalog
 from imagesearch.embeddings.store import model_key, read_model_embeddings
 from imagesearch.index.build import build_tuned_index
-from imagesearch.index.store import VECTORS_FILE, load_index
+from imagesearch.index.store import load_index
 from imagesearch.models.registry import pin_reference
 from imagesearch.settings import PROJECT_ROOT, IndexSettings, Settings
 
@@ -97,8 +98,8 @@ def exact_truth(vectors: np.ndarray, queries: np.ndarray) -> tuple[faiss.Index, 
     return flat, flat.search(queries, 10)[1], build
 
 
-def ours(vectors, queries, truth, budget_mb: float, scratch: Path) -> dict:
-    config = IndexSettings(memory_budget_mb=budget_mb)
+def ours(vectors, queries, truth, budget_mb: float, rerank_mb: float | None, scratch: Path) -> dict:
+    config = IndexSettings(memory_budget_mb=budget_mb, rerank_budget_mb=rerank_mb)
     ids = pd.DataFrame({"id": np.arange(len(vectors)).astype(str), "path": ""})
     start = time.perf_counter()
     manifest = build_tuned_index(vectors, ids, scratch / "ours", model="bench", config=config)
@@ -112,32 +113,39 @@ def ours(vectors, queries, truth, budget_mb: float, scratch: Path) -> dict:
         "factory": manifest.factory,
         "params": manifest.params | {"rerank": manifest.rerank_factor},
         "build_seconds": build,
-        "bytes_per_vector": manifest.extra["index_file_bytes"] / len(vectors),
-        "rerank_disk_bytes_per_vector": (scratch / "ours" / VECTORS_FILE).stat().st_size / len(vectors)
-        if manifest.rerank_factor > 1
-        else 0,
+        "bytes_per_vector": manifest.bytes_per_vector,
+        "rerank_bytes_per_vector": manifest.extra["rerank_bytes_per_vector"],
+        "rerank_tier": manifest.extra["rerank_vectors"],
+        "index_file_bytes_per_vector": manifest.extra["index_file_bytes"] / len(vectors),
         "tuned_recall_leave_one_out": manifest.recall_at_10,
         **measure(search, queries, truth),
     }
 
 
-def autofaiss(vectors, queries, truth, budget_mb: float, scratch: Path) -> dict | None:
+def autofaiss(vectors, queries, truth, budget_mb: float, scratch: Path, timeout_s: float) -> dict | None:
     if not AUTOFAISS_PYTHON.exists():
         print("  (autofaiss peer skipped: run `IMAGESEARCH_BENCH=1 bash scripts/setup.sh`)")
         return None
     for name, array in (("vectors", vectors), ("queries", queries), ("truth", truth)):
         np.save(scratch / f"{name}.npy", array)
     peer = Path(__file__).with_name("autofaiss_peer.py")
-    result = subprocess.run(
-        [str(AUTOFAISS_PYTHON), str(peer), str(scratch), str(budget_mb)], capture_output=True, text=True
-    )
+    try:
+        result = subprocess.run(
+            [str(AUTOFAISS_PYTHON), str(peer), str(scratch), str(budget_mb)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired:
+        print(f"  autofaiss did not finish within {timeout_s:.0f} s: no peer row")
+        return None
     if result.returncode != 0:
         print(f"  autofaiss failed:\n{result.stderr[-2000:]}")
         return None
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def run(name: str, vectors: np.ndarray, queries: np.ndarray, with_peer: bool) -> None:
+def run(name: str, vectors: np.ndarray, queries: np.ndarray, with_peer: bool, peer_timeout_s: float) -> None:
     n, dim = vectors.shape
     budget_mb = n * dim * 4 / 8 / 2**20
     print(f"\n== {name}: {n:,} x {dim}, budget {budget_mb:.1f} MB (1/8 of float32), {len(queries)} queries")
@@ -151,8 +159,14 @@ def run(name: str, vectors: np.ndarray, queries: np.ndarray, with_peer: bool) ->
         }
     }
     with tempfile.TemporaryDirectory() as scratch:
-        rows["ours"] = ours(vectors, queries, truth, budget_mb, Path(scratch))
-        peer = autofaiss(vectors, queries, truth, budget_mb, Path(scratch)) if with_peer else None
+        # re-rank tier <= 1/4 of float32 (8-bit codes); then unbounded (float16) for the trade-off
+        rows["ours"] = ours(vectors, queries, truth, budget_mb, 2 * budget_mb, Path(scratch))
+        rows["ours, float16 tier"] = ours(vectors, queries, truth, budget_mb, None, Path(scratch))
+        peer = (
+            autofaiss(vectors, queries, truth, budget_mb, Path(scratch), peer_timeout_s)
+            if with_peer
+            else None
+        )
         if not with_peer:
             print(f"  (autofaiss skipped at {n:,} vectors: above --peer-max)")
         if peer:
@@ -162,13 +176,14 @@ def run(name: str, vectors: np.ndarray, queries: np.ndarray, with_peer: bool) ->
 
 def report(rows: dict[str, dict], dim: int) -> None:
     peer = next((r for k, r in rows.items() if k.startswith("autofaiss")), None)
-    header = f"{'index':22}{'factory':28}{'R@10':>6}{'QPS 1t':>9}{'QPS all':>9}{'build s':>9}{'B/vec':>7}"
-    print(header + f"{'f32/B':>7}" + ("  QPS vs autofaiss (1t, all)" if peer else ""))
+    header = f"{'index':22}{'factory':32}{'R@10':>6}{'QPS 1t':>9}{'QPS all':>9}{'build s':>9}{'RAM B':>7}"
+    print(header + f"{'f32/B':>7}{'rerank B':>9}" + ("  QPS vs autofaiss (1t, all)" if peer else ""))
     for name, row in rows.items():
+        rerank = row.get("rerank_bytes_per_vector", 0)
         line = (
-            f"{name:22}{row['factory'][:27]:28}{row['recall_at_10']:6.3f}{row['qps_1_thread']:9.0f}"
+            f"{name:22}{row['factory'][:31]:32}{row['recall_at_10']:6.3f}{row['qps_1_thread']:9.0f}"
             f"{row['qps_all_threads']:9.0f}{row['build_seconds']:9.1f}{row['bytes_per_vector']:7.0f}"
-            f"{4 * dim / row['bytes_per_vector']:6.1f}x"
+            f"{4 * dim / row['bytes_per_vector']:6.1f}x{rerank:9.0f}"
         )
         if peer:
             line += (
@@ -177,7 +192,7 @@ def report(rows: dict[str, dict], dim: int) -> None:
             )
         print(line)
     for name, row in rows.items():
-        extras = {k: row[k] for k in ("params", "rerank_disk_bytes_per_vector") if k in row}
+        extras = {k: row[k] for k in ("params", "rerank_tier", "index_file_bytes_per_vector") if k in row}
         if extras:
             print(f"  {name}: {extras}")
 
@@ -185,11 +200,9 @@ def report(rows: dict[str, dict], dim: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="real,100000,1000000")
+    parser.add_argument("--peer-max", type=int, default=1_000_000, help="skip autofaiss above this size")
     parser.add_argument(
-        "--peer-max",
-        type=int,
-        default=100_000,
-        help="skip autofaiss above this size (its OPQ training took 8.5 minutes at 100k on 2 cores)",
+        "--peer-timeout", type=float, default=1800, help="seconds autofaiss may take per size (then: no row)"
     )
     args = parser.parse_args()
     real = real_embeddings(Settings())
@@ -200,11 +213,17 @@ def main() -> None:
             rng = np.random.default_rng(0)
             held_out = rng.choice(len(real), QUERIES, replace=False)
             kept = np.setdiff1d(np.arange(len(real)), held_out)
-            run("real corpus embeddings", np.ascontiguousarray(real[kept]), real[held_out], True)
+            run(
+                "real corpus embeddings",
+                np.ascontiguousarray(real[kept]),
+                real[held_out],
+                True,
+                args.peer_timeout,
+            )
         else:
             n = int(size)
             vectors, queries = sample_mixture(mixture, n, seed=1), sample_mixture(mixture, QUERIES, seed=2)
-            run(f"mixture {n:,}", vectors, queries, n <= args.peer_max)
+            run(f"mixture {n:,}", vectors, queries, n <= args.peer_max, args.peer_timeout)
 
 
 if __name__ == "__main__":

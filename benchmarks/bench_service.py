@@ -36,7 +36,8 @@ import pandas as pd
 from imagesearch.catalog.build import read_catalog
 from imagesearch.index.build import build_tuned_index
 from imagesearch.index.store import MANIFEST_FILE, load_index
-from imagesearch.settings import PROJECT_ROOT, IndexSettings, Settings
+from imagesearch.models.registry import load_encoder
+from imagesearch.settings import PROJECT_ROOT, IndexSettings, ModelSettings, Settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_ann import fitted_mixture, sample_mixture
@@ -44,6 +45,8 @@ from bench_ann import fitted_mixture, sample_mixture
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 CLI = PROJECT_ROOT / ".venv" / "bin" / "imagesearch"
 STAGES = ("decode", "queue", "encode", "ann", "rerank")
+OPEN_LOOP = Path(__file__).with_name("open_loop.py")
+P99_GOAL_MS = 100.0
 
 
 def sized_index(size: int, settings: Settings) -> Path:
@@ -158,37 +161,112 @@ def load(url: str, queries: list[dict], requests: int, clients: int) -> dict:
     }
 
 
-def report(rows: list[dict]) -> None:
+def torch_forward_ms(settings: Settings, repeats: int = 50) -> dict[str, float]:
+    """The peer every ratio is taken against: a bare torch forward of the serving model's text tower
+    for one short query and of its image tower for one preprocessed image (p50, this process, before
+    any server starts, torch's default threads)."""
+    served = load_index(settings.search_index_dir).manifest.model
+    encoder = load_encoder(served, settings.model_copy(update={"model": ModelSettings(runtime="torch")}))
+    image = read_catalog(settings.catalog_path)["path"].iloc[0]
+    pixels = encoder.preprocess([Path(image)])
+    timings = {}
+    for name, forward in (
+        ("text", lambda: encoder.encode_texts(["a red car"])),
+        ("image", lambda: encoder.encode_pixels(pixels)),
+    ):
+        for _ in range(5):
+            forward()
+        samples = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            forward()
+            samples.append((time.perf_counter() - started) * 1000)
+        timings[name] = float(np.median(samples))
+    return timings
+
+
+def first_and_tenth(url: str, queries: list[dict]) -> tuple[float, float]:
+    """Latency of the first and the tenth text query a freshly started server answers."""
+    with httpx.Client(timeout=60) as client:
+        latencies = [one_request(client, url, query)[0] for query in queries[:10]]
+    return latencies[0], latencies[9]
+
+
+def open_loop(url: str, queries_file: Path, rates: list[float], seconds: float) -> tuple[float, list[dict]]:
+    """Rising constant arrival rates from a separate load-generator process; the highest rate whose
+    p99 stays <= P99_GOAL_MS with no failed request, and every step measured."""
+    sustained, steps = 0.0, []
+    for rate in rates:
+        command = [sys.executable, str(OPEN_LOOP), "--url", url, "--queries", str(queries_file)]
+        result = subprocess.run(
+            [*command, "--rate", str(rate), "--seconds", str(seconds)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        step = json.loads(result.stdout.strip().splitlines()[-1])
+        steps.append(step)
+        print(
+            f"    open loop {rate:6.0f}/s: p50 {step['p50']:7.1f}  p99 {step['p99']:7.1f} ms  "
+            f"failed {step['failed']}",
+            flush=True,
+        )
+        if step["p99"] > P99_GOAL_MS or step["failed"]:
+            break
+        sustained = rate
+    return sustained, steps
+
+
+def write_queries(queries: list[dict], path: Path) -> Path:
+    path.write_text("\n".join(json.dumps(query) for query in queries))
+    return path
+
+
+def report(rows: list[dict], peer: dict[str, float], capacity: list[dict]) -> None:
+    print(f"\nbare torch forward (one query): text {peer['text']:.1f} ms, image {peer['image']:.1f} ms")
     print(
-        "\n| vectors | index | query | clients | p50 ms | p95 ms | p99 ms | QPS | mean batch | "
+        "\n| vectors | index | query | clients | p50 ms | p95 ms | p99 ms | p50 / torch forward | QPS | "
         + " | ".join(f"{stage} ms" for stage in (*STAGES, "handler rest", "http + queue"))
         + " |"
     )
     print("|" + "---|" * 17)
     for row in rows:
         split = " | ".join(f"{value:.1f}" for value in row["split"].values())
+        ratio = f"{row['p50'] / peer[row['query']]:.2f}x" if row["clients"] == 1 else ""
         print(
             f"| {row['vectors']:,} | {row['factory']} | {row['query']} | {row['clients']} | "
-            f"{row['p50']:.1f} | {row['p95']:.1f} | {row['p99']:.1f} | {row['qps']:.1f} | "
-            f"{row['batch']:.1f} | {split} |"
+            f"{row['p50']:.1f} | {row['p95']:.1f} | {row['p99']:.1f} | {ratio} | {row['qps']:.1f} | {split} |"
         )
+    print(
+        f"\n| vectors | query | open-loop QPS sustained at p99 <= {P99_GOAL_MS:.0f} ms "
+        "| first / tenth query ms |"
+    )
+    print("|---|---|---|---|")
+    for row in capacity:
+        print(f"| {row['vectors']:,} | {row['query']} | {row['sustained_qps']:.0f} | {row['warm']} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--requests", type=int, default=200, help="queries per cell")
+    parser.add_argument("--requests", type=int, default=200, help="queries per closed-loop cell")
     parser.add_argument("--clients", default="1,20")
+    parser.add_argument("--text-rates", default="25,50,100,150,200,250,300,400,500")
+    parser.add_argument("--image-rates", default="5,10,15,20,30,40,60,80")
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of each open-loop step")
     args = parser.parse_args()
     settings = Settings()
     queries = {"text": text_queries(settings), "image": image_queries(settings)}
-    rows = []
+    peer = torch_forward_ms(settings)
+    rates = {"text": args.text_rates, "image": args.image_rates}
+    rows, capacity = [], []
     for size in map(int, args.sizes.split(",")):
         index = sized_index(size, settings)
         manifest = load_index(index).manifest
         with tempfile.TemporaryDirectory() as scratch:
             server, url = start_server(index, Path(scratch))
             try:
+                first, tenth = first_and_tenth(url, queries["text"])
                 for kind, batch in queries.items():
                     for clients in map(int, args.clients.split(",")):
                         row = load(url, batch, args.requests, clients)
@@ -204,12 +282,36 @@ def main() -> None:
                             f"p99 {row['p99']:6.1f} ms  {row['qps']:6.1f} QPS",
                             flush=True,
                         )
+                    plan = write_queries(open_loop_queries(settings, kind), Path(scratch) / f"{kind}.jsonl")
+                    rising = [float(rate) for rate in rates[kind].split(",")]
+                    sustained, steps = open_loop(url, plan, rising, args.seconds)
+                    warm = f"{first:.1f} / {tenth:.1f}" if kind == "text" else ""
+                    capacity.append(
+                        {
+                            "vectors": size,
+                            "query": kind,
+                            "sustained_qps": sustained,
+                            "steps": steps,
+                            "warm": warm,
+                        }
+                    )
             finally:
                 server.terminate()
                 server.wait(30)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "service.json").write_text(json.dumps(rows, indent=2))
-    report(rows)
+    (RESULTS / "service.json").write_text(
+        json.dumps({"torch_forward_ms": peer, "closed_loop": rows, "open_loop": capacity}, indent=2)
+    )
+    report(rows, peer, capacity)
+
+
+def open_loop_queries(settings: Settings, kind: str) -> list[dict]:
+    """The same queries as the closed loop, as the load generator's JSON lines."""
+    catalog = read_catalog(settings.catalog_path)
+    if kind == "text":
+        titles = catalog["title"].dropna().drop_duplicates().sample(200, random_state=0)
+        return [{"text": title} for title in titles]
+    return [{"image": path} for path in catalog.sample(50, random_state=1)["path"]]
 
 
 if __name__ == "__main__":

@@ -25,24 +25,39 @@ from imagesearch.settings import IndexSettings
 MB = 2**20
 
 
+EIGHTH = 4 / 8  # a budget of 1/8 of float32, in bytes per dimension
+QUARTER = 4 / 4
+
+
 @pytest.mark.parametrize(
-    ("n", "dim", "budget", "gpu", "kind", "factory"),
+    ("n", "dim", "budget", "rerank", "gpu", "factory"),
     [
-        (1_000, 256, None, False, FLAT, "Flat"),  # exact search is ~0.1 ms
-        (50_000, 384, None, False, FLAT, "Flat"),  # ~7.7 ms, under the 10 ms budget
-        (1_000_000, 256, None, False, HNSW, "HNSW32,Flat"),  # no memory limit: best recall/speed
-        (1_000_000, 256, 1_000_000 * 256 * 4 / 8, False, IVF, "IVF4096,PQ128x4fs"),  # 1/8 of float32
-        (1_000_000, 384, 1_000_000 * 384 * 4 / 8, False, IVF, "IVF4096,PQ192x4fs"),
-        (1_000_000, 256, 1_000_000 * 20, False, IVF, "IVF4096,PQ16x4fs"),  # 20 B/vector
-        (100_000, 256, None, True, IVF, "IVF1024,Flat"),  # GPU: no HNSW in faiss-gpu
-        (100_000, 256, 100_000 * 300, False, IVF, "IVF1024,PQ256x4fs"),  # HNSW needs 1280 B
+        (1_000, 256, None, None, False, "Flat"),  # exact search is ~0.1 ms
+        (50_000, 384, None, None, False, "Flat"),  # ~7.7 ms, under the 10 ms budget
+        (1_000_000, 256, None, None, False, "HNSW32,Flat"),  # no memory limit: best recall/speed
+        (1_000_000, 256, EIGHTH, None, False, "IVF4096,PQ64,Refine(SQfp16)"),  # re-rank tier unbounded
+        (1_000_000, 384, EIGHTH, QUARTER, False, "IVF4096,PQ128,Refine(SQ8)"),  # 1/8 RAM, 1/4 re-rank
+        (1_000_000, 384, EIGHTH, 0.5 / 384, False, "IVF4096,PQ192x4fs"),  # no tier fits: float16 map
+        (1_000_000, 256, 20 / 256, None, False, "IVF4096,PQ8,Refine(SQfp16)"),  # 20 B/vector
+        (100_000, 256, None, None, True, "IVF1024,Flat"),  # GPU: no HNSW in faiss-gpu
+        (100_000, 256, 300 / 256, None, False, "IVF1024,PQ128,Refine(SQfp16)"),  # HNSW needs 1280 B
     ],
 )
-def test_index_choice_table(n, dim, budget, gpu, kind, factory):
-    choice = choose_index(n, dim, memory_budget_bytes=budget, gpu=gpu)
-    assert (choice.kind, choice.factory) == (kind, factory), choice.reason
+def test_index_choice_table(n, dim, budget, rerank, gpu, factory):
+    """Budgets in bytes per dimension of each vector."""
+    memory = budget and budget * dim * n
+    rerank_budget = rerank and rerank * dim * n
+    choice = choose_index(n, dim, memory_budget_bytes=memory, rerank_budget_bytes=rerank_budget, gpu=gpu)
+    assert choice.factory == factory, choice.reason
     if budget is not None:
-        assert choice.bytes_per_vector <= budget / n
+        assert choice.bytes_per_vector <= budget * dim
+    if rerank is not None:
+        assert choice.rerank_bytes_per_vector <= rerank * dim
+
+
+def test_pieces_and_shards_keep_the_mergeable_fastscan_index():
+    choice = choose_index(1_000_000, 384, memory_budget_bytes=48e6 * 4, mergeable=True)
+    assert choice.factory == "IVF4096,PQ192x4fs" and choice.rerank_bytes_per_vector == 0
 
 
 def test_too_small_a_budget_is_refused():
@@ -156,9 +171,10 @@ def test_memory_bound_build_tunes_probe_and_rerank_depth_to_the_target(tmp_path)
     ids = pd.DataFrame({"id": [str(i) for i in range(4000)], "path": ""})
     config = IndexSettings(memory_budget_mb=4000 * 32 * 4 / 8 / MB, tune_queries=200)
     manifest = build_tuned_index(vectors, ids, tmp_path / "ix", model="m", config=config)
-    assert manifest.factory.endswith("PQ16x4fs") and manifest.bytes_per_vector <= 16
+    assert manifest.factory.endswith("PQ8,Refine(SQfp16)") and manifest.bytes_per_vector <= 16
     assert manifest.extra["reached_target"] and manifest.recall_at_10 >= 0.95
-    assert manifest.rerank_factor in (4, 16, 64)
+    assert manifest.rerank_factor == 1 and manifest.params["k_factor"] in (2, 4, 8, 16, 32, 64, 128)
+    assert manifest.extra["rerank_bytes_per_vector"] == 64  # float16 codes inside the index
     held_out = clustered(100, seed=7)
     found = load_index(tmp_path / "ix").search(held_out, 10)[1]
     truth = exact_neighbours(vectors, held_out, 10)

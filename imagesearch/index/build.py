@@ -70,6 +70,12 @@ def build_in_pieces(
     return merged, (group_into_shards(pieces, bounds, shards) if shards > 1 else [])
 
 
+def rerank_tier_name(choice: IndexChoice, rerank_factor: int) -> str:
+    if choice.rerank_bytes_per_vector:
+        return f"{choice.factory.rsplit('Refine(', 1)[1].rstrip(')')} codes in the index (RAM)"
+    return "float16 memory map" if rerank_factor > 1 else "none"
+
+
 def build_tuned_index(
     vectors: np.ndarray,
     ids: pd.DataFrame,
@@ -89,6 +95,7 @@ def build_tuned_index(
     `shards` > 1 also keeps it as that many shard files for sharded serving."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     budget = config.memory_budget_mb * 2**20 if config.memory_budget_mb else None
+    rerank_budget = config.rerank_budget_mb * 2**20 if config.rerank_budget_mb else None
     choice = choose_index(
         len(vectors),
         vectors.shape[1],
@@ -96,6 +103,7 @@ def build_tuned_index(
         latency_budget_ms=config.latency_budget_ms,
         gpu=gpu_available(),
         hnsw_m=config.hnsw_m,
+        rerank_budget_bytes=rerank_budget,
         mergeable=shards > 1 or (executor is not None and executor.name != "in_process"),
     )
     started = time.perf_counter()
@@ -127,7 +135,9 @@ def build_tuned_index(
             "reached_target": tuned.reached_target,
             "target_recall": config.target_recall,
             "build_seconds": round(build_seconds, 3),
-            "rerank_vectors": "float16 memory map" if rerank > 1 else "none",
+            "rerank_vectors": rerank_tier_name(choice, rerank),
+            "rerank_bytes_per_vector": choice.rerank_bytes_per_vector
+            or (2.0 * vectors.shape[1] if rerank > 1 else 0),
             "gpu_build": gpu_available() and choice.kind == IVF,
             "executor": executor_name,
             "pieces": piece_count,

@@ -18,13 +18,17 @@ def gpu_available() -> bool:
 
 
 def search_parameters(kind: str, params: dict[str, int]) -> faiss.SearchParameters | None:
-    """Per-call search parameters for an index of this kind (None for exact search)."""
+    """Per-call search parameters for an index of this kind (None for exact search); `k_factor`: the
+    short list an in-index re-rank tier (IndexRefine) re-scores, as a multiple of k."""
+    inner = None
     if kind == HNSW:
-        return faiss.SearchParametersHNSW(efSearch=params["efSearch"])
+        inner = faiss.SearchParametersHNSW(efSearch=params["efSearch"])
     if kind == IVF:
         ivf = faiss.SearchParametersIVF(nprobe=params["nprobe"])
-        return faiss.SearchParametersPreTransform(index_params=ivf) if params.get("pretransform") else ivf
-    return None
+        inner = faiss.SearchParametersPreTransform(index_params=ivf) if params.get("pretransform") else ivf
+    if "k_factor" in params:
+        return faiss.IndexRefineSearchParameters(k_factor=float(params["k_factor"]), base_index_params=inner)
+    return inner
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:

@@ -58,6 +58,14 @@ class LoadedIndex:
     def ntotal(self) -> int:
         return len(self.ids)
 
+    def candidate_vectors(self, positions: np.ndarray) -> np.ndarray:
+        """float32 vectors at `positions` for the service's re-score and diversity re-rank: decoded
+        from the index's own re-rank tier when it has one (the tier its budget counts), else read
+        from the float16 memory map."""
+        if isinstance(self.index, faiss.IndexRefine):
+            return self.index.refine_index.reconstruct_batch(np.asarray(positions, dtype=np.int64))
+        return np.asarray(self.vectors[positions], dtype=np.float32)
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         rerank = self.vectors if self.manifest.rerank_factor > 1 else None
         if self.sharded is not None:

@@ -27,15 +27,25 @@ class TuneResult:
     tried: list[dict] = field(default_factory=list)
 
 
-def candidate_settings(kind: str, index: faiss.Index) -> list[dict[str, int]]:
+REFINE_K_FACTORS = (2, 4, 8, 16, 32, 64, 128)
+
+
+def candidate_settings(kind: str, index: faiss.Index) -> list[list[dict[str, int]]]:
+    """Groups of settings, each group in rising cost: within a group the first that reaches the
+    target is its cheapest. An in-index re-rank tier adds one group per short-list depth."""
     if kind == HNSW:
-        return [{"efSearch": ef} for ef in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)]
+        return [[{"efSearch": ef} for ef in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)]]
     if kind == IVF:
-        nlist = faiss.extract_index_ivf(index).nlist
-        pretransform = int(isinstance(index, faiss.IndexPreTransform))
+        refined = isinstance(index, faiss.IndexRefine)
+        base = index.base_index if refined else index
+        nlist = faiss.extract_index_ivf(base).nlist
+        pretransform = int(isinstance(base, faiss.IndexPreTransform))
         probes = [p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512) if p <= nlist]
-        return [{"nprobe": p, "pretransform": pretransform} for p in probes]
-    return [{}]
+        ladder = [{"nprobe": p, "pretransform": pretransform} for p in probes]
+        if refined:
+            return [[{**step, "k_factor": factor} for step in ladder] for factor in REFINE_K_FACTORS]
+        return [ladder]
+    return [[{}]]
 
 
 def tune(
@@ -58,23 +68,25 @@ def tune(
     depth = k + (query_positions is not None)
     truth = _without_self(exact_neighbours(vectors, queries, depth), query_positions, k)
     tried = []
-    for params in candidate_settings(kind, index):
-        start = time.perf_counter()
-        found = search(
-            index,
-            kind,
-            queries,
-            depth,
-            params,
-            vectors=vectors if rerank_factor > 1 else None,
-            rerank_factor=rerank_factor,
-        )[1]
-        latency = (time.perf_counter() - start) * 1000 / len(queries)
-        found = _without_self(found, query_positions, k)
-        tried.append({**params, "recall": recall_at(found, truth, k), "latency_ms": latency})
-        if tried[-1]["recall"] >= target_recall:
-            break
-    best = next((t for t in tried if t["recall"] >= target_recall), max(tried, key=lambda t: t["recall"]))
+    for group in candidate_settings(kind, index):
+        for params in group:
+            start = time.perf_counter()
+            found = search(
+                index,
+                kind,
+                queries,
+                depth,
+                params,
+                vectors=vectors if rerank_factor > 1 else None,
+                rerank_factor=rerank_factor,
+            )[1]
+            latency = (time.perf_counter() - start) * 1000 / len(queries)
+            found = _without_self(found, query_positions, k)
+            tried.append({**params, "recall": recall_at(found, truth, k), "latency_ms": latency})
+            if tried[-1]["recall"] >= target_recall:
+                break
+    reaching = [t for t in tried if t["recall"] >= target_recall]
+    best = min(reaching, key=lambda t: t["latency_ms"]) if reaching else max(tried, key=lambda t: t["recall"])
     params = {key: value for key, value in best.items() if key not in ("recall", "latency_ms")}
     return TuneResult(params, best["recall"], best["latency_ms"], best["recall"] >= target_recall, tried)
 
@@ -112,7 +124,8 @@ def tune_with_rerank(
     rng = np.random.default_rng(0)
     query_positions = rng.choice(len(vectors), min(config.tune_queries, len(vectors)), replace=False)
     # PQ codes order candidates coarsely: a deeper exact re-rank can beat a wider probe, so try both.
-    factors = [config.rerank_factor * m for m in (1, 4, 16)] if "PQ" in choice.factory else [1]
+    external = "PQ" in choice.factory and not choice.rerank_bytes_per_vector  # else re-ranked in faiss
+    factors = [config.rerank_factor * m for m in (1, 4, 16)] if external else [1]
     trials = {
         factor: tune(
             index,

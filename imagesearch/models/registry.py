@@ -35,6 +35,7 @@ EXPERIMENT = "imagesearch"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 V0 = "v0"
+ONNX_TAG = "onnx"  # "true" when the registered model carries ONNX graphs of both towers
 RUNTIME_PACKAGES = (
     "torch",
     "torchvision",
@@ -193,6 +194,7 @@ def register_encoder(encoder: Encoder, settings: Settings, *, alias: str | None 
         )
     version = str(info.registered_model_version)
     client.set_model_version_tag(name, version, "encoder_kind", encoder.spec.kind)
+    client.set_model_version_tag(name, version, ONNX_TAG, str(settings.model.export_onnx).lower())
     if alias:
         client.set_registered_model_alias(name, alias, version)
     return RegisteredEncoder(run.info.run_id, version, f"models:/{name}/{version}")
@@ -254,6 +256,8 @@ def _find_baseline(settings: Settings, params: dict[str, str]) -> RegisteredEnco
     for version in client.search_model_versions(f"name = '{name}'"):
         if version.tags.get("encoder_kind") != "zeroshot" or not version.run_id:
             continue
+        if settings.model.export_onnx and version.tags.get(ONNX_TAG) != "true":
+            continue  # registered before ONNX export: a new one carries the graphs serving runs
         run_params = client.get_run(version.run_id).data.params
         if all(run_params.get(key) == value for key, value in params.items()):
             return RegisteredEncoder(

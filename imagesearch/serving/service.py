@@ -123,7 +123,7 @@ class SearchService:
         """ "More like this": the indexed vector of a catalog image."""
         if image_id not in self.positions:
             raise BadQuery(f"no indexed image with id {image_id!r}")
-        vector = self.index.vectors[self.positions.get_loc(image_id)].astype(np.float32)
+        vector = self.index.candidate_vectors(np.array([self.positions.get_loc(image_id)]))[0]
         return Query(vector=vector / np.linalg.norm(vector))
 
     # --- answering ------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ class SearchService:
 
     def _rerank(self, vector: np.ndarray, positions: np.ndarray, page: PageRequest) -> Answer:
         positions = positions[positions >= 0]
-        candidates = self.index.vectors[positions].astype(np.float32)
+        candidates = self.index.candidate_vectors(positions)
         scores = candidates @ vector
         order = np.argsort(-scores, kind="stable")
         positions, candidates, scores = positions[order], candidates[order], scores[order]

@@ -116,6 +116,12 @@ class IndexSettings(BaseModel):
     latency_budget_ms: float = Field(
         default=10.0, gt=0, description="per query; exact search is used under it"
     )
+    rerank_budget_mb: float | None = Field(
+        default=None,
+        gt=0,
+        description="memory-bound indexes: bytes of the re-rank tier inside the index (float16 when it fits, "
+        "else 8-bit scalar codes); None = float16",
+    )
     target_recall: float = Field(
         default=0.95, gt=0, le=1, description="recall@10 vs exact search to tune for"
     )
