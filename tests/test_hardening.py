@@ -399,8 +399,8 @@ def test_a_registered_encoder_loads_without_unpickling_its_pyfunc(zeroshot_encod
     for pickle in pickles:  # what an attacker with write access to the store would plant
         pickle.write_bytes(b"cos\nsystem\n(S'echo pwned > /tmp/pwned'\ntR.")
     encoder = load_encoder(record.uri, settings)
-    np.testing.assert_allclose(
-        encoder.encode_texts(["a cat"]), zeroshot_encoder.encode_texts(["a cat"]), atol=1e-6
+    np.testing.assert_allclose(  # ONNX Runtime vs torch: float rounding only
+        encoder.encode_texts(["a cat"]), zeroshot_encoder.encode_texts(["a cat"]), atol=1e-5
     )
 
 

@@ -175,8 +175,11 @@ def test_memory_bound_build_tunes_probe_and_rerank_depth_to_the_target(tmp_path)
     assert manifest.extra["reached_target"] and manifest.recall_at_10 >= 0.95
     assert manifest.rerank_factor == 1 and manifest.params["k_factor"] in (2, 4, 8, 16, 32, 64, 128)
     assert manifest.extra["rerank_bytes_per_vector"] == 64  # float16 codes inside the index
+    loaded = load_index(tmp_path / "ix")
+    decoded = loaded.candidate_vectors(np.arange(20))  # what the service re-scores: from that tier
+    assert (decoded * vectors[:20]).sum(axis=1).min() > 0.9999
     held_out = clustered(100, seed=7)
-    found = load_index(tmp_path / "ix").search(held_out, 10)[1]
+    found = loaded.search(held_out, 10)[1]
     truth = exact_neighbours(vectors, held_out, 10)
     assert recall_at(found, truth) >= 0.9
 

@@ -168,6 +168,18 @@ def test_clicks_are_logged_against_the_impressions(client):
     assert tables.queries["model_version"].tolist() == ["v0"]
 
 
+def test_the_background_click_log_writes_every_query_with_a_bounded_queue(tmp_path):
+    url = f"sqlite:///{tmp_path / 'clicks.sqlite'}"
+    log = ClickLog(url, background=True, max_pending=5)  # a full queue is written inline
+    shown = [("a", 0.9), ("b", 0.8)]
+    ids = [log.log_query(shown, model_version="v") for _ in range(200)]
+    just_shown = log.log_query([("c", 0.5)], model_version="v")
+    assert log.log_click(just_shown, 1) == "c"  # a click waits for the queue: never an unknown query
+    log.close()
+    tables = ClickLog(url).read()
+    assert set(tables.queries["query_id"]) == {*ids, just_shown} and len(tables.impressions) == 401
+
+
 @pytest.mark.parametrize(
     ("request_kwargs", "status", "message"),
     [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import threading
 import time
 import uuid
@@ -87,10 +88,23 @@ class ClickLog:
 
     A query's rows never fail the search that showed them: a write that still fails after retries
     (a locked or unreachable database) goes to a JSON-lines spool file beside the database, replayed
-    into it by the next write that succeeds."""
+    into it by the next write that succeeds.
+
+    `background`: a query's rows are queued and written by one writer thread in batches, so a search
+    does not wait for the database (the service's choice). Reads and clicks wait for the queue first,
+    so a click on a result just shown always finds it; a full queue (`max_pending`) is written inline,
+    which keeps memory bounded; `close()` writes what is queued. A process killed outright loses the
+    rows still queued (milliseconds' worth), as SQLite's synchronous=NORMAL loses its last commits."""
 
     def __init__(
-        self, url: str, *, pool_size: int = 8, spool: Path | None = None, busy_timeout_s: float = 10.0
+        self,
+        url: str,
+        *,
+        pool_size: int = 8,
+        spool: Path | None = None,
+        busy_timeout_s: float = 10.0,
+        background: bool = False,
+        max_pending: int = 10_000,
     ):
         if url.startswith("sqlite:///"):
             database = Path(url.removeprefix("sqlite:///"))
@@ -105,6 +119,9 @@ class ClickLog:
         metadata.create_all(self.engine)
         self.spool = spool
         self._spool_lock = threading.Lock()
+        self._pending: queue.Queue | None = queue.Queue(max_pending) if background else None
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
 
     def log_query(
         self,
@@ -130,15 +147,58 @@ class ClickLog:
             {"query_id": query_id, "rank": rank, "image_id": image_id, "score": float(score)}
             for rank, (image_id, score) in enumerate(results, start=1)
         ]
+        if self._pending is not None:
+            self._start_writer()
+            with contextlib.suppress(queue.Full):
+                self._pending.put_nowait((query, shown))
+                return query_id
+        self._write_or_spool([(query, shown)])
+        return query_id
+
+    def _write_or_spool(self, rows: list[tuple[dict, list[dict]]]) -> None:
         try:
-            self._write_with_retries([(query, shown)])
+            self._write_with_retries(rows)
         except sa.exc.SQLAlchemyError:
             if self.spool is None:
                 raise
-            self._append_to_spool(query, shown)
-            return query_id
+            for query, shown in rows:
+                self._append_to_spool(query, shown)
+            return
         self.replay_spool()
-        return query_id
+
+    def _start_writer(self) -> None:
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._drain, name="click-log-writer", daemon=True)
+                self._writer.start()
+
+    def _drain(self) -> None:
+        """The writer thread: whatever is queued, in one transaction per batch, until close()."""
+        stop = False
+        while not stop:
+            batch = [self._pending.get()]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < 500:
+                    batch.append(self._pending.get_nowait())
+            rows = [row for row in batch if row is not None]
+            stop = len(rows) < len(batch)  # close() queued its marker
+            if rows:
+                with contextlib.suppress(sa.exc.SQLAlchemyError):  # no spool configured: dropped
+                    self._write_or_spool(rows)
+            for _ in batch:
+                self._pending.task_done()
+
+    def flush(self) -> None:
+        """Wait until every queued query is written (or spooled)."""
+        if self._pending is not None and self._writer is not None:
+            self._pending.join()
+
+    def close(self) -> None:
+        """Write what is queued, then stop the writer thread."""
+        if self._pending is not None and self._writer is not None:
+            self._pending.put(None)
+            self._writer.join()
+            self._writer = None
 
     def _write_with_retries(self, rows: list[tuple[dict, list[dict]]]) -> None:
         for attempt in range(WRITE_ATTEMPTS):
@@ -181,6 +241,7 @@ class ClickLog:
 
     def log_click(self, query_id: str, rank: int, *, at: datetime | None = None) -> str:
         """Record a click on the result shown at `rank` for `query_id`; returns the clicked image id."""
+        self.flush()
         with self.engine.begin() as connection:
             shown = connection.execute(
                 sa.select(impressions_table.c.image_id).where(
@@ -197,6 +258,7 @@ class ClickLog:
         return shown
 
     def read(self, *, include_simulated: bool = True) -> LogTables:
+        self.flush()
         with self.engine.connect() as connection:
             queries = pd.read_sql(sa.select(queries_table), connection)
             impressions = pd.read_sql(sa.select(impressions_table), connection)

@@ -68,7 +68,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.service = service or await run_in_threadpool(SearchService.from_index, settings, index_dir)
         # a connection for each of anyio's 40 request threads that may log at once (20 + 20 overflow)
-        app.state.clicks = ClickLog(settings.effective_click_log_url, pool_size=20)
+        app.state.clicks = ClickLog(settings.effective_click_log_url, pool_size=20, background=True)
         app.state.telemetry = Telemetry()
         app.state.swapper = Swapper(app.state)
         watcher = None
@@ -80,6 +80,7 @@ def create_app(
         yield
         if watcher is not None:
             watcher.cancel()
+        app.state.clicks.close()  # what is queued is written before the process ends
 
     app = FastAPI(title="imagesearch", version="0.1.0", lifespan=lifespan)
     config = settings.service
@@ -237,8 +238,7 @@ async def _answer(
     except TimeoutError as error:  # queued past SERVICE__ANSWER_TIMEOUT_S: overloaded
         raise HTTPException(503, "the search service is overloaded; retry shortly") from error
     answer.timings_ms = {**prepared, **answer.timings_ms}
-    query_id = await run_in_threadpool(
-        request.app.state.clicks.log_query,
+    query_id = request.app.state.clicks.log_query(  # queued: written by the log's own thread
         [(r.id, r.score) for r in answer.results],
         model_version=answer.model_version,
         query_text=query.text,
