@@ -9,7 +9,6 @@ import pytest
 
 from imagesearch.index.build import build_index, build_tuned_index
 from imagesearch.index.choose import (
-    FLAT,
     HNSW,
     IVF,
     IndexChoice,
