@@ -65,4 +65,5 @@ bench:  ## benchmarks that print ratios against a peer measured in the same run 
 	$(PY) benchmarks/bench_encoders.py
 	$(PY) benchmarks/bench_backfill.py
 	$(PY) benchmarks/bench_ann.py
+	$(PY) benchmarks/bench_service.py
 	$(PY) benchmarks/bench_ray.py --images 512

@@ -2,7 +2,8 @@
 
 For images: decode + preprocess (our shared path) vs the forward pass, and our forward vs the bare
 timm backbone forward on the same tensors (peer), with and without channels-last. For texts:
-tokenize + forward vs the bare transformer forward. Images come from the default corpus.
+tokenize + forward vs the bare transformer forward. Images come from the default corpus. Then each
+encoder on torch vs on ONNX Runtime (its exported graphs), with the smallest cosine between the two.
 
     .venv/bin/python benchmarks/bench_encoders.py [--images 64] [--repeats 3]
 """
@@ -10,13 +11,16 @@ tokenize + forward vs the bare transformer forward. Images come from the default
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
+import onnxruntime
 import torch
 
-from imagesearch.models.encoders import build_trained_encoder, build_zeroshot_encoder
+from imagesearch.models.encoders import Encoder, build_trained_encoder, build_zeroshot_encoder
 from imagesearch.settings import Settings
 
 TEXTS = [
@@ -86,6 +90,26 @@ def text_row(encoder, name: str, batch: int, repeats: int) -> tuple:
     return (name, "texts", batch, 32 / ours, tokenize / ours, ours / peer, float("nan"))
 
 
+def onnx_rows(encoder, name: str, paths: list[Path], repeats: int) -> list[tuple]:
+    """The same encoder on torch and on ONNX Runtime (its graphs as registration exports them)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = encoder.save(Path(scratch) / "encoder")
+        encoder.export_onnx(folder)
+        onnx = Encoder.load(folder, "cpu", runtime="onnx")
+    rows = []
+    for batch in (1, 32):
+        pixels = encoder.preprocess(paths[:batch])
+        texts = (TEXTS * 4)[:batch]
+        for kind, run_torch, run_onnx in (
+            ("texts", partial(encoder.encode_texts, texts), partial(onnx.encode_texts, texts)),
+            ("images", partial(encoder.encode_pixels, pixels), partial(onnx.encode_pixels, pixels)),
+        ):
+            cosine = float((run_torch() * run_onnx()).sum(axis=1).min())
+            torch_s, onnx_s = best_of(repeats, run_torch), best_of(repeats, run_onnx)
+            rows.append((name, kind, batch, torch_s * 1000, onnx_s * 1000, torch_s / onnx_s, cosine))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=32)
@@ -119,6 +143,17 @@ def main() -> None:
         "ours/raw fwd: our forward (channels-last, projection, normalisation) over timm's bare NCHW forward;"
     )
     print("NHWC speedup: bare forward contiguous / channels-last (>1 means channels-last is faster).")
+
+    print(f"\ntorch vs ONNX Runtime ({', '.join(onnxruntime.get_available_providers())})")
+    print(
+        f"{'encoder':<14}{'input':<8}{'batch':>6}{'torch ms':>10}{'onnx ms':>10}{'speedup':>9}{'min cos':>10}"
+    )
+    for name, encoder in encoders.items():
+        for row in onnx_rows(encoder, name, paths, max(args.repeats, 10)):
+            name, kind, batch, torch_ms, onnx_ms, speedup, cosine = row
+            print(
+                f"{name:<14}{kind:<8}{batch:>6}{torch_ms:>10.1f}{onnx_ms:>10.1f}{speedup:>8.2f}x{cosine:>10.6f}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,19 +1,23 @@
 """Search service latency, HTTP end to end: a real uvicorn server on 127.0.0.1 and this process as the load.
 
-For each index size (10k, 100k, 1M vectors) the index holds the workspace index's real vectors (the
-serving model's embeddings of the default corpus) topped up with draws from a Gaussian mixture fitted
-to them (as in bench_ann.py), built by the same `build_tuned_index` as the workspace index (memory
-budget 1/8 of float32). Synthetic rows point at real corpus files, so every result can be served.
-The server is `imagesearch serve --index DIR` in its own process, logging to a scratch click log.
+First, before any server starts, the peer of every ratio: a bare torch forward of the serving model's
+text tower (one short query) and image tower (one image). Then, per index: the workspace index as
+`make demo` built it ("workspace"), and 10k / 100k / 1M vectors: the workspace index's real vectors
+topped up with draws from a Gaussian mixture fitted to them (as in bench_ann.py), built by the same
+`build_tuned_index` (RAM tier 1/8 of float32, re-rank tier 1/4). Synthetic rows point at real corpus
+files, so every result can be served. The server is `imagesearch serve --index DIR` in its own
+process, logging to a scratch click log.
 
-Text queries are corpus titles; image queries upload real corpus files (multipart). Each cell sends
-`--requests` queries from 1 or 20 concurrent clients and reports p50 / p95 / p99 of the client-side
-latency, QPS, and the mean time split the server reports per request (decode, encode, ANN, re-rank,
-the rest of the handler incl. click logging) plus what is left of the client-side time (HTTP,
-serialisation, queueing behind other clients).
+Text queries are corpus titles; image queries upload real corpus files (multipart). Closed loop: each
+cell sends `--requests` queries from 1 or 20 concurrent clients and reports p50 / p95 / p99 of the
+client-side latency, QPS, and the mean time split the server reports per request (decode, encode,
+ANN, re-rank, the rest of the handler) plus what is left of the client-side time (HTTP, serialisation,
+queueing behind other clients). Open loop: open_loop.py, a separate process, sends a constant arrival
+rate, rising step by step, and the highest rate whose p99 stays <= 100 ms with no failure is the
+sustained capacity. Warm start: the first and the tenth text query of a freshly started server.
 
     make demo   # once: the corpus, its embeddings and the workspace index
-    .venv/bin/python benchmarks/bench_service.py [--sizes 10000,100000,1000000] [--requests 200]
+    .venv/bin/python benchmarks/bench_service.py [--sizes workspace,10000,100000,1000000] [--requests 200]
 """
 
 from __future__ import annotations
@@ -46,13 +50,15 @@ RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 CLI = PROJECT_ROOT / ".venv" / "bin" / "imagesearch"
 STAGES = ("decode", "queue", "encode", "ann", "rerank")
 OPEN_LOOP = Path(__file__).with_name("open_loop.py")
+INDEX_LAYOUT = "refine"  # part of the cached index folder's name: a new layout builds anew
 P99_GOAL_MS = 100.0
 
 
 def sized_index(size: int, settings: Settings) -> Path:
     """The workspace index's vectors topped up to `size` with mixture draws; built once, then reused."""
     real = load_index(settings.search_index_dir)
-    folder = RESULTS / f"service-index-{size}-{real.manifest.model.replace('/', '_').replace(':', '')}"
+    model = real.manifest.model.replace("/", "_").replace(":", "")
+    folder = RESULTS / f"service-index-{size}-{model}-{INDEX_LAYOUT}"
     if (folder / MANIFEST_FILE).is_file():
         return folder
     vectors = np.asarray(real.vectors, dtype=np.float32)[:size]
@@ -72,10 +78,9 @@ def sized_index(size: int, settings: Settings) -> Path:
         )
         vectors = np.concatenate([vectors, synthetic])
     print(f"  building the {size:,}-vector index in {folder} ...", flush=True)
-    budget_mb = size * vectors.shape[1] * 4 / 8 / 2**20
-    build_tuned_index(
-        vectors, ids, folder, model=real.manifest.model, config=IndexSettings(memory_budget_mb=budget_mb)
-    )
+    budget_mb = size * vectors.shape[1] * 4 / 8 / 2**20  # RAM tier 1/8 of float32, re-rank tier 1/4
+    config = IndexSettings(memory_budget_mb=budget_mb, rerank_budget_mb=2 * budget_mb)
+    build_tuned_index(vectors, ids, folder, model=real.manifest.model, config=config)
     return folder
 
 
@@ -248,7 +253,7 @@ def report(rows: list[dict], peer: dict[str, float], capacity: list[dict]) -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--sizes", default="workspace,10000,100000,1000000")
     parser.add_argument("--requests", type=int, default=200, help="queries per closed-loop cell")
     parser.add_argument("--clients", default="1,20")
     parser.add_argument("--text-rates", default="25,50,100,150,200,250,300,400,500")
@@ -260,9 +265,10 @@ def main() -> None:
     peer = torch_forward_ms(settings)
     rates = {"text": args.text_rates, "image": args.image_rates}
     rows, capacity = [], []
-    for size in map(int, args.sizes.split(",")):
-        index = sized_index(size, settings)
+    for name in args.sizes.split(","):
+        index = settings.search_index_dir if name == "workspace" else sized_index(int(name), settings)
         manifest = load_index(index).manifest
+        size = manifest.count
         with tempfile.TemporaryDirectory() as scratch:
             server, url = start_server(index, Path(scratch))
             try:
