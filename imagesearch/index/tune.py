@@ -28,6 +28,7 @@ class TuneResult:
 
 
 REFINE_K_FACTORS = (2, 4, 8, 16, 32, 64, 128)
+PLATEAU = 0.002  # a wider probe that lifts recall by less than this, twice in a row, ends the ladder
 
 
 def candidate_settings(kind: str, index: faiss.Index) -> list[list[dict[str, int]]]:
@@ -69,6 +70,7 @@ def tune(
     truth = _without_self(exact_neighbours(vectors, queries, depth), query_positions, k)
     tried = []
     for group in candidate_settings(kind, index):
+        best_in_group, stalled = -1.0, 0  # stalled: steps in a row that gained nothing
         for params in group:
             start = time.perf_counter()
             found = search(
@@ -82,8 +84,11 @@ def tune(
             )[1]
             latency = (time.perf_counter() - start) * 1000 / len(queries)
             found = _without_self(found, query_positions, k)
-            tried.append({**params, "recall": recall_at(found, truth, k), "latency_ms": latency})
-            if tried[-1]["recall"] >= target_recall:
+            recall = recall_at(found, truth, k)
+            tried.append({**params, "recall": recall, "latency_ms": latency})
+            stalled = 0 if recall > best_in_group + PLATEAU else stalled + 1
+            best_in_group = max(best_in_group, recall)
+            if recall >= target_recall or stalled == 2:  # reached, or the rest would not gain either
                 break
     reaching = [t for t in tried if t["recall"] >= target_recall]
     best = min(reaching, key=lambda t: t["latency_ms"]) if reaching else max(tried, key=lambda t: t["recall"])
