@@ -7,10 +7,9 @@ fresh draws from the same mixture (held out: not in the index); for the real set
 vectors left out of the index.
 
 The memory budget is 1/8 of the float32 vectors for what every query scans (codes + ids), and 1/4
-for ours' re-rank tier (8-bit scalar codes inside the index that re-score its short list); a second
-row of ours lifts the re-rank tier to float16 (1/2) to show the trade-off. For each index: recall@10
-against exact search, QPS for a batch of queries on 1 thread and on all threads, build time (ours
-includes tuning), and bytes per vector of each tier.
+for ours' re-rank tier (8-bit PQ codes of the residual, inside the index, that re-score its short
+list). For each index: recall@10 against exact search, QPS for a batch of queries on 1 thread and on
+all threads, build time (ours includes tuning), and bytes per vector of each tier.
 
     IMAGESEARCH_BENCH=1 bash scripts/setup.sh   # once: the autofaiss venv
     .venv/bin/python benchmarks/bench_ann.py [--sizes real,100000,1000000]
@@ -159,9 +158,7 @@ def run(name: str, vectors: np.ndarray, queries: np.ndarray, with_peer: bool, pe
         }
     }
     with tempfile.TemporaryDirectory() as scratch:
-        # re-rank tier <= 1/4 of float32 (8-bit codes); then unbounded (float16) for the trade-off
         rows["ours"] = ours(vectors, queries, truth, budget_mb, 2 * budget_mb, Path(scratch))
-        rows["ours, float16 tier"] = ours(vectors, queries, truth, budget_mb, None, Path(scratch))
         peer = (
             autofaiss(vectors, queries, truth, budget_mb, Path(scratch), peer_timeout_s)
             if with_peer

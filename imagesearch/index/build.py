@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from imagesearch.common.executor import Executor
-from imagesearch.index.choose import IVF, IndexChoice, choose_index
+from imagesearch.index.choose import IVF, L2, IndexChoice, choose_index
 from imagesearch.index.pieces import MERGEABLE_KINDS, group_into_shards, merge_pieces
 from imagesearch.index.search import gpu_available
 from imagesearch.index.store import IndexManifest, save_index_atomic
@@ -27,7 +27,8 @@ def train_empty(
     vectors: np.ndarray, choice: IndexChoice, *, train_sample: int = 100_000, seed: int = 0
 ) -> faiss.Index:
     """The chosen structure, trained on a sample when it needs training (on GPU when there is one), empty."""
-    index = faiss.index_factory(vectors.shape[1], choice.factory, faiss.METRIC_INNER_PRODUCT)
+    metric = faiss.METRIC_L2 if choice.metric == L2 else faiss.METRIC_INNER_PRODUCT
+    index = faiss.index_factory(vectors.shape[1], choice.factory, metric)
     if index.is_trained:
         return index
     on_gpu = gpu_available() and choice.kind == IVF
@@ -72,7 +73,7 @@ def build_in_pieces(
 
 def rerank_tier_name(choice: IndexChoice, rerank_factor: int) -> str:
     if choice.rerank_bytes_per_vector:
-        return f"{choice.factory.rsplit('Refine(', 1)[1].rstrip(')')} codes in the index (RAM)"
+        return f"{choice.rerank_bytes_per_vector:.0f}-byte residual PQ codes in the index (RAM)"
     return "float16 memory map" if rerank_factor > 1 else "none"
 
 

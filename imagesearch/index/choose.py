@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 FLAT, HNSW, IVF = "flat", "hnsw", "ivf"
+IP, L2 = "ip", "l2"
 
 
 ID_BYTES_PER_VECTOR = 8  # IVF lists store a 64-bit id per vector
@@ -20,7 +21,8 @@ class IndexChoice:
     factory: str
     bytes_per_vector: float  # the RAM tier every query scans: codes + ids (or full vectors)
     reason: str
-    rerank_bytes_per_vector: float = 0.0  # the re-rank tier inside the index (IndexRefine), if any
+    rerank_bytes_per_vector: float = 0.0  # the re-rank tier inside the index, if any
+    metric: str = IP  # L2 only where faiss has no inner product (equal ranking on unit vectors)
 
 
 def choose_index(
@@ -61,22 +63,26 @@ def choose_index(
             IVF, f"IVF{nlist},Flat", flat_bytes + ID_BYTES_PER_VECTOR, "GPU: IVF over full vectors"
         )
     rerank_budget = math.inf if rerank_budget_bytes is None else rerank_budget_bytes / n
-    refine = None if mergeable else refine_tier(dim, rerank_budget)
-    if refine is None:
+    residual = None if mergeable else residual_subquantizers(dim, rerank_budget)
+    if residual is None:
         return _fastscan_choice(nlist, dim, budget)
-    subquantizers = pq_subquantizers(dim, budget - ID_BYTES_PER_VECTOR)
-    if subquantizers is None:
-        raise ValueError(f"a memory budget of {budget:.1f} B/vector cannot hold even a 4-byte PQ code + id")
-    factory, rerank_bytes = refine
-    # 8-bit PQ codes order the short list far better than 4-bit ones at the same bytes (measured at 1M:
-    # recall 0.89 vs 0.74 for 640 candidates), and the re-rank tier re-scores it inside faiss
-    # (multi-threaded), so no full vector is read. Codebooks train on a sample (`train_sample`).
+    # ids in the lists, and the id -> entry map that decodes the service's candidates
+    overhead = 2 * ID_BYTES_PER_VECTOR
+    subquantizers = pq_subquantizers(dim, budget - overhead)
+    if subquantizers is None:  # too tight for 8-bit codes and two ids: 4-bit codes may still fit
+        return _fastscan_choice(nlist, dim, budget)
+    # 8-bit PQ codes order the short list far better than 4-bit ones of the same size, and a second
+    # 8-bit PQ of what the first left over (IndexIVFPQR) re-scores it inside faiss: at 1M x 384 it
+    # reached recall 0.97 with 384 bytes, where 8-bit scalar codes of the vectors themselves (same
+    # bytes) stop at 0.915 and float16 ones (twice the bytes) at 0.95. Its metric is L2, which ranks
+    # unit vectors exactly as the inner product does. Codebooks train on a sample (`train_sample`).
     return IndexChoice(
         IVF,
-        f"IVF{nlist},PQ{subquantizers},Refine({factory})",
-        subquantizers + ID_BYTES_PER_VECTOR,
-        f"memory-bound: {subquantizers}-byte PQ codes, {nlist} lists, {factory} re-rank tier",
-        rerank_bytes,
+        f"IVF{nlist},PQ{subquantizers}+{residual}",
+        subquantizers + overhead,
+        f"memory-bound: {subquantizers}-byte PQ codes, {nlist} lists, {residual}-byte residual re-rank tier",
+        float(residual),
+        metric=L2,
     )
 
 
@@ -94,12 +100,11 @@ def _fastscan_choice(nlist: int, dim: int, budget: float) -> IndexChoice:
     )
 
 
-def refine_tier(dim: int, budget_bytes: float) -> tuple[str, float] | None:
-    """The most precise re-rank tier that fits: float16 (2 B/dim) or 8-bit scalar codes (1 B/dim)."""
-    for factory, bytes_per_dim in (("SQfp16", 2), ("SQ8", 1)):
-        if bytes_per_dim * dim <= budget_bytes:
-            return factory, float(bytes_per_dim * dim)
-    return None
+def residual_subquantizers(dim: int, budget_bytes: float) -> int | None:
+    """The re-rank tier: most 8-bit sub-quantizers of the residual (a divisor of `dim`, at most one per
+    dimension) within its byte budget; None when not even a quarter-dimension code fits."""
+    fitting = [m for m in range(dim // 4, dim + 1) if dim % m == 0 and m <= budget_bytes]
+    return max(fitting) if fitting else None
 
 
 def pq_subquantizers(dim: int, code_budget_bytes: float) -> int | None:

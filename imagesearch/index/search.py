@@ -18,17 +18,21 @@ def gpu_available() -> bool:
 
 
 def search_parameters(kind: str, params: dict[str, int]) -> faiss.SearchParameters | None:
-    """Per-call search parameters for an index of this kind (None for exact search); `k_factor`: the
-    short list an in-index re-rank tier (IndexRefine) re-scores, as a multiple of k."""
-    inner = None
+    """Per-call search parameters for an index of this kind (None for exact search)."""
     if kind == HNSW:
-        inner = faiss.SearchParametersHNSW(efSearch=params["efSearch"])
+        return faiss.SearchParametersHNSW(efSearch=params["efSearch"])
     if kind == IVF:
         ivf = faiss.SearchParametersIVF(nprobe=params["nprobe"])
-        inner = faiss.SearchParametersPreTransform(index_params=ivf) if params.get("pretransform") else ivf
-    if "k_factor" in params:
-        return faiss.IndexRefineSearchParameters(k_factor=float(params["k_factor"]), base_index_params=inner)
-    return inner
+        return faiss.SearchParametersPreTransform(index_params=ivf) if params.get("pretransform") else ivf
+    return None
+
+
+def set_refine_depth(index: faiss.Index, params: dict[str, int]) -> None:
+    """The short list (k x `k_factor`) the residual re-rank tier of an IndexIVFPQR re-scores. faiss
+    reads it only from the index, not from search parameters; every search of a served index passes
+    its manifest's one value, and tuning (which varies it) runs before the index is published."""
+    if "k_factor" in params and isinstance(index, faiss.IndexIVFPQR):
+        index.k_factor = float(params["k_factor"])
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
@@ -59,7 +63,10 @@ def search(
     """(scores, positions) of the top-k; with `vectors`, the ANN short list is re-scored exactly."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     depth = min(index.ntotal, k * rerank_factor if vectors is not None else k)
+    set_refine_depth(index, params)
     scores, positions = index.search(queries, depth, params=search_parameters(kind, params))
+    if index.metric_type == faiss.METRIC_L2:  # unit vectors: |q - x|^2 = 2 - 2 q.x
+        scores = 1.0 - scores / 2.0
     if vectors is None:
         return scores, positions
     return rerank_exact(queries, positions, vectors, k)

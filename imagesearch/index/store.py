@@ -62,8 +62,8 @@ class LoadedIndex:
         """float32 vectors at `positions` for the service's re-score and diversity re-rank: decoded
         from the index's own re-rank tier when it has one (the tier its budget counts), else read
         from the float16 memory map."""
-        if isinstance(self.index, faiss.IndexRefine):
-            return self.index.refine_index.reconstruct_batch(np.asarray(positions, dtype=np.int64))
+        if isinstance(self.index, faiss.IndexIVFPQR):
+            return self.index.reconstruct_batch(np.asarray(positions, dtype=np.int64))
         return np.asarray(self.vectors[positions], dtype=np.float32)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,6 +144,8 @@ def load_index(folder: Path, executor: Executor | None = None) -> LoadedIndex:
     else:
         sharded, index = None, faiss.read_index(str(folder / INDEX_FILE))
         total, dim = index.ntotal, index.d
+        if isinstance(index, faiss.IndexIVFPQR):  # candidates are decoded by id: 8 B/vector
+            index.make_direct_map()
     if total != len(ids) or len(vectors) != len(ids):
         raise ValueError(f"index in {folder} is inconsistent: {total} vectors, {len(ids)} ids")
     if len(ids) and not (dim == manifest.dim == vectors.shape[1]):

@@ -27,7 +27,7 @@ class TuneResult:
     tried: list[dict] = field(default_factory=list)
 
 
-REFINE_K_FACTORS = (2, 4, 8, 16, 32, 64, 128)
+REFINE_K_FACTORS = (2, 4, 8, 16, 32, 64)
 PLATEAU = 0.002  # a wider probe that lifts recall by less than this, twice in a row, ends the ladder
 
 
@@ -37,10 +37,9 @@ def candidate_settings(kind: str, index: faiss.Index) -> list[list[dict[str, int
     if kind == HNSW:
         return [[{"efSearch": ef} for ef in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)]]
     if kind == IVF:
-        refined = isinstance(index, faiss.IndexRefine)
-        base = index.base_index if refined else index
-        nlist = faiss.extract_index_ivf(base).nlist
-        pretransform = int(isinstance(base, faiss.IndexPreTransform))
+        refined = isinstance(index, faiss.IndexIVFPQR)
+        nlist = faiss.extract_index_ivf(index).nlist
+        pretransform = int(isinstance(index, faiss.IndexPreTransform))
         probes = [p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512) if p <= nlist]
         ladder = [{"nprobe": p, "pretransform": pretransform} for p in probes]
         if refined:

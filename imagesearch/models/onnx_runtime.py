@@ -3,7 +3,7 @@ ad-hoc embedding. Torch stays the training path and the fallback.
 
 Exported once, at registration, into the encoder folder the MLflow model carries (``onnx/``), so
 every consumer of a registered model gets the same graphs. ONNX Runtime runs a short query several
-times faster than torch eager on CPU (README, "Speed"); CUDA's provider is used when a GPU is present
+times faster than torch eager on CPU (README, "Encoders"); CUDA's provider is used when a GPU is present
 and the installed build has it.
 """
 
