@@ -6,6 +6,7 @@ per call (`faiss.SearchParameters*`), never set on the shared index, so concurre
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,12 +16,18 @@ import numpy as np
 import pandas as pd
 
 from imagesearch.common.executor import Executor
-from imagesearch.index.choose import IVF, L2, IndexChoice, choose_index
+from imagesearch.index.choose import L2, IndexChoice, choose_index
 from imagesearch.index.pieces import MERGEABLE_KINDS, group_into_shards, merge_pieces
 from imagesearch.index.search import gpu_available
 from imagesearch.index.store import IndexManifest, save_index_atomic
 from imagesearch.index.tune import tune_with_rerank
 from imagesearch.settings import IndexSettings
+
+
+def builds_on_gpu(choice: IndexChoice) -> bool:
+    """IVF over full vectors or plain 8-bit PQ codes: what faiss-gpu can train and fill (it has no
+    fast-scan or residual-refine IVF)."""
+    return gpu_available() and re.fullmatch(r"IVF\d+,(Flat|PQ\d+)", choice.factory) is not None
 
 
 def train_empty(
@@ -31,7 +38,7 @@ def train_empty(
     index = faiss.index_factory(vectors.shape[1], choice.factory, metric)
     if index.is_trained:
         return index
-    on_gpu = gpu_available() and choice.kind == IVF
+    on_gpu = builds_on_gpu(choice)
     working = faiss.index_cpu_to_all_gpus(index) if on_gpu else index
     rng = np.random.default_rng(seed)
     working.train(vectors[rng.choice(len(vectors), min(train_sample, len(vectors)), replace=False)])
@@ -45,7 +52,7 @@ def build_index(
     """Train on a sample (when the structure needs training), then add every vector."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     index = train_empty(vectors, choice, train_sample=train_sample, seed=seed)
-    if gpu_available() and choice.kind == IVF:
+    if builds_on_gpu(choice):
         gpu_index = faiss.index_cpu_to_all_gpus(index)
         gpu_index.add(vectors)
         return faiss.index_gpu_to_cpu(gpu_index)
@@ -139,7 +146,7 @@ def build_tuned_index(
             "rerank_vectors": rerank_tier_name(choice, rerank),
             "rerank_bytes_per_vector": choice.rerank_bytes_per_vector
             or (2.0 * vectors.shape[1] if rerank > 1 else 0),
-            "gpu_build": gpu_available() and choice.kind == IVF,
+            "gpu_build": builds_on_gpu(choice),
             "executor": executor_name,
             "pieces": piece_count,
             **(extra or {}),
