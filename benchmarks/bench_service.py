@@ -256,9 +256,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="workspace,10000,100000,1000000")
     parser.add_argument("--requests", type=int, default=200, help="queries per closed-loop cell")
     parser.add_argument("--clients", default="1,20")
-    parser.add_argument("--text-rates", default="25,50,100,150,200,250,300,400,500")
-    parser.add_argument("--image-rates", default="5,10,15,20,30,40,60,80")
-    parser.add_argument("--seconds", type=float, default=15.0, help="length of each open-loop step")
+    parser.add_argument("--text-rates", default="50,100,150,200,300,400,500")
+    parser.add_argument("--image-rates", default="10,20,30,40,60,80")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each open-loop step")
     args = parser.parse_args()
     settings = Settings()
     queries = {"text": text_queries(settings), "image": image_queries(settings)}

@@ -10,10 +10,12 @@ def collapse_near_duplicates(vectors: np.ndarray, threshold: float) -> np.ndarra
 
     `vectors` are unit rows sorted best first, so the best of each near-duplicate group survives.
     """
-    similarity = vectors @ vectors.T  # one product instead of one per candidate: this is the hot path
-    kept = np.zeros(len(vectors), dtype=bool)
-    for position in range(len(vectors)):
-        kept[position] = not (similarity[position, kept] > threshold).any()
+    # near[i, j]: i ranks before j and they are near-duplicates. Only a candidate with such an earlier
+    # one can be dropped, and only by one that was kept: the greedy loop visits just those.
+    near = np.triu(vectors @ vectors.T > threshold, k=1)
+    kept = np.ones(len(vectors), dtype=bool)
+    for position in np.flatnonzero(near.any(axis=0)):
+        kept[position] = not (near[:position, position] & kept[:position]).any()
     return np.flatnonzero(kept)
 
 

@@ -41,6 +41,7 @@ class SearchService:
         self.model_version = index.manifest.model
         # id -> row, built once: "more like this" must not scan every id per request
         self.positions = pd.Index(index.ids["id"].to_numpy())
+        self.row_ids = index.ids["id"].to_numpy()  # row -> id, as a plain array for the answer loop
         limits = decode_limits(settings.catalog, max_file_bytes=config.max_upload_bytes)
         self.limits = replace(limits, max_image_pixels=min(limits.max_image_pixels, config.max_upload_pixels))
         # each decode may hold a few full-size copies: only so many at once, whatever clients send
@@ -193,7 +194,7 @@ class SearchService:
             positions, candidates, scores = positions[keep], candidates[keep], scores[keep]
         picked = mmr(scores, candidates, page.offset + page.k, page.diversity)[page.offset :]
         results = [
-            Result(str(self.positions[positions[i]]), float(scores[i]), page.offset + rank)
+            Result(str(self.row_ids[positions[i]]), float(scores[i]), page.offset + rank)
             for rank, i in enumerate(picked, start=1)
         ]
         return Answer(results, self.model_version)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from imagesearch.index.search import limit_search_threads
 from imagesearch.serving.types import Answer, PageRequest, Query
@@ -71,6 +72,9 @@ class QueryWorker:
 
     def _run(self) -> None:
         limit_search_threads(1)  # per thread: only this worker's searches are affected
+        # numpy's BLAS pool is per process: the re-rank's small products lose more to waking and
+        # spinning threads than they gain from them, most of all on a loaded machine
+        threadpool_limits(1, user_api="blas")
         while (first := self.jobs.get()) is not None:
             batch = [first]
             stop = False
