@@ -229,12 +229,16 @@ async def _answer(
     """prepare (validate, decode) -> encode + search on the worker -> log the impressions."""
     check_page(query, request.app.state.settings.service)
     prepared: dict[str, float] = {}
-    try:
-        ready = await run_in_threadpool(prepare, service, query, upload, prepared)
+    try:  # only an upload needs a thread (decoding); the rest is validation
+        if upload is None:
+            ready = prepare(service, query, upload, prepared)
+        else:
+            ready = await run_in_threadpool(prepare, service, query, upload, prepared)
     except BadQuery as error:
         raise HTTPException(422, str(error)) from error
-    try:
-        answer: Answer = await run_in_threadpool(service.answer, ready, page)
+    pending = asyncio.wrap_future(service.worker.enqueue(ready, page))
+    try:  # awaited, not waited for on a thread: a queue of queries holds no threads
+        answer: Answer = await asyncio.wait_for(pending, service.config.answer_timeout_s)
     except TimeoutError as error:  # queued past SERVICE__ANSWER_TIMEOUT_S: overloaded
         raise HTTPException(503, "the search service is overloaded; retry shortly") from error
     answer.timings_ms = {**prepared, **answer.timings_ms}

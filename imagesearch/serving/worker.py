@@ -53,15 +53,20 @@ class QueryWorker:
         self.closed = False
 
     def submit(self, query: Query, page: PageRequest) -> Answer:
+        return self.enqueue(query, page).result(timeout=self.timeout_s)
+
+    def enqueue(self, query: Query, page: PageRequest) -> Future:
+        """The answer to come, without waiting for it (an event loop awaits it instead of a thread)."""
         job = _Job(query, page)
         with self.lock:
             if self.closed:  # a request that picked this service just before a swap: answer it here
-                return self._answer_inline(job)
+                self._answer([job])
+                return job.future
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="query-worker", daemon=True)
                 self.thread.start()
             self.jobs.put(job)
-        return job.future.result(timeout=self.timeout_s)
+        return job.future
 
     def close(self) -> None:
         """Finish the queued jobs, then stop; later submissions are answered on the caller's thread."""
@@ -92,6 +97,10 @@ class QueryWorker:
                 return
 
     def _answer(self, batch: list[_Job]) -> None:
+        # a caller that gave up (its timeout cancelled the future) is not answered: no work for it
+        batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         started = time.perf_counter()
         timings: dict[str, float] = {}
         try:
@@ -105,7 +114,3 @@ class QueryWorker:
             waited = (started - job.queued_at) * 1000
             answer.timings_ms = {"queue": round(waited, 3), **timings, "batch": len(batch)}
             job.future.set_result(answer)
-
-    def _answer_inline(self, job: _Job) -> Answer:
-        self._answer([job])
-        return job.future.result()
