@@ -79,6 +79,9 @@ class SearchService:
         allocates and the index pages in on first use, which would otherwise land on that client."""
         if not self.index.ntotal:
             return
+        # pandas builds an index's hash table on its first lookup: O(n), ~0.25 s at 1M ids
+        self.caption_of(str(self.row_ids[0]))
+        self.positions.get_loc(self.row_ids[0])
         blank = Image.new("RGB", (self.encoder.spec.image_size,) * 2, WHITE)
         page = PageRequest(k=10, offset=0, diversity=self.config.diversity, dedup=True)
         for query in (Query(pixels=self.encoder.preprocessor(blank)), Query(text="warm up")):
