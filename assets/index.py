@@ -12,6 +12,7 @@ from imagesearch.index.store import load_index
 
 class SearchIndexConfig(dg.Config):
     model: str | None = None  # must match the model the embeddings were made with; default from settings
+    full_rebuild: bool = False  # rebuild even when the change is small enough for a live update
 
 
 @dg.asset(
@@ -26,9 +27,12 @@ class SearchIndexConfig(dg.Config):
 def search_index(
     config: SearchIndexConfig, workspace: WorkspaceResource, ray_cluster: RayResource
 ) -> dg.MaterializeResult:
-    result = index_step(settings_on(workspace, ray_cluster), model=config.model)
+    result = index_step(settings_on(workspace, ray_cluster), model=config.model, full=config.full_rebuild)
     manifest, version = result.manifest, result.version
     metadata = {
+        "update": "live (delta beside the base)" if result.delta else "full rebuild",
+        "delta_added": (result.delta or {}).get("added", 0),
+        "delta_removed": (result.delta or {}).get("removed", 0),
         "model": manifest.model,
         "vectors": manifest.count,
         "factory": manifest.factory,
@@ -51,11 +55,12 @@ def index_covers_the_catalog(workspace: WorkspaceResource) -> dg.AssetCheckResul
     settings = workspace.settings()
     loaded = load_index(settings.search_index_dir)
     catalog_ids = set(read_catalog(settings.catalog_path)["id"])
-    index_ids = set(loaded.ids["id"])
+    live = loaded.live_ids
+    index_ids = set(live)
     return dg.AssetCheckResult(
-        passed=loaded.ntotal == len(catalog_ids) and index_ids == catalog_ids,
+        passed=len(live) == len(catalog_ids) and index_ids == catalog_ids,
         metadata={
-            "index_vectors": loaded.ntotal,
+            "index_vectors": len(live),
             "catalog_images": len(catalog_ids),
             "missing": len(catalog_ids - index_ids),
         },

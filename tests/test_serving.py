@@ -147,13 +147,13 @@ def test_repeated_texts_are_encoded_once_per_model(indexed, zeroshot_encoder, tm
 
     service.encoder = copy.copy(zeroshot_encoder)
     service.encoder.encode_texts = encode_texts
-    queries = [Query(text=t) for t in ("a cat", "a dog", "a cat")]
+    queries = [Query.of(text=t) for t in ("a cat", "a dog", "a cat")]
     first = service.encode(queries, {})
     assert encoded == [["a cat", "a dog"]]
-    np.testing.assert_array_equal(first[0], first[2])
-    np.testing.assert_array_equal(service.encode([Query(text="a dog")], {})[0], first[1])
-    service.encode([Query(text="a cow"), Query(text="a hen"), Query(text="a pig")], {})  # more than fit
-    service.encode([Query(text="a cat")], {})
+    np.testing.assert_array_equal(first[0].vector, first[2].vector)
+    np.testing.assert_array_equal(service.encode([Query.of(text="a dog")], {})[0].vector, first[1].vector)
+    service.encode([Query.of(text="a cow"), Query.of(text="a hen"), Query.of(text="a pig")], {})  # more than fit
+    service.encode([Query.of(text="a cat")], {})
     assert encoded[1:] == [["a cow", "a hen", "a pig"], ["a cat"]]  # evicted: encoded again
 
 
@@ -526,7 +526,7 @@ class RecordingAnswerer:
 
     def encode(self, queries: list[Query], timings: dict[str, float]) -> np.ndarray:
         self.release.wait(5)
-        texts = [q.text or "" for q in queries]
+        texts = [q.keyword_text for q in queries]
         self.batches.append(texts)
         if self.fail_on in texts:
             raise ValueError(f"cannot encode {self.fail_on!r}")
@@ -543,9 +543,9 @@ def test_worker_batches_what_waits_and_answers_each_caller_its_own_result():
     answerer = RecordingAnswerer()
     worker = QueryWorker(answerer, max_batch=8)
     with ThreadPoolExecutor(5) as pool:
-        first = pool.submit(worker.submit, Query(text="first"), PAGE)
+        first = pool.submit(worker.submit, Query.of(text="first"), PAGE)
         time.sleep(0.2)  # the first batch is now blocked in encode; the next four queue up behind it
-        rest = [pool.submit(worker.submit, Query(text=f"q{i}"), PAGE) for i in range(4)]
+        rest = [pool.submit(worker.submit, Query.of(text=f"q{i}"), PAGE) for i in range(4)]
         time.sleep(0.2)
         answerer.release.set()
         answers = [first.result(5), *(f.result(5) for f in rest)]
@@ -560,11 +560,11 @@ def test_worker_hands_an_error_to_its_callers_and_keeps_serving():
     answerer.release.set()
     worker = QueryWorker(answerer, max_batch=1)
     with pytest.raises(ValueError, match="cannot encode 'bad'"):
-        worker.submit(Query(text="bad"), PAGE)
-    assert worker.submit(Query(text="good"), PAGE).results[0].id == "id0"
+        worker.submit(Query.of(text="bad"), PAGE)
+    assert worker.submit(Query.of(text="good"), PAGE).results[0].id == "id0"
     worker.close()
     # after close (a swap replaced this service) a late caller is answered on its own thread
-    assert worker.submit(Query(text="late"), PAGE).results[0].id == "id0"
+    assert worker.submit(Query.of(text="late"), PAGE).results[0].id == "id0"
 
 
 def test_a_loaded_service_is_warmed_up_through_its_worker_before_serving(indexed, tmp_path):

@@ -196,11 +196,22 @@ def embeddings_backfill(
 def index_from_catalog(
     model: Annotated[str | None, typer.Option("--model", help="default: settings (champion)")] = None,
     record: Annotated[bool, typer.Option(help="commit embeddings + index as a DVC version")] = True,
+    full: Annotated[
+        bool, typer.Option("--full", help="rebuild even when a live update (delta) would do")
+    ] = False,
 ) -> None:
-    """Build the workspace's search index from the catalog's embeddings (run the backfill first)."""
+    """Build the workspace's search index from the catalog's embeddings (run the backfill first).
+
+    A small change to the catalog since the last build is published as a live update instead."""
     settings = Settings()
-    result = index_step(settings, model=model, record=record)
-    print_index(settings.search_index_dir, result.manifest)
+    result = index_step(settings, model=model, record=record, full=full)
+    if result.delta is not None:
+        console.print(
+            f"live update: +{result.delta['added']} -{result.delta['removed']} images since the base "
+            f"({result.manifest.count} vectors, {result.manifest.factory})"
+        )
+    else:
+        print_index(settings.search_index_dir, result.manifest)
     if result.version:
         console.print(f"DVC version {result.version.short_commit}: {result.version.outputs}")
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from imagesearch.embeddings.adhoc import embed_folder
 from imagesearch.index.build import build_tuned_index
+from imagesearch.index.metadata import folder_metadata
 from imagesearch.index.store import IndexManifest, LoadedIndex
 from imagesearch.models.encoders import Encoder
 from imagesearch.settings import Settings
@@ -34,7 +35,7 @@ def build_folder_index(
     extra = {"rejected": dict(rejected), "source": str(images.resolve())}
     return build_tuned_index(
         vectors[keep],
-        frame[keep].reset_index(drop=True),
+        folder_metadata(frame[keep].reset_index(drop=True), images.resolve()),
         out,
         model=model,
         config=settings.index,

@@ -17,14 +17,67 @@ def gpu_available() -> bool:
     return index_gpu_count() > 0
 
 
-def search_parameters(kind: str, params: dict[str, int]) -> faiss.SearchParameters | None:
-    """Per-call search parameters for an index of this kind (None for exact search)."""
+# a filter keeping at most this many rows is searched exactly over them (~10 ms at 384-d)
+EXACT_SUBSET_ROWS = 20_000
+
+
+def search_parameters(
+    kind: str, params: dict[str, int], selector: faiss.IDSelector | None = None
+) -> faiss.SearchParameters | None:
+    """Per-call search parameters for an index of this kind (None for exact search without a filter);
+    `selector` restricts the search to the rows it selects, inside faiss."""
     if kind == HNSW:
-        return faiss.SearchParametersHNSW(efSearch=params["efSearch"])
+        return faiss.SearchParametersHNSW(efSearch=params["efSearch"], sel=selector)
     if kind == IVF:
-        ivf = faiss.SearchParametersIVF(nprobe=params["nprobe"])
+        ivf = faiss.SearchParametersIVF(nprobe=params["nprobe"], sel=selector)
         return faiss.SearchParametersPreTransform(index_params=ivf) if params.get("pretransform") else ivf
-    return None
+    return faiss.SearchParameters(sel=selector) if selector is not None else None
+
+
+def takes_selector(index: faiss.Index) -> bool:
+    """IndexIVFPQR re-ranks through stored pairs, which faiss refuses to combine with a selector."""
+    return not isinstance(index, faiss.IndexIVFPQR)
+
+
+def id_selector(allowed: np.ndarray) -> faiss.IDSelector:
+    """A faiss selector of the rows where `allowed` is True (a bitmap: one bit per row)."""
+    bits = np.packbits(allowed, bitorder="little")
+    selector = faiss.IDSelectorBitmap(bits)
+    selector.bits_owner = bits  # faiss reads the numpy buffer: it must live as long as the selector
+    return selector
+
+
+def exact_subset(
+    queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray, k: int, chunk: int = 32_768
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k among `rows` of `vectors` (float16 or float32), a chunk of rows at a time."""
+    best = (np.full((len(queries), 0), -np.inf, np.float32), np.full((len(queries), 0), -1, np.int64))
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        scores = queries @ np.asarray(vectors[part], dtype=np.float32).T
+        best = merge_top_k([best, (scores, np.broadcast_to(part, scores.shape))], k)
+    return merge_top_k([best], k)
+
+
+def merge_top_k(lists: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best k of several (scores, positions) result lists per query, padded with -1 / -inf."""
+    scores = np.concatenate([s for s, _ in lists], axis=1).astype(np.float32)
+    positions = np.concatenate([p for _, p in lists], axis=1).astype(np.int64)
+    scores = np.where(positions < 0, -np.inf, scores)
+    if scores.shape[1] < k:
+        pad = k - scores.shape[1]
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        positions = np.pad(positions, ((0, 0), (0, pad)), constant_values=-1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(positions, order, axis=1)
+
+
+def keep_allowed(
+    scores: np.ndarray, positions: np.ndarray, allowed: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best k results of each query whose rows `allowed` keeps."""
+    kept = (positions >= 0) & allowed[np.where(positions < 0, 0, positions)]
+    return merge_top_k([(scores, np.where(kept, positions, -1))], k)
 
 
 def set_refine_depth(index: faiss.Index, params: dict[str, int]) -> None:
@@ -59,12 +112,15 @@ def search(
     *,
     vectors: np.ndarray | None = None,
     rerank_factor: int = 1,
+    selector: faiss.IDSelector | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, positions) of the top-k; with `vectors`, the ANN short list is re-scored exactly."""
+    """(scores, positions) of the top-k (among the rows `selector` selects); with `vectors`, the ANN
+    short list is re-scored exactly."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     depth = min(index.ntotal, k * rerank_factor if vectors is not None else k)
     set_refine_depth(index, params)
-    scores, positions = index.search(queries, depth, params=search_parameters(kind, params))
+    parameters = search_parameters(kind, params, selector)
+    scores, positions = index.search(queries, depth, params=parameters)
     if index.metric_type == faiss.METRIC_L2:  # unit vectors: |q - x|^2 = 2 - 2 q.x
         scores = 1.0 - scores / 2.0
     if vectors is None:

@@ -8,18 +8,23 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from imagesearch.catalog.build import read_catalog
 from imagesearch.catalog.step import CATALOG_STAGE
 from imagesearch.common.executor import executor_for
-from imagesearch.common.versioning import StageVersion
+from imagesearch.common.versioning import DataRepo, StageVersion
 from imagesearch.common.workspace import init_workspace, one_writer
 from imagesearch.embeddings.step import EMBEDDINGS_STAGE
 from imagesearch.embeddings.store import model_key, read_model_embeddings, shard_of
 from imagesearch.index.build import build_tuned_index
+from imagesearch.index.delta import write_delta
+from imagesearch.index.metadata import catalog_metadata
 from imagesearch.index.pieces import piece_bounds
-from imagesearch.index.store import IndexManifest, load_index
+from imagesearch.index.store import IDS_FILE, IndexManifest, load_index, read_manifest
 from imagesearch.models.registry import pin_reference
-from imagesearch.settings import Settings
+from imagesearch.settings import IndexSettings, Settings
 
 INDEX_STAGE = "index"
 
@@ -28,6 +33,7 @@ INDEX_STAGE = "index"
 class IndexStepResult:
     manifest: IndexManifest
     version: StageVersion | None
+    delta: dict | None = None  # the live update's manifest when the base was kept
 
 
 class UnsoundIndex(ValueError):
@@ -37,11 +43,12 @@ class UnsoundIndex(ValueError):
 def index_problems(folder: Path, catalog_ids: set[str], floor: float) -> list[str]:
     """What is wrong with the index in `folder` for this catalog: coverage and tuned recall."""
     loaded = load_index(folder)
-    index_ids = set(loaded.ids["id"])
+    live = loaded.live_ids
+    index_ids = set(live)
     problems = []
-    if loaded.ntotal != len(catalog_ids) or index_ids != catalog_ids:
+    if len(live) != len(catalog_ids) or index_ids != catalog_ids:
         problems.append(
-            f"{loaded.ntotal} vectors for {len(catalog_ids)} catalog images "
+            f"{len(live)} vectors for {len(catalog_ids)} catalog images "
             f"({len(catalog_ids - index_ids)} missing, {len(index_ids - catalog_ids)} not in the catalog)"
         )
     if loaded.manifest.recall_at_10 < floor:
@@ -57,23 +64,26 @@ def refuse_unsound_index(staging: Path, *, catalog_ids: set[str], floor: float) 
 
 
 @one_writer("index")
-def index_step(settings: Settings, *, model: str | None = None, record: bool = True) -> IndexStepResult:
-    """Index every catalog image's embedding by `model`; version embeddings + index with DVC."""
+def index_step(
+    settings: Settings, *, model: str | None = None, record: bool = True, full: bool = False
+) -> IndexStepResult:
+    """Index every catalog image's embedding by `model`; version embeddings + index with DVC.
+
+    When an index of the same model is served and the catalog changed by less than the delta
+    limits, only the change is published (a live update, seconds); else, or with `full`, the
+    index is rebuilt, chosen and tuned anew."""
     pinned = pin_reference(model or settings.embeddings.model, settings)
     # Sorted by id, hence by shard: each embedding partition is one contiguous piece of the index.
     catalog = read_catalog(settings.catalog_path).sort_values("id", ignore_index=True)
-    vectors, missing = read_model_embeddings(settings.embeddings_dir / model_key(pinned), catalog["id"])
-    if len(missing):
-        shards = sorted(set(missing.str[0]))
-        raise ValueError(
-            f"{len(missing)} of {len(catalog)} catalog images have no embedding by {pinned} "
-            f"(shards {','.join(shards)}): run `imagesearch embeddings backfill` first"
-        )
     repo = init_workspace(settings) if record else None
+    change = None if full else plan_live_update(settings.search_index_dir, catalog, pinned, settings.index)
+    if change is not None:
+        return _publish_live_update(settings, change, pinned, repo)
+    vectors = _embeddings_of(settings, catalog["id"], pinned)
     catalog_version = repo.current(CATALOG_STAGE).outputs if repo else {}
     manifest = build_tuned_index(
         vectors,
-        catalog[["id", "path"]].reset_index(drop=True),
+        catalog_metadata(catalog),
         settings.search_index_dir,
         model=pinned,
         config=settings.index,
@@ -88,3 +98,52 @@ def index_step(settings: Settings, *, model: str | None = None, record: bool = T
     message = f"index: {manifest.count} vectors of {pinned}, {manifest.factory}"
     version = repo.record([EMBEDDINGS_STAGE, INDEX_STAGE], message) if repo else None
     return IndexStepResult(manifest, version)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveUpdate:
+    added: pd.DataFrame  # catalog rows not in the base index
+    removed: list[str]  # base ids no longer in the catalog
+    base_count: int
+
+
+def plan_live_update(
+    folder: Path, catalog: pd.DataFrame, model: str, config: IndexSettings
+) -> LiveUpdate | None:
+    """The change to publish as a delta, or None when the base must be (re)built: no base, another
+    model's base, or a change past `delta_max_rows` / `delta_max_fraction` of the base."""
+    try:
+        manifest = read_manifest(folder)
+    except FileNotFoundError:
+        return None
+    if manifest.model != model:
+        return None
+    base_ids = pd.read_parquet(folder / IDS_FILE, columns=["id"])["id"]
+    added = catalog[~catalog["id"].isin(base_ids)]
+    removed = base_ids[~base_ids.isin(catalog["id"])].tolist()
+    changed = len(added) + len(removed)
+    if changed > config.delta_max_rows or changed > config.delta_max_fraction * len(base_ids):
+        return None
+    return LiveUpdate(added, removed, len(base_ids))
+
+
+def _publish_live_update(
+    settings: Settings, change: LiveUpdate, model: str, repo: DataRepo | None
+) -> IndexStepResult:
+    vectors = _embeddings_of(settings, change.added["id"], model)
+    folder = settings.search_index_dir
+    delta = write_delta(folder, catalog_metadata(change.added), vectors, change.removed, change.base_count)
+    message = f"index: live update of {model}, +{delta['added']} -{delta['removed']} since the base"
+    version = repo.record([EMBEDDINGS_STAGE, INDEX_STAGE], message) if repo else None
+    return IndexStepResult(read_manifest(folder), version, delta)
+
+
+def _embeddings_of(settings: Settings, ids: pd.Series, model: str) -> np.ndarray:
+    vectors, missing = read_model_embeddings(settings.embeddings_dir / model_key(model), ids)
+    if len(missing):
+        shards = sorted(set(missing.str[0]))
+        raise ValueError(
+            f"{len(missing)} of {len(ids)} catalog images have no embedding by {model} "
+            f"(shards {','.join(shards)}): run `imagesearch embeddings backfill` first"
+        )
+    return vectors

@@ -25,8 +25,9 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from imagesearch.common.io import content_id
 from imagesearch.feedback.clicklog import ClickLog, UnknownQuery
 from imagesearch.serving.guards import BodyLimit, SameOriginPosts, reload_folder
+from imagesearch.serving.ranking import KEYWORD
 from imagesearch.serving.requests import (
-    base64_image,
+    ParsedSearch,
     cached_thumbnail,
     check_page,
     knn_request,
@@ -47,7 +48,7 @@ from imagesearch.serving.service import SearchService
 from imagesearch.serving.swap import Swapper, watch_index
 from imagesearch.serving.telemetry import Telemetry
 from imagesearch.serving.types import Answer, BadQuery, PageRequest
-from imagesearch.settings import Settings
+from imagesearch.settings import ServiceSettings, Settings
 
 ID_PATTERN = re.compile(r"[0-9a-f]{8,64}")
 
@@ -116,13 +117,12 @@ def create_app(
 
     @app.post("/search", response_model=SearchResponse)
     async def search(request: Request, service: Service) -> SearchResponse:
-        """JSON body (SearchRequest) or multipart upload (field `image`, plus k/offset/diversity/dedup)."""
+        """JSON body (SearchRequest), or multipart: image files plus a `query` field holding that
+        JSON (terms name files by field: {"upload": "image"}), or one file `image` plus k/offset/..."""
         started = time.perf_counter()
-        query, upload = await parse_search(request, config.max_upload_bytes)
-        diversity = config.diversity if query.diversity is None else query.diversity
-        page = PageRequest(query.k, query.offset, diversity, query.dedup)
-        answer, query_id = await _answer(request, service, query, upload, page)
-        timings = answer.timings_ms
+        parsed = await parse_search(request, config.max_upload_bytes)
+        page = page_request(parsed.query, parsed.terms, service, config)
+        answer, query_id = await _answer(request, service, parsed, page)
         results = [
             ResultOut(
                 id=r.id,
@@ -131,12 +131,22 @@ def create_app(
                 caption=service.caption_of(r.id),
                 image_url=f"/images/{r.id}",
                 thumbnail_url=f"/images/{r.id}?thumbnail=true",
+                **service.shown_metadata(r.id),
+                explanation=r.explanation,
             )
             for r in answer.results
         ]
+        timings = answer.timings_ms
         timings["total"] = _ms(started)
         return SearchResponse(
-            query_id=query_id, model_version=answer.model_version, results=results, timings_ms=timings
+            query_id=query_id,
+            model_version=answer.model_version,
+            mode=page.mode,
+            results=results,
+            total=answer.total,
+            total_is_lower_bound=answer.total_is_lower_bound,
+            facets=answer.facets,
+            timings_ms=timings,
         )
 
     @app.post("/knn-service", response_model=list[KnnResult])
@@ -156,19 +166,14 @@ def create_app(
             )
         if body.modality != "image":
             raise HTTPException(422, f"modality {body.modality!r}: this service indexes images only")
-        upload = base64_image(body.image, config.max_upload_bytes) if body.image else None
-        query = validated(
-            {
-                "text": body.text,
-                "embedding": body.embedding_input,
-                "k": body.num_images,
-                "dedup": body.deduplicate,
-            }
-        )
-        if upload is None and (query.text is None) == (query.embedding is None):
+        given = {"text": body.text, "embedding": body.embedding_input, "image": body.image}
+        terms = [{name: value} for name, value in given.items() if value is not None]
+        if len(terms) != 1:
             raise HTTPException(422, "give exactly one of text, image or embedding_input")
-        page = PageRequest(query.k, 0, config.diversity, query.dedup)
-        answer, _ = await _answer(request, service, query, upload, page)
+        query = validated({"terms": terms, "k": body.num_images, "dedup": body.deduplicate, "mode": "vector"})
+        parsed = ParsedSearch(query, query.terms, {})
+        page = page_request(query, query.terms, service, config)
+        answer, _ = await _answer(request, service, parsed, page)
         base = str(request.base_url).rstrip("/")
         return [
             KnnResult(
@@ -228,17 +233,31 @@ def create_app(
     return app
 
 
+def page_request(
+    query: SearchRequest, terms: list, service: SearchService, config: ServiceSettings
+) -> PageRequest:
+    """The page asked for, within the service's limits; the filters as the rows they keep."""
+    check_page(query, config)
+    mode = query.mode or config.mode
+    if mode == KEYWORD and not any(term.text and term.weight > 0 for term in terms):
+        raise HTTPException(422, "keyword mode needs a text term with a positive weight")
+    filters = query.filters.as_filters() if query.filters else None
+    mask = service.index.metadata.mask(filters) if filters and filters.active else None
+    diversity = config.diversity if query.diversity is None else query.diversity
+    return PageRequest(query.k, query.offset, diversity, query.dedup, mask, query.min_score, mode, query.sort)
+
+
 async def _answer(
-    request: Request, service: SearchService, query: SearchRequest, upload: bytes | None, page: PageRequest
+    request: Request, service: SearchService, parsed: ParsedSearch, page: PageRequest
 ) -> tuple[Answer, str]:
     """prepare (validate, decode) -> encode + search on the worker -> log the impressions."""
-    check_page(query, request.app.state.settings.service)
     prepared: dict[str, float] = {}
-    try:  # only an upload needs a thread (decoding); the rest is validation
-        if upload is None:
-            ready = prepare(service, query, upload, prepared)
+    limit = service.config.max_upload_bytes
+    try:  # only images need a thread (decoding); the rest is validation
+        if parsed.needs_decoding:
+            ready = await run_in_threadpool(prepare, service, parsed, prepared, limit)
         else:
-            ready = await run_in_threadpool(prepare, service, query, upload, prepared)
+            ready = prepare(service, parsed, prepared, limit)
     except BadQuery as error:
         raise HTTPException(422, str(error)) from error
     pending = asyncio.wrap_future(service.worker.enqueue(ready, page))
@@ -246,12 +265,15 @@ async def _answer(
         answer: Answer = await asyncio.wait_for(pending, service.config.answer_timeout_s)
     except TimeoutError as error:  # queued past SERVICE__ANSWER_TIMEOUT_S: overloaded
         raise HTTPException(503, "the search service is overloaded; retry shortly") from error
+    except BadQuery as error:  # found on the worker: the terms cancel out
+        raise HTTPException(422, str(error)) from error
     answer.timings_ms = {**prepared, **answer.timings_ms}
+    uploads = list(parsed.uploads.values())
     query_id = request.app.state.clicks.log_query(  # queued: written by the log's own thread
         [(r.id, r.score) for r in answer.results],
         model_version=answer.model_version,
-        query_text=query.text,
-        query_image_hash=content_id(upload) if upload else query.image_id,
+        query_text=parsed.query.text if parsed.query.text is not None else parsed.describe(),
+        query_image_hash=content_id(uploads[0]) if uploads else parsed.query.image_id,
     )
     return answer, query_id
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
 
@@ -13,27 +15,46 @@ from pydantic import ValidationError
 
 from imagesearch.common.images import DEFAULT_LIMITS, ImageRejected, open_rgb
 from imagesearch.common.io import write_atomic
-from imagesearch.serving.schemas import KnnRequest, SearchRequest
+from imagesearch.serving.schemas import MAX_TERMS, KnnRequest, SearchRequest, TermIn
 from imagesearch.serving.service import SearchService
 from imagesearch.serving.types import Query
 from imagesearch.settings import ServiceSettings
 
 
-async def parse_search(request: Request, max_bytes: int) -> tuple[SearchRequest, bytes | None]:
+@dataclass(frozen=True, slots=True)
+class ParsedSearch:
+    query: SearchRequest
+    terms: list[TermIn]
+    uploads: dict[str, bytes]  # multipart file field -> bytes
+
+    @property
+    def needs_decoding(self) -> bool:
+        return any(term.upload is not None or term.image is not None for term in self.terms)
+
+    def describe(self) -> str:
+        """The query as one line for the click log, in the CLI's syntax."""
+        return describe_terms(self.terms)
+
+
+async def parse_search(request: Request, max_bytes: int) -> ParsedSearch:
+    """A JSON body (SearchRequest), or multipart: image files plus either a `query` field holding the
+    JSON (whose terms name the files by field: {"upload": "image"}) or plain k/offset/... fields
+    with one file `image` (the query is that image)."""
     content_type = request.headers.get("content-type", "")
-    upload = None
+    uploads: dict[str, bytes] = {}
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=10)
-        file = form.get("image")
-        if file is None or isinstance(file, str):
+        form = await request.form(max_files=MAX_TERMS, max_fields=16)
+        fields = {}
+        for key, value in form.multi_items():
+            if isinstance(value, str):
+                fields[key] = value
+                continue
+            uploads[key] = await value.read(max_bytes + 1)
+            if len(uploads[key]) > max_bytes:
+                raise HTTPException(413, f"the image is larger than {max_bytes} bytes")
+        query = validated(_json(fields["query"]) if "query" in fields else fields)
+        if not uploads and not query.terms:
             raise HTTPException(422, "multipart search needs a file field named 'image'")
-        upload = await file.read(max_bytes + 1)
-        if len(upload) > max_bytes:
-            raise HTTPException(413, f"the image is larger than {max_bytes} bytes")
-        fields = {key: value for key, value in form.items() if key != "image"}
-        query = validated(fields)
-        if any(getattr(query, name) is not None for name in ("text", "image_id", "embedding")):
-            raise HTTPException(422, "give exactly one of text, image_id, embedding or an image file")
     else:
         try:
             body = await request.json()
@@ -42,10 +63,54 @@ async def parse_search(request: Request, max_bytes: int) -> tuple[SearchRequest,
         except RecursionError as error:
             raise HTTPException(400, "the JSON body is nested too deeply") from error
         query = validated(body)
-        given = [name for name in ("text", "image_id", "embedding") if getattr(query, name) is not None]
-        if len(given) != 1:
-            raise HTTPException(422, "give exactly one of text, image_id or embedding")
-    return query, upload
+    return ParsedSearch(query, _terms_of(query, uploads), uploads)
+
+
+def _json(text: str) -> object:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise HTTPException(422, "the multipart field 'query' must hold the JSON of a search") from error
+
+
+def _terms_of(query: SearchRequest, uploads: dict[str, bytes]) -> list[TermIn]:
+    try:
+        terms = query.all_terms()
+    except ValueError as error:
+        raise HTTPException(422, str(error)) from error
+    if not terms and uploads.keys() == {"image"}:  # the classic upload: the query is that image
+        terms = [TermIn(upload="image")]
+    if not terms and uploads:
+        raise HTTPException(
+            422, "multipart search needs a file field named 'image', or a 'query' field naming the files"
+        )
+    if not terms:
+        raise HTTPException(422, "give terms, or exactly one of text, image_id or embedding")
+    named = {term.upload for term in terms if term.upload is not None}
+    if named - uploads.keys():
+        raise HTTPException(422, f"no uploaded file for the terms {sorted(named - uploads.keys())}")
+    if uploads.keys() - named:
+        raise HTTPException(422, f"uploaded files {sorted(uploads.keys() - named)} are in no term")
+    return terms
+
+
+def describe_terms(terms: list[TermIn]) -> str:
+    parts = []
+    for number, term in enumerate(terms):
+        sign = "-" if term.weight < 0 else "+"
+        weight = "" if abs(term.weight) == 1 else f"{abs(term.weight):g}:"
+        parts.append(f"{'' if number == 0 and sign == '+' else sign + ' '}{weight}{term_label(term)}")
+    return " ".join(parts)
+
+
+def term_label(term: TermIn) -> str:
+    if term.text is not None:
+        return term.text
+    if term.image_id is not None:
+        return f"image:{term.image_id}"
+    if term.upload is not None:
+        return f"upload:{term.upload}"
+    return "image" if term.image is not None else "embedding"
 
 
 def validated(fields: object) -> SearchRequest:
@@ -91,16 +156,21 @@ def check_page(query: SearchRequest, config: ServiceSettings) -> None:
         raise HTTPException(422, f"offset must be at most {config.max_offset}")
 
 
-def prepare(
-    service: SearchService, query: SearchRequest, upload: bytes | None, timings: dict[str, float]
-) -> Query:
-    if upload is not None:
-        return service.image_query(upload, timings)
-    if query.text is not None:
-        return service.text_query(query.text)
-    if query.image_id is not None:
-        return service.similar_query(query.image_id)
-    return service.vector_query(query.embedding or [])
+def prepare(service: SearchService, parsed: ParsedSearch, timings: dict[str, float], max_bytes: int) -> Query:
+    """Each term validated (and decoded, for images) into what the worker encodes."""
+    terms = []
+    for term in parsed.terms:
+        if term.text is not None:
+            made = service.text_query(term.text)
+        elif term.image_id is not None:
+            made = service.similar_query(term.image_id)
+        elif term.embedding is not None:
+            made = service.vector_query(term.embedding)
+        else:
+            data = parsed.uploads[term.upload] if term.upload else base64_image(term.image, max_bytes)
+            made = service.image_query(data, timings)
+        terms.append(replace(made.terms[0], weight=term.weight, label=term_label(term)))
+    return Query(tuple(terms))
 
 
 def cached_thumbnail(path: Path, image_id: str, side: int, cache: Path) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,8 @@ from imagesearch.common.images import WHITE, ImageRejected, decode_limits
 from imagesearch.index.store import LoadedIndex, index_fingerprint, load_index
 from imagesearch.models.encoders import Encoder
 from imagesearch.models.registry import load_encoder
-from imagesearch.serving.rerank import collapse_near_duplicates, mmr
-from imagesearch.serving.types import Answer, BadQuery, PageRequest, Query, Result
+from imagesearch.serving.ranking import KEYWORD, VECTOR, Ranker, combine
+from imagesearch.serving.types import Answer, BadQuery, Encoded, PageRequest, Query
 from imagesearch.serving.worker import QueryWorker
 from imagesearch.settings import Settings
 
@@ -54,6 +55,7 @@ class SearchService:
             LRUCache(config.text_cache_size) if config.text_cache_size else None
         )
         self.fingerprint: str | None = None  # of the index folder it was loaded from (see from_index)
+        self.ranker = Ranker(index, self.row_ids, config.dedup_threshold)
 
     @classmethod
     def from_index(cls, settings: Settings, index_dir: Path | None = None) -> SearchService:
@@ -84,8 +86,9 @@ class SearchService:
         self.positions.get_loc(self.row_ids[0])
         blank = Image.new("RGB", (self.encoder.spec.image_size,) * 2, WHITE)
         page = PageRequest(k=10, offset=0, diversity=self.config.diversity, dedup=True)
-        for query in (Query(pixels=self.encoder.preprocessor(blank)), Query(text="warm up")):
+        for query in (Query.of(pixels=self.encoder.preprocessor(blank)), Query.of(text="warm up")):
             self.answer(query, page)
+        self.answer(Query.of(text="warm up"), replace(page, mode="hybrid"))  # opens the keyword index
         if self.text_vectors is not None:
             self.text_vectors.clear()
 
@@ -98,7 +101,7 @@ class SearchService:
             raise BadQuery(
                 f"the text query has {len(text)} characters; the limit is {self.config.max_text_chars}"
             )
-        return Query(text=text)
+        return Query.of(text=text)
 
     def image_query(self, data: bytes, timings: dict[str, float] | None = None) -> Query:
         """Decode + preprocess (timed as "decode"); the forward pass runs later, on the worker."""
@@ -112,7 +115,7 @@ class SearchService:
             raise BadQuery(f"the upload is not a usable image ({error.reason})") from error
         if timings is not None:
             timings["decode"] = _ms(started)
-        return Query(pixels=pixels)
+        return Query.of(pixels=pixels)
 
     def vector_query(self, values: list[float]) -> Query:
         vector = np.asarray(values, dtype=np.float32)
@@ -121,35 +124,45 @@ class SearchService:
         norm = float(np.linalg.norm(vector))
         if not np.isfinite(norm) or norm == 0:
             raise BadQuery("the embedding must be finite and non-zero")
-        return Query(vector=vector / norm)
+        return Query.of(vector=vector / norm)
 
     def similar_query(self, image_id: str) -> Query:
         """ "More like this": the indexed vector of a catalog image."""
         if image_id not in self.positions:
             raise BadQuery(f"no indexed image with id {image_id!r}")
-        vector = self.index.candidate_vectors(np.array([self.positions.get_loc(image_id)]))[0]
-        return Query(vector=vector / np.linalg.norm(vector))
+        position = self.positions.get_loc(image_id)
+        if self.index.removed is not None and self.index.removed[position]:
+            raise BadQuery(f"the image {image_id!r} was removed from the catalog")
+        vector = self.index.candidate_vectors(np.array([position]))[0]
+        return Query.of(vector=vector / np.linalg.norm(vector))
 
     # --- answering ------------------------------------------------------------------------------
     def answer(self, query: Query, page: PageRequest) -> Answer:
         """Encode, search and re-rank on the worker thread, batched with whatever else is waiting."""
         return self.worker.submit(query, page)
 
-    def encode(self, queries: list[Query], timings: dict[str, float]) -> np.ndarray:
-        """One matrix of unit query vectors: the texts in one batch, the images in another."""
+    def encode(self, queries: list[Query], timings: dict[str, float]) -> list[Encoded | BadQuery]:
+        """Each query's unit vector, from its terms' vectors: every text term of the batch encoded
+        in one call, every image term in another."""
         started = time.perf_counter()
-        vectors = np.zeros((len(queries), self.encoder.dim), np.float32)
-        texts = [i for i, q in enumerate(queries) if q.text is not None]
-        images = [i for i, q in enumerate(queries) if q.pixels is not None]
-        given = [i for i, q in enumerate(queries) if q.vector is not None]
+        terms = [term for query in queries for term in query.terms]
+        vectors = np.zeros((len(terms), self.encoder.dim), np.float32)
+        texts = [i for i, t in enumerate(terms) if t.text is not None]
+        images = [i for i, t in enumerate(terms) if t.pixels is not None]
+        given = [i for i, t in enumerate(terms) if t.vector is not None]
         if texts:
-            vectors[texts] = self._text_vectors([queries[i].text for i in texts])
+            vectors[texts] = self._text_vectors([terms[i].text for i in texts])
         if images:
-            vectors[images] = self.encoder.encode_pixels(torch.stack([queries[i].pixels for i in images]))
+            vectors[images] = self.encoder.encode_pixels(torch.stack([terms[i].pixels for i in images]))
         if given:
-            vectors[given] = np.stack([queries[i].vector for i in given])
+            vectors[given] = np.stack([terms[i].vector for i in given])
+        encoded, first = [], 0
+        for query in queries:
+            term_vectors = vectors[first : first + len(query.terms)]
+            first += len(query.terms)
+            encoded.append(combine(query, term_vectors))
         timings["encode"] = _ms(started)
-        return vectors
+        return encoded
 
     def _text_vectors(self, texts: list[str]) -> np.ndarray:
         """Encoded texts, from the LRU cache where seen before (popular queries repeat)."""
@@ -164,43 +177,50 @@ class SearchService:
         return np.stack([found[text] for text in texts])
 
     def search_many(
-        self, vectors: np.ndarray, pages: list[PageRequest], timings: dict[str, float]
-    ) -> list[Answer]:
-        """ANN for the queries of one depth in one call, then the exact re-score and re-rank of each:
-        a deep page costs its own query, not the whole batch."""
+        self, queries: list[Encoded | BadQuery], pages: list[PageRequest], timings: dict[str, float]
+    ) -> list[Answer | BadQuery]:
+        """Vector and keyword candidates of each query, then its page: queries of one depth and no
+        filter share one ANN call; a deep page or a filter costs its own query, not the batch's."""
         started = time.perf_counter()
-        total = self.index.ntotal
-        depths = np.array([min(max(self.config.candidates, (p.offset + p.k) * 2), total) for p in pages])
-        found: list[np.ndarray] = [np.empty(0, np.int64)] * len(pages)
-        for depth in np.unique(depths):
-            rows = np.flatnonzero(depths == depth)
-            _, positions = self.index.search(vectors[rows], int(depth))
-            for row, row_positions in zip(rows, positions, strict=True):
-                found[row] = row_positions
+        ready = [i for i, q in enumerate(queries) if isinstance(q, Encoded)]
+        depths = {
+            i: min(max(self.config.candidates, (pages[i].offset + pages[i].k) * 2), self.index.ntotal)
+            for i in ready
+        }
+        by_vector = self._vector_candidates(queries, pages, depths)
         timings["ann"] = _ms(started)
         started = time.perf_counter()
+        by_keyword = {
+            i: self.index.keywords.search(
+                queries[i].keyword_text, depths[i], self.index.allowed(pages[i].mask)
+            )[0]
+            for i in ready
+            if pages[i].mode != VECTOR
+        }
+        timings["keywords"] = _ms(started)
+        started = time.perf_counter()
         answers = [
-            self._rerank(vector, positions, page)
-            for vector, positions, page in zip(vectors, found, pages, strict=True)
+            query
+            if isinstance(query, BadQuery)
+            else self.ranker.page(query, by_vector.get(i), by_keyword.get(i), pages[i], depths[i])
+            for i, query in enumerate(queries)
         ]
         timings["rerank"] = _ms(started)
         return answers
 
-    def _rerank(self, vector: np.ndarray, positions: np.ndarray, page: PageRequest) -> Answer:
-        positions = positions[positions >= 0]
-        candidates = self.index.candidate_vectors(positions)
-        scores = candidates @ vector
-        order = np.argsort(-scores, kind="stable")
-        positions, candidates, scores = positions[order], candidates[order], scores[order]
-        if page.dedup:
-            keep = collapse_near_duplicates(candidates, self.config.dedup_threshold)
-            positions, candidates, scores = positions[keep], candidates[keep], scores[keep]
-        picked = mmr(scores, candidates, page.offset + page.k, page.diversity)[page.offset :]
-        results = [
-            Result(str(self.row_ids[positions[i]]), float(scores[i]), page.offset + rank)
-            for rank, i in enumerate(picked, start=1)
-        ]
-        return Answer(results, self.model_version)
+    def _vector_candidates(
+        self, queries: list, pages: list[PageRequest], depths: dict[int, int]
+    ) -> dict[int, np.ndarray]:
+        found: dict[int, np.ndarray] = {}
+        plain = [i for i in depths if pages[i].mode != KEYWORD and pages[i].mask is None]
+        for depth in sorted({depths[i] for i in plain}):
+            rows = [i for i in plain if depths[i] == depth]
+            _, positions = self.index.search(np.stack([queries[i].vector for i in rows]), depth)
+            found.update(zip(rows, positions, strict=True))
+        for i in depths:
+            if pages[i].mode != KEYWORD and pages[i].mask is not None:
+                found[i] = self.index.search(queries[i].vector[None], depths[i], pages[i].mask)[1][0]
+        return found
 
     def close(self) -> None:
         """Stop the worker once its queue is answered (after a swap has replaced this pair)."""
@@ -219,9 +239,25 @@ class SearchService:
         return real if any(real.is_relative_to(root) for root in self.roots) else None
 
     def caption_of(self, image_id: str) -> str:
-        """A readable caption: the file name without extension (the index keeps no captions)."""
+        """A readable caption: the catalog's caption, else its title, else the file name."""
+        position = self.positions.get_loc(image_id)
+        metadata = self.index.metadata
+        known = metadata.caption[position] or metadata.title[position]
+        if known:
+            return known
         path = self.path_of(image_id)
         return path.stem.replace("_", " ") if path else ""
+
+    def shown_metadata(self, image_id: str) -> dict:
+        """What a result shows besides its caption: category, tags and catalogue time."""
+        position = self.positions.get_loc(image_id)
+        metadata = self.index.metadata
+        added = int(metadata.added_ns[position])
+        return {
+            "category": metadata.category[position],
+            "tags": list(metadata.tags[position]),
+            "added": datetime.fromtimestamp(added / 1e9, UTC) if added else None,
+        }
 
 
 def image_roots(index: LoadedIndex, settings: Settings) -> list[Path]:

@@ -17,21 +17,20 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
 from imagesearch.index.search import limit_search_threads
-from imagesearch.serving.types import Answer, PageRequest, Query
+from imagesearch.serving.types import Answer, BadQuery, Encoded, PageRequest, Query
 
 
 class BatchAnswerer(Protocol):
     """What the worker needs of a service: encode a batch of queries, then search and re-rank them."""
 
-    def encode(self, queries: list[Query], timings: dict[str, float]) -> np.ndarray: ...
+    def encode(self, queries: list[Query], timings: dict[str, float]) -> list[Encoded | BadQuery]: ...
 
     def search_many(
-        self, vectors: np.ndarray, pages: list[PageRequest], timings: dict[str, float]
-    ) -> list[Answer]: ...
+        self, queries: list[Encoded | BadQuery], pages: list[PageRequest], timings: dict[str, float]
+    ) -> list[Answer | BadQuery]: ...
 
 
 @dataclass(slots=True)
@@ -104,13 +103,16 @@ class QueryWorker:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         try:
-            vectors = self.service.encode([job.query for job in batch], timings)
-            answers = self.service.search_many(vectors, [job.page for job in batch], timings)
+            encoded = self.service.encode([job.query for job in batch], timings)
+            answers = self.service.search_many(encoded, [job.page for job in batch], timings)
         except Exception as error:  # the callers get the error; the worker keeps serving
             for job in batch:
                 job.future.set_exception(error)
             return
         for job, answer in zip(batch, answers, strict=True):
+            if isinstance(answer, BadQuery):  # this query alone cannot be answered (its terms cancel)
+                job.future.set_exception(answer)
+                continue
             waited = (started - job.queued_at) * 1000
             answer.timings_ms = {"queue": round(waited, 3), **timings, "batch": len(batch)}
             job.future.set_result(answer)

@@ -132,6 +132,15 @@ class IndexSettings(BaseModel):
     hnsw_m: int = Field(default=32, ge=4)
     train_sample: int = Field(default=100_000, ge=1000, description="vectors used to train IVF/PQ")
     tune_queries: int = Field(default=1000, ge=10, description="held-out queries for tuning")
+    delta_max_rows: int = Field(
+        default=50_000,
+        ge=0,
+        description="live updates: images added + removed since the base beyond which it is rebuilt "
+        "(added ones are searched exactly, so this bounds their cost per query)",
+    )
+    delta_max_fraction: float = Field(
+        default=0.1, ge=0, le=1, description="live updates: the same limit as a fraction of the base"
+    )
 
 
 class ClusterSettings(BaseModel):
@@ -284,6 +293,11 @@ class ServiceSettings(BaseModel):
         default=0.97, gt=0, le=1, description="cosine above which results collapse"
     )
     diversity: float = Field(default=0.85, ge=0, le=1, description="MMR lambda; 1.0 = relevance order only")
+    mode: Literal["vector", "keyword", "hybrid"] = Field(
+        default="vector",
+        description="ranking when a query names none: the embedding, keywords (BM25) or both fused (RRF); "
+        "the default is the evaluation's best mode out of domain (README: Search features)",
+    )
     thumbnail_side: int = Field(default=256, ge=16)
     text_cache_size: int = Field(
         default=4096, ge=0, description="text query vectors kept per served model (LRU); 0 = off"

@@ -1,0 +1,88 @@
+"""The keyword index beside the vectors: SQLite FTS5 over titles, tags, captions and categories,
+ranked by BM25. A row's FTS rowid is its position in the index (delta rows continue after the base).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from imagesearch.index.metadata import RowMetadata, words_of
+
+KEYWORDS_FILE = "keywords.sqlite"
+# BM25 column weights: a title or tag match says more than a word somewhere in a caption
+COLUMN_WEIGHTS = (3.0, 2.0, 1.0, 1.0)  # title, tags, caption, category
+MAX_QUERY_WORDS = 32
+
+
+def write_keyword_index(path: Path, metadata: RowMetadata, first_row: int = 0) -> None:
+    """An FTS5 table of every row's words (porter stemming, so "cars" finds "car")."""
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE VIRTUAL TABLE docs USING fts5("
+            "title, tags, caption, category, tokenize='porter unicode61')"
+        )
+        db.executemany(
+            "INSERT INTO docs(rowid, title, tags, caption, category) VALUES (?, ?, ?, ?, ?)",
+            (
+                (
+                    first_row + row,
+                    metadata.title[row],
+                    " ".join(metadata.tags[row]),
+                    metadata.caption[row],
+                    metadata.category[row].replace("/", " "),
+                )
+                for row in range(metadata.count)
+            ),
+        )
+    path.chmod(0o444)
+
+
+def match_expression(text: str) -> str | None:
+    """Any of the text's words, each quoted (so no word is read as FTS5 syntax); None without words."""
+    words = list(dict.fromkeys(words_of(text)))[:MAX_QUERY_WORDS]
+    return " OR ".join(f'"{word}"' for word in words) if words else None
+
+
+class KeywordIndex:
+    """BM25 search over one or more FTS5 files (the base index's, and its delta's), read-only."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = [path for path in paths if path.is_file()]
+        self._connections: dict[Path, sqlite3.Connection] = {}
+
+    def search(
+        self, text: str, limit: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, BM25 scores, higher is better) of the best `limit` rows matching any word of
+        `text`; with `allowed` (a row mask), only rows it keeps."""
+        expression = match_expression(text)
+        if expression is None or not self.paths:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        weights = ", ".join(map(str, COLUMN_WEIGHTS))
+        # a filter drops rows after the match: read deeper so that `limit` of them survive
+        depth = limit if allowed is None else limit + int(np.count_nonzero(~allowed))
+        found: list[tuple[int, float]] = []
+        for path in self.paths:
+            rows = self._connection(path).execute(
+                f"SELECT rowid, -bm25(docs, {weights}) FROM docs WHERE docs MATCH ? ORDER BY rank LIMIT ?",
+                (expression, depth),
+            )
+            found += [(row, score) for row, score in rows if allowed is None or allowed[row]]
+        found.sort(key=lambda hit: -hit[1])
+        found = found[:limit]
+        return np.array([r for r, _ in found], np.int64), np.array([s for _, s in found], np.float32)
+
+    def _connection(self, path: Path) -> sqlite3.Connection:
+        # one reader per file, used by the service's worker thread only; immutable: no locking
+        if path not in self._connections:
+            uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
+            self._connections[path] = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        return self._connections[path]
+
+    def close(self) -> None:
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()

@@ -1,0 +1,124 @@
+"""From a query's candidates to one page of results.
+
+Combined queries: the normalised weighted sum of the terms' unit vectors is searched. Candidates
+come from the vector index, the keyword index, or both fused by reciprocal rank fusion; each is
+scored by its cosine to the query, cut off below `min_score`, near-duplicates collapsed, ordered by
+relevance (MMR diversity in vector mode) or date, and explained: each term's share of the score and
+the query words the image's title, tags, caption or category hold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from imagesearch.index.metadata import words_of
+from imagesearch.index.store import LoadedIndex
+from imagesearch.serving.rerank import collapse_near_duplicates, mmr
+from imagesearch.serving.types import Answer, BadQuery, Encoded, PageRequest, Query, Result
+
+VECTOR, KEYWORD, HYBRID = "vector", "keyword", "hybrid"
+RRF_K = 60  # the constant of Cormack et al. (2009): a rank r contributes 1 / (60 + r)
+CANCELLED = 1e-6
+
+
+def combine(query: Query, term_vectors: np.ndarray) -> Encoded | BadQuery:
+    """The query's unit vector: its terms' weighted sum, normalised (a BadQuery when they cancel)."""
+    weights = np.array([term.weight for term in query.terms], np.float32)
+    summed = weights @ term_vectors
+    norm = float(np.linalg.norm(summed))
+    if norm < CANCELLED:
+        return BadQuery("the query's terms cancel out: there is nothing left to search for")
+    labels = tuple(term.label or f"term {n + 1}" for n, term in enumerate(query.terms))
+    return Encoded(summed / norm, term_vectors, weights, norm, labels, query.keyword_text)
+
+
+def reciprocal_rank_fusion(rankings: list[np.ndarray], k: int = RRF_K) -> tuple[np.ndarray, np.ndarray]:
+    """(items, fused scores) best first: an item at rank r (from 1) of a ranking gains 1 / (k + r).
+    Ties keep the order in which the items were first met."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, start=1):
+            fused[int(item)] = fused.get(int(item), 0.0) + 1.0 / (k + rank)
+    items = sorted(fused, key=lambda item: -fused[item])  # sorted() is stable
+    return np.array(items, np.int64), np.array([fused[item] for item in items], np.float64)
+
+
+class Ranker:
+    """Pages of one served index (the service's model + index pair)."""
+
+    def __init__(self, index: LoadedIndex, row_ids: np.ndarray, dedup_threshold: float) -> None:
+        self.index, self.row_ids, self.dedup_threshold = index, row_ids, dedup_threshold
+
+    def page(
+        self,
+        query: Encoded,
+        by_vector: np.ndarray | None,
+        by_keyword: np.ndarray | None,
+        page: PageRequest,
+        depth: int,
+    ) -> Answer:
+        found = ((VECTOR, by_vector), (KEYWORD, by_keyword))
+        lists = {name: hits[hits >= 0] for name, hits in found if hits is not None}
+        positions = (
+            reciprocal_rank_fusion(list(lists.values()))[0] if len(lists) > 1 else next(iter(lists.values()))
+        )
+        candidates = self.index.candidate_vectors(positions)
+        scores = candidates @ query.vector
+        if page.mode == VECTOR:  # the exact score re-orders the ANN's approximate order
+            order = np.argsort(-scores, kind="stable")
+            positions, candidates, scores = positions[order], candidates[order], scores[order]
+        passing = np.flatnonzero(scores >= (-np.inf if page.min_score is None else page.min_score))
+        cut_reached = len(passing) < len(scores)
+        if page.dedup:
+            passing = passing[collapse_near_duplicates(candidates[passing], self.dedup_threshold)]
+        positions, candidates, scores = positions[passing], candidates[passing], scores[passing]
+        picked = self._order(scores, candidates, positions, page)[page.offset : page.offset + page.k]
+        ranks = {name: {int(p): r for r, p in enumerate(hits, start=1)} for name, hits in lists.items()}
+        results = [
+            Result(
+                str(self.row_ids[positions[i]]),
+                float(scores[i]),
+                page.offset + rank,
+                self.explain(query, candidates[i], int(positions[i]), ranks),
+            )
+            for rank, i in enumerate(picked, start=1)
+        ]
+        # a full pool whose weakest candidate still passed the cut-off: more may pass beyond it
+        pool_full = any(len(hits) >= depth for hits in lists.values())
+        return Answer(
+            results,
+            self.index.manifest.model,
+            total=len(positions),
+            total_is_lower_bound=bool(pool_full and not cut_reached),
+            facets=self.index.metadata.facets(positions),
+        )
+
+    def _order(self, scores: np.ndarray, candidates: np.ndarray, positions: np.ndarray, page: PageRequest):
+        """Candidate indexes in page order: newest first, relevance (with MMR diversity), or the
+        keyword / fused order as it came."""
+        if page.sort == "date":
+            return np.argsort(-self.index.metadata.added_ns[positions], kind="stable")
+        if page.mode == VECTOR:
+            return mmr(scores, candidates, page.offset + page.k, page.diversity)
+        return np.arange(len(positions))
+
+    def explain(self, query: Encoded, vector: np.ndarray, position: int, ranks: dict) -> dict:
+        """Why a result is here: each term's contribution (they sum to the score), the query words it
+        holds, and its rank in each list that was fused."""
+        similarities = query.term_vectors @ vector
+        words = self.index.metadata.words(position)
+        asked = dict.fromkeys(words_of(query.keyword_text))
+        terms = zip(query.labels, query.weights, similarities, strict=True)
+        return {
+            "terms": [
+                {
+                    "term": label,
+                    "weight": float(weight),
+                    "similarity": round(float(similarity), 4),
+                    "contribution": round(float(weight * similarity / query.norm), 4),
+                }
+                for label, weight, similarity in terms
+            ],
+            "keywords": [word for word in asked if word in words or word.rstrip("s") in words],
+            "ranks": {name: found.get(position) for name, found in ranks.items()},
+        }
