@@ -152,7 +152,9 @@ def test_repeated_texts_are_encoded_once_per_model(indexed, zeroshot_encoder, tm
     assert encoded == [["a cat", "a dog"]]
     np.testing.assert_array_equal(first[0].vector, first[2].vector)
     np.testing.assert_array_equal(service.encode([Query.of(text="a dog")], {})[0].vector, first[1].vector)
-    service.encode([Query.of(text="a cow"), Query.of(text="a hen"), Query.of(text="a pig")], {})  # more than fit
+    service.encode(
+        [Query.of(text="a cow"), Query.of(text="a hen"), Query.of(text="a pig")], {}
+    )  # more than fit
     service.encode([Query.of(text="a cat")], {})
     assert encoded[1:] == [["a cow", "a hen", "a pig"], ["a cat"]]  # evicted: encoded again
 

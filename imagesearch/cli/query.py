@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +15,10 @@ from imagesearch.embeddings.adhoc import embed_image_folder, embed_texts
 from imagesearch.index.folder import build_folder_index, hits_as_json, read_queries, search_queries
 from imagesearch.index.store import load_index
 from imagesearch.models.registry import CHAMPION, load_encoder, pin_reference
+from imagesearch.serving.query_syntax import parse_query
+from imagesearch.serving.requests import ParsedSearch, page_request, prepare
+from imagesearch.serving.schemas import SearchRequest
+from imagesearch.serving.service import SearchService
 from imagesearch.settings import Settings
 
 ModelOption = Annotated[
@@ -64,6 +70,10 @@ def index_build(
 @app.command()
 @user_errors
 def search(
+    query: Annotated[
+        str | None,
+        typer.Argument(help='combined query: "a red car + ./photo.png - snow", weights as "2:cat"'),
+    ] = None,
     index: Annotated[
         Path | None,
         typer.Option("--index", help="index folder; default: the workspace's index of the catalog"),
@@ -77,29 +87,81 @@ def search(
     model: Annotated[
         str | None, typer.Option("--model", help="default: the model the index was built with")
     ] = None,
+    category: Annotated[list[str] | None, typer.Option("--category", help="any of these")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="any of these (--all-tags: all)")] = None,
+    all_tags: Annotated[bool, typer.Option("--all-tags")] = False,
+    min_score: Annotated[float | None, typer.Option("--min-score", min=-1, max=1)] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="vector | keyword | hybrid")] = None,
+    sort: Annotated[str, typer.Option("--sort", help="relevance | date")] = "relevance",
+    explain: Annotated[bool, typer.Option("--explain", help="say why each result is there")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Search an index by text, by image, or with a file of queries (one JSON line out per query)."""
-    if sum(option is not None for option in (text, image, queries)) != 1:
-        raise ValueError("give exactly one of --text, --image or --queries")
+    """Search an index by a combined query, by text, by image, or with a file of queries."""
+    if sum(option is not None for option in (query, text, image, queries)) != 1:
+        raise ValueError("give exactly one of QUERY, --text, --image or --queries")
+    settings = Settings()
+    if query is not None:
+        filters = {"category": category, "tags": tag, "tags_match": "all" if all_tags else "any"}
+        options = {"k": k, "min_score": min_score, "mode": mode, "sort": sort, "filters": filters}
+        search_combined(settings, index or settings.search_index_dir, query, options, explain, as_json)
+        return
     batch = (
         list(read_queries(queries))
         if queries
         else [{"text": text} if text is not None else {"image": str(image)}]
     )
-    settings = Settings()
     loaded = load_index(index or settings.search_index_dir)
     encoder = load_encoder(model or loaded.manifest.model, settings)
     if encoder.dim != loaded.manifest.dim:
         raise ValueError(f"encoder dimension {encoder.dim} does not match the index ({loaded.manifest.dim})")
     results = search_queries(encoder, loaded, batch, k)
-    for query, hits in zip(batch, results, strict=True):
+    for query_line, hits in zip(batch, results, strict=True):
         if as_json or queries:
-            print(hits_as_json(query, hits))
+            print(hits_as_json(query_line, hits))
             continue
-        console.rule(str(query))
+        console.rule(str(query_line))
         for rank, hit in enumerate(hits, start=1):
             console.print(f"{rank:>3}  {hit.score:.4f}  {hit.path}", highlight=False)
+
+
+def search_combined(
+    settings: Settings, index: Path, query: str, options: dict, explain: bool, as_json: bool
+) -> None:
+    """One query through the search service's own path (in this process): terms, filters, modes."""
+    terms, uploads = parse_query(query)
+    request = SearchRequest.model_validate({**options, "terms": [t.model_dump() for t in terms]})
+    settings = settings.model_copy(update={"service": settings.service.model_copy(update={"warm_up": False})})
+    service = SearchService.from_index(settings, index)
+    try:
+        parsed = ParsedSearch(request, terms, uploads)
+        page = page_request(request, terms, service, settings.service)
+        answer = service.answer(prepare(service, parsed, {}, settings.service.max_upload_bytes), page)
+    finally:
+        service.close()
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "query": query,
+                    "total": answer.total,
+                    "facets": answer.facets,
+                    "results": [asdict(r) | {"path": str(service.path_of(r.id))} for r in answer.results],
+                }
+            )
+        )
+        return
+    console.rule(f"{parsed.describe()}  ({answer.total}{'+' if answer.total_is_lower_bound else ''} pass)")
+    for result in answer.results:
+        console.print(f"{result.rank:>3}  {result.score:.4f}  {service.path_of(result.id)}", highlight=False)
+        if explain and result.explanation:
+            console.print("       " + describe_explanation(result.explanation), highlight=False)
+
+
+def describe_explanation(explanation: dict) -> str:
+    parts = [f"{t['term']} {t['contribution']:+.3f}" for t in explanation["terms"]]
+    if explanation["keywords"]:
+        parts.append("keywords: " + ", ".join(explanation["keywords"]))
+    return "; ".join(parts)
 
 
 @app.command()

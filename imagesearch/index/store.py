@@ -29,6 +29,7 @@ from imagesearch.index.search import (
     rerank_exact,
     search,
     takes_selector,
+    widen_for_filter,
 )
 
 INDEX_FILE, IDS_FILE, VECTORS_FILE, MANIFEST_FILE = (
@@ -69,6 +70,7 @@ class LoadedIndex:
     sharded: ShardSearch | None = None
     delta: Delta | None = None
     folder: Path | None = None  # where it was loaded from (its keyword index lives there)
+    exact_subset_rows: int = EXACT_SUBSET_ROWS  # a filter keeping at most this many: exact search
     metadata: RowMetadata = field(init=False)
     keywords: KeywordIndex = field(init=False)
     removed: np.ndarray | None = field(init=False, default=None)  # per row: deleted by the delta
@@ -89,6 +91,10 @@ class LoadedIndex:
     @property
     def base_count(self) -> int:
         return len(self.vectors)
+
+    @property
+    def live_count(self) -> int:
+        return self.ntotal - (int(self.removed.sum()) if self.removed is not None else 0)
 
     @property
     def live_ids(self) -> pd.Series:
@@ -137,10 +143,11 @@ class LoadedIndex:
         if allowed is None:
             return self._search_all(queries, k)
         rows = np.flatnonzero(allowed)
-        if len(rows) <= EXACT_SUBSET_ROWS:  # a selective filter: exact over its rows is cheap and whole
+        if len(rows) <= self.exact_subset_rows:  # a selective filter: exact over its rows is cheap and whole
             return exact_subset(queries, self.vectors, rows, k)
         if self.sharded is None and takes_selector(self.index):
-            scores, positions = self._search_all(queries, k, selector=id_selector(allowed))
+            widened = widen_for_filter(self.manifest.kind, self.manifest.params, len(rows) / len(allowed))
+            scores, positions = self._search_all(queries, k, id_selector(allowed), widened)
         else:  # shards and IndexIVFPQR take no selector: read deeper, keep the allowed rows
             depth = min(len(allowed), k * -(-len(allowed) // len(rows)) * 2)
             scores, positions = keep_allowed(*self._search_all(queries, depth), allowed, k)
@@ -149,7 +156,13 @@ class LoadedIndex:
             scores[short], positions[short] = exact_subset(queries[short], self.vectors, rows, k)
         return scores, positions
 
-    def _search_all(self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None = None):
+    def _search_all(
+        self,
+        queries: np.ndarray,
+        k: int,
+        selector: faiss.IDSelector | None = None,
+        params: dict[str, int] | None = None,
+    ):
         rerank = self.vectors if self.manifest.rerank_factor > 1 else None
         if self.sharded is not None:
             depth = min(self.base_count, k * self.manifest.rerank_factor if rerank is not None else k)
@@ -160,7 +173,7 @@ class LoadedIndex:
             self.manifest.kind,
             queries,
             k,
-            self.manifest.params,
+            params or self.manifest.params,
             vectors=rerank,
             rerank_factor=self.manifest.rerank_factor,
             selector=selector,

@@ -25,13 +25,12 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from imagesearch.common.io import content_id
 from imagesearch.feedback.clicklog import ClickLog, UnknownQuery
 from imagesearch.serving.guards import BodyLimit, SameOriginPosts, reload_folder
-from imagesearch.serving.ranking import KEYWORD
 from imagesearch.serving.requests import (
     ParsedSearch,
     cached_thumbnail,
-    check_page,
     knn_request,
     make_thumbnail,
+    page_request,
     parse_search,
     prepare,
     validated,
@@ -41,14 +40,13 @@ from imagesearch.serving.schemas import (
     KnnResult,
     ReloadRequest,
     ResultOut,
-    SearchRequest,
     SearchResponse,
 )
 from imagesearch.serving.service import SearchService
 from imagesearch.serving.swap import Swapper, watch_index
 from imagesearch.serving.telemetry import Telemetry
-from imagesearch.serving.types import Answer, BadQuery, PageRequest
-from imagesearch.settings import ServiceSettings, Settings
+from imagesearch.serving.types import Answer, BadQuery
+from imagesearch.settings import Settings
 
 ID_PATTERN = re.compile(r"[0-9a-f]{8,64}")
 
@@ -121,8 +119,7 @@ def create_app(
         JSON (terms name files by field: {"upload": "image"}), or one file `image` plus k/offset/..."""
         started = time.perf_counter()
         parsed = await parse_search(request, config.max_upload_bytes)
-        page = page_request(parsed.query, parsed.terms, service, config)
-        answer, query_id = await _answer(request, service, parsed, page)
+        answer, query_id = await _answer(request, service, parsed)
         results = [
             ResultOut(
                 id=r.id,
@@ -141,7 +138,7 @@ def create_app(
         return SearchResponse(
             query_id=query_id,
             model_version=answer.model_version,
-            mode=page.mode,
+            mode=parsed.query.mode or config.mode,
             results=results,
             total=answer.total,
             total_is_lower_bound=answer.total_is_lower_bound,
@@ -171,9 +168,7 @@ def create_app(
         if len(terms) != 1:
             raise HTTPException(422, "give exactly one of text, image or embedding_input")
         query = validated({"terms": terms, "k": body.num_images, "dedup": body.deduplicate, "mode": "vector"})
-        parsed = ParsedSearch(query, query.terms, {})
-        page = page_request(query, query.terms, service, config)
-        answer, _ = await _answer(request, service, parsed, page)
+        answer, _ = await _answer(request, service, ParsedSearch(query, query.terms, {}))
         base = str(request.base_url).rstrip("/")
         return [
             KnnResult(
@@ -223,7 +218,7 @@ def create_app(
 
     @app.get("/health")
     async def health(service: Service) -> dict:
-        return {"status": "ok", "model_version": service.model_version, "vectors": service.index.ntotal}
+        return {"status": "ok", "model_version": service.model_version, "vectors": service.index.live_count}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics(request: Request) -> str:
@@ -233,27 +228,12 @@ def create_app(
     return app
 
 
-def page_request(
-    query: SearchRequest, terms: list, service: SearchService, config: ServiceSettings
-) -> PageRequest:
-    """The page asked for, within the service's limits; the filters as the rows they keep."""
-    check_page(query, config)
-    mode = query.mode or config.mode
-    if mode == KEYWORD and not any(term.text and term.weight > 0 for term in terms):
-        raise HTTPException(422, "keyword mode needs a text term with a positive weight")
-    filters = query.filters.as_filters() if query.filters else None
-    mask = service.index.metadata.mask(filters) if filters and filters.active else None
-    diversity = config.diversity if query.diversity is None else query.diversity
-    return PageRequest(query.k, query.offset, diversity, query.dedup, mask, query.min_score, mode, query.sort)
-
-
-async def _answer(
-    request: Request, service: SearchService, parsed: ParsedSearch, page: PageRequest
-) -> tuple[Answer, str]:
+async def _answer(request: Request, service: SearchService, parsed: ParsedSearch) -> tuple[Answer, str]:
     """prepare (validate, decode) -> encode + search on the worker -> log the impressions."""
     prepared: dict[str, float] = {}
     limit = service.config.max_upload_bytes
     try:  # only images need a thread (decoding); the rest is validation
+        page = page_request(parsed.query, parsed.terms, service, service.config)
         if parsed.needs_decoding:
             ready = await run_in_threadpool(prepare, service, parsed, prepared, limit)
         else:

@@ -84,7 +84,7 @@ class Ranker:
             for rank, i in enumerate(picked, start=1)
         ]
         # a full pool whose weakest candidate still passed the cut-off: more may pass beyond it
-        pool_full = any(len(hits) >= depth for hits in lists.values())
+        pool_full = depth < self.index.ntotal and any(len(hits) >= depth for hits in lists.values())
         return Answer(
             results,
             self.index.manifest.model,

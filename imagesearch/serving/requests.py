@@ -15,9 +15,10 @@ from pydantic import ValidationError
 
 from imagesearch.common.images import DEFAULT_LIMITS, ImageRejected, open_rgb
 from imagesearch.common.io import write_atomic
+from imagesearch.serving.ranking import KEYWORD
 from imagesearch.serving.schemas import MAX_TERMS, KnnRequest, SearchRequest, TermIn
 from imagesearch.serving.service import SearchService
-from imagesearch.serving.types import Query
+from imagesearch.serving.types import BadQuery, PageRequest, Query
 from imagesearch.settings import ServiceSettings
 
 
@@ -144,16 +145,23 @@ def base64_image(encoded: str, max_bytes: int) -> bytes:
         raise HTTPException(422, "image must be base64-encoded bytes") from error
 
 
-def check_page(query: SearchRequest, config: ServiceSettings) -> None:
-    """The limits of the service's settings, on every route (the schema holds only hard caps)."""
+def page_request(
+    query: SearchRequest, terms: list[TermIn], service: SearchService, config: ServiceSettings
+) -> PageRequest:
+    """The page asked for, within the service's limits; the filters as the rows they keep."""
     if query.text is not None and len(query.text) > config.max_text_chars:
-        raise HTTPException(
-            422, f"the text has {len(query.text)} characters; the limit is {config.max_text_chars}"
-        )
+        raise BadQuery(f"the text has {len(query.text)} characters; the limit is {config.max_text_chars}")
     if query.k > config.max_k:
-        raise HTTPException(422, f"k must be at most {config.max_k}")
+        raise BadQuery(f"k must be at most {config.max_k}")
     if query.offset > config.max_offset:
-        raise HTTPException(422, f"offset must be at most {config.max_offset}")
+        raise BadQuery(f"offset must be at most {config.max_offset}")
+    mode = query.mode or config.mode
+    if mode == KEYWORD and not any(term.text and term.weight > 0 for term in terms):
+        raise BadQuery("keyword mode needs a text term with a positive weight")
+    filters = query.filters.as_filters() if query.filters else None
+    mask = service.index.metadata.mask(filters) if filters and filters.active else None
+    diversity = config.diversity if query.diversity is None else query.diversity
+    return PageRequest(query.k, query.offset, diversity, query.dedup, mask, query.min_score, mode, query.sort)
 
 
 def prepare(service: SearchService, parsed: ParsedSearch, timings: dict[str, float], max_bytes: int) -> Query:
