@@ -9,10 +9,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Test workspaces have no out-of-domain collection unless a test writes one (write_outside_collection).
 os.environ.setdefault("IMAGESEARCH_EVALUATION__OOD_COLLECTIONS", "[]")
 
+import contextlib
 import gzip
 import io
 import shutil
 import struct
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +132,26 @@ def write_outside_collection(settings: Settings, per_class: int = 3) -> Path:
     (folder / COMPLETE_MARKER).write_text("test\n")
     shutil.rmtree(unpacked)
     return folder
+
+
+@contextlib.contextmanager
+def served_on_loopback(app) -> Iterator[str]:
+    """`app` under a real uvicorn server on a free 127.0.0.1 port; yields its base URL."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -33,7 +33,8 @@ from imagesearch.serving.query_syntax import parse_query
 from imagesearch.serving.ranking import combine, reciprocal_rank_fusion
 from imagesearch.serving.types import BadQuery, Query, Term
 from imagesearch.settings import IndexSettings, ServiceSettings, Settings
-from tests.conftest import noise_image
+from tests.conftest import noise_image, served_on_loopback
+from tests.test_serving import PROJECT_SCREENSHOT_DIR, chromium_driver
 
 LOOPBACK = "http://127.0.0.1"
 GROUPS = {
@@ -428,3 +429,64 @@ def test_a_live_update_reaches_the_service_under_load_and_a_removed_image_is_nev
     assert any(removed[0] in ids for ids in before)  # served before the update...
     after_swap = [ids for ids in before if "feedfacefeedface" in ids]
     assert after_swap and all(removed[0] not in ids for ids in after_swap)  # ...never after it
+
+
+def test_the_page_combines_terms_filters_facets_scroll_and_explanations_in_a_real_browser(grouped, tmp_path):
+    """Headless Chromium: a text, a facet click (filter chip), "more like this" added as a term and
+    flipped to minus, an uploaded image term, infinite scroll, the explanation on hover."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    settings = Settings(home=tmp_path / "ws", service=ServiceSettings(reload_poll_seconds=0))
+    browser = chromium_driver(tmp_path)
+    wait = WebDriverWait(browser, 90)
+    cards = lambda: browser.find_elements(By.CSS_SELECTOR, "#results .result")  # noqa: E731
+
+    def searched(expected: str) -> None:
+        status = lambda: browser.find_element(By.ID, "status").text  # noqa: E731
+        try:
+            wait.until(lambda _: expected in status() and "searching" not in status())
+        except TimeoutException as error:
+            raise AssertionError(f"waited for {expected!r}; the status says {status()!r}") from error
+
+    with served_on_loopback(create_app(settings, index_dir=grouped / "index")) as url:
+        try:
+            browser.get(url + "/?k=3")  # 3 per page: 8 images take three pages of scrolling
+            box = browser.find_element(By.ID, "query")
+            box.send_keys("a photo")
+            box.submit()
+            searched("of 8 results")
+            wait.until(lambda _: len(cards()) == 8)  # page after page while the grid's end is in view
+            searched("8 of 8 results")
+            assert len({card.get_attribute("data-id") for card in cards()}) == 8
+
+            browser.find_element(By.CSS_SELECTOR, '#facets .facet[data-value="space"]').click()
+            searched("of 3 results")
+            chips = browser.find_elements(By.CSS_SELECTOR, "#filters .chip")
+            assert len(chips) == 1 and chips[0].text.startswith("category: space")
+            assert {card.get_attribute("data-category") for card in cards()} == {"space"}
+
+            first = cards()[0]
+            first.find_element(By.CSS_SELECTOR, ".more").click()
+            wait.until(lambda _: browser.find_elements(By.CSS_SELECTOR, "#terms .chip"))
+            searched("results for “a photo” + image")
+            browser.find_element(By.CSS_SELECTOR, "#terms .chip .sign").click()
+            wait.until(lambda _: browser.find_elements(By.CSS_SELECTOR, "#terms .chip.negative"))
+            searched("results for “a photo” \u2212 image")
+
+            upload = grouped / "images" / "animals" / "horse.png"
+            browser.find_element(By.ID, "file").send_keys(str(upload))
+            wait.until(lambda _: len(browser.find_elements(By.CSS_SELECTOR, "#terms .chip")) == 2)
+            searched("+ an image")
+
+            ActionChains(browser).move_to_element(cards()[0]).perform()
+            why = cards()[0].find_element(By.CLASS_NAME, "why")
+            wait.until(lambda _: why.is_displayed())
+            assert "a photo:" in why.text and "horse.png" in why.text and "weight -1" in why.text
+            screenshot = PROJECT_SCREENSHOT_DIR / "search-features.png"
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            assert browser.save_screenshot(str(screenshot))
+        finally:
+            browser.quit()

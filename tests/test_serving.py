@@ -26,6 +26,7 @@ from imagesearch.serving.service import SearchService
 from imagesearch.serving.types import Answer, PageRequest, Query, Result
 from imagesearch.serving.worker import QueryWorker
 from imagesearch.settings import PROJECT_ROOT, ServiceSettings, Settings
+from tests.conftest import served_on_loopback
 
 # --- serving --------------------------------------------------------------------------------
 # The browser test's screenshot stays here for people to look at (git-ignored).
@@ -334,22 +335,8 @@ def test_a_failed_reload_keeps_serving_the_old_pair(swappable, tmp_path):
 @pytest.fixture
 def real_server(client):
     """The same app under a real uvicorn server on a free 127.0.0.1 port."""
-    import socket
-
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with served_on_loopback(client.app) as url:
+        yield url
 
 
 def clip_client_module(tmp_path):
@@ -435,7 +422,8 @@ def chromium_driver(tmp_path):
 
 
 def test_search_page_in_a_real_browser(real_server, client, indexed, tmp_path):
-    """Type a query, see results, click one (recorded in the click log), more like this, upload."""
+    """Type a query, see results, click one (recorded in the click log); the combined query, filters,
+    facets, infinite scroll and explanations: tests/test_search_features.py."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as seen
     from selenium.webdriver.support.ui import WebDriverWait
@@ -468,17 +456,6 @@ def test_search_page_in_a_real_browser(real_server, client, indexed, tmp_path):
         browser.switch_to.window(browser.window_handles[0])
         clicks = ClickLog(client.settings.effective_click_log_url).read().clicks
         assert clicks[["rank", "image_id"]].values.tolist() == [[2, clicked_id]]
-
-        browser.find_elements(By.CSS_SELECTOR, "#results .more")[1].click()
-        wait.until(seen.text_to_be_present_in_element((By.ID, "status"), "more like"))
-        first = browser.find_element(By.CSS_SELECTOR, "#results .result")
-        assert first.get_attribute("data-id") == clicked_id
-
-        browser.find_element(By.ID, "file").send_keys(str(indexed[1] / "photos" / "rocket.png"))
-        wait.until(seen.text_to_be_present_in_element((By.ID, "status"), "rocket.png"))
-        wait.until(seen.text_to_be_present_in_element((By.ID, "status"), "results for"))
-        caption = browser.find_element(By.CSS_SELECTOR, "#results .result .caption").text
-        assert caption == "rocket"
     finally:
         browser.quit()
 

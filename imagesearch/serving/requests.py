@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from io import BytesIO
 from pathlib import Path
 
@@ -27,6 +27,7 @@ class ParsedSearch:
     query: SearchRequest
     terms: list[TermIn]
     uploads: dict[str, bytes]  # multipart file field -> bytes
+    file_names: dict[str, str] = field(default_factory=dict)  # multipart file field -> its file name
 
     @property
     def needs_decoding(self) -> bool:
@@ -43,6 +44,7 @@ async def parse_search(request: Request, max_bytes: int) -> ParsedSearch:
     with one file `image` (the query is that image)."""
     content_type = request.headers.get("content-type", "")
     uploads: dict[str, bytes] = {}
+    file_names: dict[str, str] = {}
     if content_type.startswith("multipart/form-data"):
         form = await request.form(max_files=MAX_TERMS, max_fields=16)
         fields = {}
@@ -51,6 +53,7 @@ async def parse_search(request: Request, max_bytes: int) -> ParsedSearch:
                 fields[key] = value
                 continue
             uploads[key] = await value.read(max_bytes + 1)
+            file_names[key] = Path(value.filename or key).name[:200]
             if len(uploads[key]) > max_bytes:
                 raise HTTPException(413, f"the image is larger than {max_bytes} bytes")
         query = validated(_json(fields["query"]) if "query" in fields else fields)
@@ -64,7 +67,7 @@ async def parse_search(request: Request, max_bytes: int) -> ParsedSearch:
         except RecursionError as error:
             raise HTTPException(400, "the JSON body is nested too deeply") from error
         query = validated(body)
-    return ParsedSearch(query, _terms_of(query, uploads), uploads)
+    return ParsedSearch(query, _terms_of(query, uploads), uploads, file_names)
 
 
 def _json(text: str) -> object:
@@ -177,7 +180,8 @@ def prepare(service: SearchService, parsed: ParsedSearch, timings: dict[str, flo
         else:
             data = parsed.uploads[term.upload] if term.upload else base64_image(term.image, max_bytes)
             made = service.image_query(data, timings)
-        terms.append(replace(made.terms[0], weight=term.weight, label=term_label(term)))
+        label = parsed.file_names.get(term.upload) or term_label(term)
+        terms.append(replace(made.terms[0], weight=term.weight, label=label))
     return Query(tuple(terms))
 
 
