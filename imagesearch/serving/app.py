@@ -218,7 +218,12 @@ def create_app(
 
     @app.get("/health")
     async def health(service: Service) -> dict:
-        return {"status": "ok", "model_version": service.model_version, "vectors": service.index.live_count}
+        return {
+            "status": "ok",
+            "model_version": service.model_version,
+            "vectors": service.index.live_count,
+            "max_k": config.max_k,  # the page asks for no more per page
+        }
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics(request: Request) -> str:
