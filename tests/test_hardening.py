@@ -34,7 +34,7 @@ from imagesearch.index.store import LoadedIndex, load_index, save_index_atomic
 from imagesearch.models.registry import load_encoder, log_encoder
 from imagesearch.serving.app import create_app
 from imagesearch.serving.service import SearchService
-from imagesearch.serving.types import PageRequest
+from imagesearch.serving.types import PageRequest, Query
 from imagesearch.settings import ServiceSettings, Settings
 from tests.conftest import noise_image
 
@@ -118,14 +118,15 @@ def test_queries_are_searched_at_their_own_depth(small_index, zeroshot_encoder, 
     depths = []
     search = LoadedIndex.search
 
-    def recorded(self, queries, k):
+    def recorded(self, queries, k, mask=None):
         depths.append((len(queries), k))
-        return search(self, queries, k)
+        return search(self, queries, k, mask)
 
     monkeypatch.setattr(LoadedIndex, "search", recorded)
-    vectors = np.repeat(loaded.vectors[:1].astype(np.float32), 3, axis=0)
+    vector = loaded.vectors[0].astype(np.float32)
+    encoded = service.encode([Query.of(vector=vector / np.linalg.norm(vector))] * 3, {})
     pages = [PageRequest(1, 0, 1.0, False), PageRequest(1, 1, 1.0, False), PageRequest(1, 0, 1.0, False)]
-    answers = service.search_many(vectors, pages, {})
+    answers = service.search_many(encoded, pages, {})
     assert sorted(depths) == [(1, 4), (2, 2)]  # the shallow two together, the deep one alone
     assert [len(a.results) for a in answers] == [1, 1, 1]
     service.close()

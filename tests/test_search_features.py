@@ -20,17 +20,20 @@ from imagesearch.common.executor import InProcess
 from imagesearch.common.images import DEFAULT_LIMITS
 from imagesearch.embeddings.backfill import backfill
 from imagesearch.embeddings.store import model_key
+from imagesearch.evaluation.modes import file_name_titles, mode_results
+from imagesearch.evaluation.ranking import ModelRankings
+from imagesearch.evaluation.sets import EvalSets
 from imagesearch.index.build import build_tuned_index
 from imagesearch.index.delta import DELTA_FOLDER, write_delta
 from imagesearch.index.folder import build_folder_index
-from imagesearch.index.keywords import KeywordIndex, write_keyword_index
+from imagesearch.index.keywords import KeywordIndex, reciprocal_rank_fusion, write_keyword_index
 from imagesearch.index.metadata import Filters, RowMetadata
 from imagesearch.index.search import exact_neighbours, recall_at
 from imagesearch.index.step import index_step
 from imagesearch.index.store import index_fingerprint, load_index
 from imagesearch.serving.app import create_app
 from imagesearch.serving.query_syntax import parse_query
-from imagesearch.serving.ranking import combine, reciprocal_rank_fusion
+from imagesearch.serving.ranking import combine
 from imagesearch.serving.types import BadQuery, Query, Term
 from imagesearch.settings import IndexSettings, ServiceSettings, Settings
 from tests.conftest import noise_image, served_on_loopback
@@ -490,3 +493,30 @@ def test_the_page_combines_terms_filters_facets_scroll_and_explanations_in_a_rea
             assert browser.save_screenshot(str(screenshot))
         finally:
             browser.quit()
+
+
+def test_the_evaluation_ranks_each_text_query_by_vector_keyword_and_hybrid():
+    corpus = pd.DataFrame(
+        {
+            "id": ["a", "b", "c", "d"],
+            "path": ["/x/red_car.png", "/x/blue_car.png", "/x/cat.png", "/x/dog.png"],
+            "category": ["car", "car", "pet", "pet"],
+        }
+    )
+    text_qrels = pd.DataFrame(
+        {
+            "query": ["car", "car", "red car"],
+            "origin": ["label", "label", "title"],
+            "image_id": ["a", "b", "a"],
+            "grade": [1, 1, 2],
+        }
+    )
+    sets = EvalSets(corpus, pd.DataFrame(columns=["query_image_id", "image_id", "grade"]), text_qrels)
+    vector = ModelRankings({}, {"car": ["c", "d", "a", "b"], "red car": ["c", "b", "a", "d"]})
+    results = mode_results(sets, vector, file_name_titles(sets))
+    assert file_name_titles(sets)[0] == "red car"
+    assert results["vector"]["text_to_image/label"]["recall_at_1"] == 0
+    assert results["keyword"]["text_to_image/label"]["recall_at_10"] == 1
+    assert results["keyword"]["text_to_image/title"]["mrr"] == 1  # the known item by its file name
+    # "red car" fused: a = 1/63 + 1/61 (3rd by vector, 1st by keywords) beats b = 1/62 + 1/62
+    assert results["hybrid"]["text_to_image/title"]["mrr"] == 1

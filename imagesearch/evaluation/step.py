@@ -23,6 +23,7 @@ from imagesearch.catalog.build import read_catalog
 from imagesearch.common.plots import ExampleQuery, metric_bars, recall_curves, result_grid
 from imagesearch.common.versioning import StageVersion
 from imagesearch.common.workspace import init_workspace
+from imagesearch.evaluation.modes import file_name_titles, mode_results
 from imagesearch.evaluation.promotion import Decision, PromotionRule, decide
 from imagesearch.evaluation.ranking import (
     ModelRankings,
@@ -125,8 +126,9 @@ def evaluation_step(
         if log:
             log(f"evaluating {label} ({reference}) on {images} test images")
         rankings[label], results[label] = evaluate_everywhere(
-            registry.load_encoder(reference, settings), sets, outside
+            registry.load_encoder(reference, settings), sets, outside, modes=label == "champion"
         )
+        results |= _split_modes(label, results[label])
         curves[label] = _curves(sets, rankings[label])
     served = rankings_through_served_index(settings, sets, models, rankings)
     if served is not None:
@@ -160,13 +162,27 @@ def evaluation_step(
 
 
 def evaluate_everywhere(
-    encoder: Encoder, sets: EvalSets, outside: dict[str, EvalSets]
+    encoder: Encoder, sets: EvalSets, outside: dict[str, EvalSets], *, modes: bool = False
 ) -> tuple[ModelRankings, dict[str, dict[str, float]]]:
-    """The test split's rankings, and metrics on it and on every out-of-domain collection."""
+    """The test split's rankings, and metrics on it and on every out-of-domain collection; with
+    `modes`, also the keyword and hybrid rankings' metrics (by mode, under ``mode:<name>``)."""
     rankings, results = evaluate_encoder(encoder, sets)
+    by_mode = mode_results(sets, rankings, file_name_titles(sets)) if modes else {}
     for name, collection in outside.items():
-        results |= _prefixed(name, evaluate_encoder(encoder, collection)[1])
+        outside_rankings, outside_results = evaluate_encoder(encoder, collection)
+        results |= _prefixed(name, outside_results)
+        if modes:
+            found = mode_results(collection, outside_rankings, file_name_titles(collection))
+            for mode, metrics in found.items():
+                by_mode[mode] |= _prefixed(name, metrics)
+    results |= {f"mode:{mode}": metrics for mode, metrics in by_mode.items()}
     return rankings, results
+
+
+def _split_modes(label: str, results: dict) -> dict[str, dict[str, dict[str, float]]]:
+    """Mode results moved out of a model's results into rows of their own: "<label> keyword mode"."""
+    nested = {key: results.pop(key) for key in [k for k in results if k.startswith("mode:")]}
+    return {f"{label} {key.removeprefix('mode:')} mode": metrics for key, metrics in nested.items()}
 
 
 def pretrained_outside(settings: Settings, outside: dict[str, EvalSets]) -> dict[str, dict[str, float]]:

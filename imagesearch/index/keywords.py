@@ -15,6 +15,7 @@ KEYWORDS_FILE = "keywords.sqlite"
 # BM25 column weights: a title or tag match says more than a word somewhere in a caption
 COLUMN_WEIGHTS = (3.0, 2.0, 1.0, 1.0)  # title, tags, caption, category
 MAX_QUERY_WORDS = 32
+RRF_K = 60  # the constant of Cormack et al. (2009): a rank r contributes 1 / (60 + r)
 
 
 def write_keyword_index(path: Path, metadata: RowMetadata, first_row: int = 0) -> None:
@@ -86,3 +87,14 @@ class KeywordIndex:
         for connection in self._connections.values():
             connection.close()
         self._connections.clear()
+
+
+def reciprocal_rank_fusion(rankings: list[np.ndarray], k: int = RRF_K) -> tuple[np.ndarray, np.ndarray]:
+    """(items, fused scores) best first: an item at rank r (from 1) of a ranking gains 1 / (k + r).
+    Ties keep the order in which the items were first met."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, start=1):
+            fused[int(item)] = fused.get(int(item), 0.0) + 1.0 / (k + rank)
+    items = sorted(fused, key=lambda item: -fused[item])  # sorted() is stable
+    return np.array(items, np.int64), np.array([fused[item] for item in items], np.float64)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from imagesearch.index.keywords import reciprocal_rank_fusion
 from imagesearch.index.metadata import words_of
 from imagesearch.index.store import LoadedIndex
 from imagesearch.serving.rerank import collapse_near_duplicates, mmr
 from imagesearch.serving.types import Answer, BadQuery, Encoded, PageRequest, Query, Result
 
 VECTOR, KEYWORD, HYBRID = "vector", "keyword", "hybrid"
-RRF_K = 60  # the constant of Cormack et al. (2009): a rank r contributes 1 / (60 + r)
 CANCELLED = 1e-6
 
 
@@ -30,17 +30,6 @@ def combine(query: Query, term_vectors: np.ndarray) -> Encoded | BadQuery:
         return BadQuery("the query's terms cancel out: there is nothing left to search for")
     labels = tuple(term.label or f"term {n + 1}" for n, term in enumerate(query.terms))
     return Encoded(summed / norm, term_vectors, weights, norm, labels, query.keyword_text)
-
-
-def reciprocal_rank_fusion(rankings: list[np.ndarray], k: int = RRF_K) -> tuple[np.ndarray, np.ndarray]:
-    """(items, fused scores) best first: an item at rank r (from 1) of a ranking gains 1 / (k + r).
-    Ties keep the order in which the items were first met."""
-    fused: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, item in enumerate(ranking, start=1):
-            fused[int(item)] = fused.get(int(item), 0.0) + 1.0 / (k + rank)
-    items = sorted(fused, key=lambda item: -fused[item])  # sorted() is stable
-    return np.array(items, np.int64), np.array([fused[item] for item in items], np.float64)
 
 
 class Ranker:
