@@ -34,7 +34,7 @@ def search_index(
         "delta_added": (result.delta or {}).get("added", 0),
         "delta_removed": (result.delta or {}).get("removed", 0),
         "model": manifest.model,
-        "vectors": manifest.count,
+        "vectors": result.vectors,
         "factory": manifest.factory,
         "reason": manifest.reason,
         "search_params": dg.MetadataValue.json(manifest.params),

@@ -304,7 +304,7 @@ def search(client, **body) -> dict:
 
 def test_combined_terms_over_http_with_explanations_that_add_up(client):
     answer = search(client, terms=[{"text": "a rocket in space"}, {"text": "an animal", "weight": -0.5}], k=5)
-    assert answer["results"] and answer["mode"] == "vector"
+    assert answer["results"] and answer["mode"] == "hybrid"  # the default (SERVICE__MODE)
     for result in answer["results"]:
         contributions = [t["contribution"] for t in result["explanation"]["terms"]]
         assert sum(contributions) == pytest.approx(result["score"], abs=2e-3)

@@ -208,7 +208,7 @@ def index_from_catalog(
     if result.delta is not None:
         console.print(
             f"live update: +{result.delta['added']} -{result.delta['removed']} images since the base "
-            f"({result.manifest.count} vectors, {result.manifest.factory})"
+            f"({result.vectors} vectors served, base {result.manifest.factory})"
         )
     else:
         print_index(settings.search_index_dir, result.manifest)

@@ -19,7 +19,7 @@ from imagesearch.common.workspace import init_workspace, one_writer
 from imagesearch.embeddings.step import EMBEDDINGS_STAGE
 from imagesearch.embeddings.store import model_key, read_model_embeddings, shard_of
 from imagesearch.index.build import build_tuned_index
-from imagesearch.index.delta import write_delta
+from imagesearch.index.delta import Delta, read_delta, write_delta
 from imagesearch.index.metadata import catalog_metadata
 from imagesearch.index.pieces import piece_bounds
 from imagesearch.index.store import IDS_FILE, IndexManifest, load_index, read_manifest
@@ -34,6 +34,12 @@ class IndexStepResult:
     manifest: IndexManifest
     version: StageVersion | None
     delta: dict | None = None  # the live update's manifest when the base was kept
+
+    @property
+    def vectors(self) -> int:
+        """Images served: the base's, plus the delta's added, less its removed."""
+        change = self.delta or {}
+        return self.manifest.count + change.get("added", 0) - change.get("removed", 0)
 
 
 class UnsoundIndex(ValueError):
@@ -130,12 +136,22 @@ def plan_live_update(
 def _publish_live_update(
     settings: Settings, change: LiveUpdate, model: str, repo: DataRepo | None
 ) -> IndexStepResult:
-    vectors = _embeddings_of(settings, change.added["id"], model)
     folder = settings.search_index_dir
+    current = read_delta(folder)
+    if _same_change(current, change):  # nothing new: what is served stays, untouched
+        unchanged = current.manifest if current else {"added": 0, "removed": 0}
+        return IndexStepResult(read_manifest(folder), None, unchanged)
+    vectors = _embeddings_of(settings, change.added["id"], model)
     delta = write_delta(folder, catalog_metadata(change.added), vectors, change.removed, change.base_count)
     message = f"index: live update of {model}, +{delta['added']} -{delta['removed']} since the base"
     version = repo.record([EMBEDDINGS_STAGE, INDEX_STAGE], message) if repo else None
     return IndexStepResult(read_manifest(folder), version, delta)
+
+
+def _same_change(delta: Delta | None, change: LiveUpdate) -> bool:
+    if delta is None:
+        return change.added.empty and not change.removed
+    return set(delta.added["id"]) == set(change.added["id"]) and set(delta.removed_ids) == set(change.removed)
 
 
 def _embeddings_of(settings: Settings, ids: pd.Series, model: str) -> np.ndarray:

@@ -9,6 +9,8 @@ the query words the image's title, tags, caption or category hold.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from imagesearch.index.keywords import reciprocal_rank_fusion
@@ -48,6 +50,9 @@ class Ranker:
     ) -> Answer:
         found = ((VECTOR, by_vector), (KEYWORD, by_keyword))
         lists = {name: hits[hits >= 0] for name, hits in found if hits is not None}
+        if page.mode == HYBRID and not len(lists[KEYWORD]):  # no word matched: a vector page
+            del lists[KEYWORD]
+            page = replace(page, mode=VECTOR)
         positions = (
             reciprocal_rank_fusion(list(lists.values()))[0] if len(lists) > 1 else next(iter(lists.values()))
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from imagesearch.index.metadata import Filters
 
@@ -59,6 +59,13 @@ class FiltersIn(BaseModel):
     min_width: int | None = Field(default=None, ge=1, le=1_000_000)
     min_height: int | None = Field(default=None, ge=1, le=1_000_000)
 
+    @field_validator("category", "source")
+    @classmethod
+    def few_values(cls, value: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(value, list) and len(value) > MAX_FILTER_VALUES:
+            raise ValueError(f"at most {MAX_FILTER_VALUES} values")
+        return value
+
     def as_filters(self) -> Filters:
         return Filters(
             categories=_values(self.category),
@@ -75,10 +82,7 @@ class FiltersIn(BaseModel):
 def _values(value: list[str] | str | None) -> tuple[str, ...]:
     if value is None:
         return ()
-    values = (value,) if isinstance(value, str) else tuple(value)
-    if len(values) > MAX_FILTER_VALUES:
-        raise ValueError(f"at most {MAX_FILTER_VALUES} values per filter")
-    return values
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _ns(moment: datetime | None) -> int | None:

@@ -1,8 +1,9 @@
 """The query path of the search service, without any web framework.
 
-encode (text / image bytes / raw vector) -> ANN top-N -> exact re-score of the candidates from the
-index's float16 vectors -> near-duplicate collapse -> MMR diversity re-rank -> one page of results,
-with the model version that served them and the time spent in each stage."""
+encode (each term: text / image bytes / raw vector; their weighted sum) -> candidates from the ANN
+index (filters applied inside it) and, in keyword or hybrid mode, from the keyword index -> one page
+(serving/ranking.py: exact re-score, score cut-off, near-duplicate collapse, MMR or date order, facets,
+explanations), with the model version that served it and the time spent in each stage."""
 
 from __future__ import annotations
 

@@ -294,7 +294,7 @@ class ServiceSettings(BaseModel):
     )
     diversity: float = Field(default=0.85, ge=0, le=1, description="MMR lambda; 1.0 = relevance order only")
     mode: Literal["vector", "keyword", "hybrid"] = Field(
-        default="vector",
+        default="hybrid",
         description="ranking when a query names none: the embedding, keywords (BM25) or both fused (RRF); "
         "the default is the evaluation's best mode out of domain (README: Search features)",
     )
