@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.bench_service import sized_index
 from imagesearch.index.build import build_tuned_index
 from imagesearch.index.delta import write_delta
 from imagesearch.index.store import load_index
 from imagesearch.settings import IndexSettings, Settings
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_service import sized_index  # a sibling script, not a package
 
 SIZE = 100_000
 

@@ -54,11 +54,9 @@ def _header_size(path: Path) -> tuple[int, int]:
 def with_metadata_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """An ids table from before metadata was kept (id, path only): empty metadata, same rows."""
     missing = {name: None for name in METADATA_COLUMNS if name not in frame.columns}
-    if not missing:
-        return frame
-    filled = frame.assign(**missing)
-    filled["tags"] = [list(t) if isinstance(t, (list, np.ndarray)) else [] for t in filled["tags"]]
-    return filled
+    if "tags" in missing:
+        missing["tags"] = [()] * len(frame)  # one shared empty tuple: no object per row
+    return frame.assign(**missing) if missing else frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +86,7 @@ class RowMetadata:
         self.count = len(frame)
         self.category = frame["category"].fillna("").astype(str).to_numpy()
         self.source = frame["source"].fillna("").astype(str).to_numpy()
-        self.tags = [list(t) for t in frame["tags"]]
+        self.tags = [tuple(t) if t is not None and len(t) else () for t in frame["tags"]]
         self.title = frame["title"].fillna("").astype(str).to_numpy()
         self.caption = frame["caption"].fillna("").astype(str).to_numpy()
         self.added_ns = pd.to_numeric(frame["added_ns"]).fillna(0).to_numpy(np.int64)
