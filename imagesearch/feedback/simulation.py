@@ -55,20 +55,29 @@ def simulate_clicks(
         results = list(ranker(query.text))
         if not results:
             continue
-        ranks = np.arange(1, len(results) + 1)
-        click_probability = np.array(
-            [query.relevance.get(image_id, 0) / 3 or noise for image_id, _ in results], dtype=float
-        )
         for _ in range(sessions):
             query_id = log.log_query(
                 results, model_version=model_version, query_text=query.text, simulated=True
             )
-            examined = rng.random(len(ranks)) < examination_probability(ranks, eta)
-            clicked = examined & (rng.random(len(ranks)) < click_probability)
-            for rank in ranks[clicked]:
-                log.log_click(query_id, int(rank))
+            for rank in clicked_ranks([i for i, _ in results], query.relevance, eta, rng, noise):
+                log.log_click(query_id, rank)
                 written += 1
     return written
+
+
+def clicked_ranks(
+    shown: Sequence[str],
+    relevance: Mapping[str, int],
+    eta: float,
+    rng: np.random.Generator,
+    noise: float = 0.02,
+) -> list[int]:
+    """One simulated user's clicks on a shown list (ranks from 1): rank r is examined with (1/r)**eta,
+    an examined result clicked with grade/3, or `noise` when not relevant."""
+    ranks = np.arange(1, len(shown) + 1)
+    click_probability = np.array([relevance.get(image_id, 0) / 3 or noise for image_id in shown], dtype=float)
+    examined = rng.random(len(ranks)) < examination_probability(ranks, eta)
+    return [int(r) for r in ranks[examined & (rng.random(len(ranks)) < click_probability)]]
 
 
 def tag_queries(catalog: pd.DataFrame, *, count: int, seed: int, min_images: int = 3) -> list[SimulatedQuery]:

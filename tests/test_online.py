@@ -1,0 +1,96 @@
+"""Online comparison: team-draft interleaving against hand-computed cases, the win-rate statistics,
+and interleaving against an A/B test on the same simulated users."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imagesearch.feedback.experiments import power_ladder, queries_needed
+from imagesearch.feedback.interleaving import A, B, credit, ctr_test, team_draft, win_rate
+from imagesearch.feedback.simulation import SimulatedQuery, clicked_ranks
+
+
+class Coins:
+    """A generator whose coin flips are given: random() returns them in turn."""
+
+    def __init__(self, *flips: float) -> None:
+        self.flips = list(flips)
+
+    def random(self) -> float:
+        return self.flips.pop(0)
+
+
+def test_team_draft_against_a_hand_computed_merge():
+    # tie -> coin 0.1: A picks 1; B (fewer) picks 2; tie -> coin 0.9: B picks 5 (1, 2 shown); A picks 3
+    merged = team_draft(["1", "2", "3", "4"], ["2", "1", "5", "6"], 4, Coins(0.1, 0.9))
+    assert merged.ids == ["1", "2", "5", "3"] and merged.teams == [A, B, B, A]
+
+
+def test_a_ranker_that_runs_out_lets_the_other_pick_and_nothing_repeats():
+    merged = team_draft(["1"], ["1", "2", "3"], 5, np.random.default_rng(0))
+    assert sorted(merged.ids) == ["1", "2", "3"] and len(set(merged.ids)) == 3
+
+
+def test_team_sizes_stay_within_one_at_every_prefix():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        a, b = rng.permutation(30).astype(str).tolist(), rng.permutation(30).astype(str).tolist()
+        teams = team_draft(a, b, 10, rng).teams
+        gaps = [abs(teams[:n].count(A) - teams[:n].count(B)) for n in range(2, 11, 2)]
+        assert max(gaps) == 0  # after every pair of picks the teams are level
+
+
+@pytest.mark.parametrize(
+    ("clicks", "winner"), [([1, 3], None), ([3], B), ([1, 4], A), ([], None), ([2, 3], B)]
+)
+def test_clicks_are_credited_to_the_team_that_contributed_the_result(clicks, winner):
+    assert credit([A, B, B, A], clicks) == winner
+
+
+def test_identical_rankers_show_no_preference_under_random_clicks():
+    rng = np.random.default_rng(2)
+    ranking = [str(i) for i in range(20)]
+    outcomes = []
+    for _ in range(3000):
+        merged = team_draft(ranking, ranking, 10, rng)
+        outcomes.append(credit(merged.teams, [int(r) for r in np.flatnonzero(rng.random(10) < 0.2) + 1]))
+    assert not win_rate(outcomes).significant
+
+
+def test_win_rate_statistics_against_known_binomial_values():
+    even = win_rate([A] * 60 + [B] * 40 + [None] * 10)
+    assert (even.wins_a, even.wins_b, even.ties, even.rate) == (60, 40, 10, 0.6)
+    assert even.p_value == pytest.approx(0.0569, abs=1e-3) and not even.significant
+    assert (even.low, even.high) == pytest.approx((0.4972, 0.6967), abs=1e-3)  # Clopper-Pearson
+    clear = win_rate([A] * 70 + [B] * 30)
+    assert clear.significant and clear.low > 0.5
+    assert win_rate([None, None]).p_value == 1.0
+    assert ctr_test(30, 100, 30, 100) == 1.0 and ctr_test(60, 100, 30, 100) < 0.001
+
+
+def test_simulated_users_click_by_relevance_under_position_bias():
+    rng = np.random.default_rng(3)
+    shown = ["r1", "x", "r2", "y"]
+    relevance = {"r1": 3, "r2": 3}
+    counts = np.zeros(4)
+    for _ in range(20_000):
+        for rank in clicked_ranks(shown, relevance, eta=1.0, rng=rng, noise=0.0):
+            counts[rank - 1] += 1
+    # examined with 1/r, clicked when relevant with 3/3: rank 1 always, rank 3 a third of the time
+    assert counts[1] == counts[3] == 0
+    assert counts[2] / counts[0] == pytest.approx(1 / 3, abs=0.02)
+
+
+def test_interleaving_decides_with_fewer_queries_than_an_ab_test():
+    """The better ranker shows both relevant images first, the worse one after one irrelevant image."""
+    items = [f"i{n}" for n in range(40)]
+    queries, better, worse = [], {}, {}
+    for q in range(30):
+        relevant = items[q : q + 2]
+        queries.append(SimulatedQuery(f"q{q}", dict.fromkeys(relevant, 2)))
+        rest = [i for i in items if i not in relevant]
+        better[f"q{q}"], worse[f"q{q}"] = relevant + rest, rest[:1] + relevant + rest[1:]
+    rows = power_ladder(queries, better, worse, counts=[25, 100], trials=40, seed=0)
+    assert queries_needed(rows) == {"interleaving": 25, "ab": 100}
+    assert rows[0].interleaving_power > rows[0].ab_power + 0.3
