@@ -3,7 +3,7 @@
 import dagster as dg
 
 from dagster_project.resources import WorkspaceResource
-from imagesearch.feedback.step import online_metrics_step
+from imagesearch.feedback.step import drift_step, last_drift_report, online_metrics_step
 
 
 class OnlineMetricsConfig(dg.Config):
@@ -28,4 +28,45 @@ def online_metrics(config: OnlineMetricsConfig, workspace: WorkspaceResource) ->
             "metrics_path": dg.MetadataValue.path(str(table)),
             "plot_path": dg.MetadataValue.path(str(plot)),
         }
+    )
+
+
+@dg.asset(
+    deps=["search_index"],
+    group_name="online",
+    kinds={"python", "sklearn"},
+    owners=["team:imagesearch"],
+    description="Embedding drift: a classifier two-sample test (cross-validated ROC AUC; 0.5 = none) of "
+    "the served index's newest images against the rest, and of the latest logged text queries against "
+    "the ones before them, in the served model's space. Written to data/online/drift.json.",
+)
+def embedding_drift(workspace: WorkspaceResource) -> dg.MaterializeResult:
+    report = drift_step(workspace.settings())
+    return dg.MaterializeResult(
+        metadata={
+            "model": report["model"],
+            "images_auc": _shown(report["images"]["auc"]),
+            "recent_images": report["images"]["recent"],
+            "queries_auc": _shown(report["queries"]["auc"]),
+            "recent_queries": report["queries"]["recent"],
+            "threshold": report["threshold"],
+        }
+    )
+
+
+def _shown(auc: float | None) -> float | str:
+    return round(auc, 4) if auc is not None else "too few rows"
+
+
+@dg.asset_check(
+    asset=embedding_drift,
+    description="warns when recent images or queries are told apart from the reference above "
+    "drift.threshold (ROC AUC); drift_sensor can then request retraining (drift.retrain)",
+)
+def embedding_drift_below_threshold(workspace: WorkspaceResource) -> dg.AssetCheckResult:
+    report = last_drift_report(workspace.settings())
+    return dg.AssetCheckResult(
+        passed=not report["drifted"],
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"drifted": ", ".join(report["drifted"]) or "none", "threshold": report["threshold"]},
     )

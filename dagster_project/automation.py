@@ -13,6 +13,7 @@ import dagster as dg
 from assets import catalog, embeddings, index, training
 from dagster_project.resources import WorkspaceResource
 from imagesearch.catalog.watch import files_fingerprint, uncatalogued_files, unembedded_shards
+from imagesearch.feedback.step import last_drift_report
 from imagesearch.models.registry import CHAMPION, alias_version
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
@@ -134,5 +135,28 @@ def champion_sensor(context: dg.SensorEvaluationContext, workspace: WorkspaceRes
     )
 
 
-sensors = [new_images_sensor, embed_new_shards, index_after_embeddings, champion_sensor]
+@dg.sensor(
+    job=retraining_job,
+    minimum_interval_seconds=3600,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="The last embedding_drift report passed drift.threshold and drift.retrain is on: "
+    "request one retraining run per report. Off until switched on in the UI.",
+)
+def drift_sensor(context: dg.SensorEvaluationContext, workspace: WorkspaceResource):
+    settings = workspace.settings()
+    if not (settings.online_dir / "drift.json").is_file():
+        return dg.SkipReason("no drift report yet: materialize embedding_drift")
+    report = last_drift_report(settings)
+    if not report["drifted"]:
+        return dg.SkipReason("no drift above the threshold in the last report")
+    if not settings.drift.retrain:
+        return dg.SkipReason(f"drift in {report['drifted']}, but drift.retrain is off")
+    stamp = str(report["written_at"])
+    if stamp == context.cursor:
+        return dg.SkipReason("this report's retraining was already requested")
+    context.update_cursor(stamp)
+    return dg.RunRequest(run_key=f"drift-{stamp}", tags={"imagesearch/drifted": ",".join(report["drifted"])})
+
+
+sensors = [new_images_sensor, embed_new_shards, index_after_embeddings, champion_sensor, drift_sensor]
 jobs = [catalog_job, embeddings_job, index_job, training_job, retraining_job, ablation_job]

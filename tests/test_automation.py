@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import pytest
 
@@ -105,3 +107,21 @@ def test_weekly_retraining_is_off_until_switched_on_and_covers_the_chain(monkeyp
     job = defs.resolve_job_def("retraining_job")
     keys = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
     assert {"trained_model", "eval_sets", "offline_evaluation", "model_promotion", "click_pairs"} <= keys
+
+
+def test_drift_requests_retraining_once_per_report_and_only_when_allowed(workspace, monkeypatch):
+    from dagster_project.automation import drift_sensor
+
+    settings = workspace.settings()
+    context = dg.build_sensor_context(resources={"workspace": workspace})
+    assert isinstance(drift_sensor(context), dg.SkipReason)  # no report yet
+    settings.online_dir.mkdir(parents=True)
+    report = {"threshold": 0.75, "images": {"auc": 0.9}, "queries": {"auc": None}, "written_at": 1.0}
+    (settings.online_dir / "drift.json").write_text(json.dumps(report))
+    assert "drift.retrain is off" in drift_sensor(context).skip_message
+    monkeypatch.setenv("IMAGESEARCH_DRIFT__RETRAIN", "true")
+    request = drift_sensor(context)
+    assert isinstance(request, dg.RunRequest) and request.tags["imagesearch/drifted"] == "images"
+    assert "already requested" in drift_sensor(context).skip_message
+    (settings.online_dir / "drift.json").write_text(json.dumps(report | {"images": {"auc": 0.6}}))
+    assert "no drift" in drift_sensor(context).skip_message

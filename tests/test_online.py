@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from imagesearch.feedback.drift import two_sample_auc
 from imagesearch.feedback.experiments import power_ladder, queries_needed
 from imagesearch.feedback.interleaving import A, B, credit, ctr_test, team_draft, win_rate
 from imagesearch.feedback.simulation import SimulatedQuery, clicked_ranks
@@ -94,3 +95,60 @@ def test_interleaving_decides_with_fewer_queries_than_an_ab_test():
     rows = power_ladder(queries, better, worse, counts=[25, 100], trials=40, seed=0)
     assert queries_needed(rows) == {"interleaving": 25, "ab": 100}
     assert rows[0].interleaving_power > rows[0].ab_power + 0.3
+
+
+# --- embedding drift ---------------------------------------------------------------------------------
+def clustered(rng: np.random.Generator, count: int, centres: np.ndarray) -> np.ndarray:
+    rows = centres[rng.integers(0, len(centres), count)] + rng.normal(0, 0.3, (count, centres.shape[1]))
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_the_drift_score_stays_quiet_on_a_held_out_sample_and_fires_on_a_shifted_set():
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(8, 64))
+    reference = clustered(rng, 2000, centres)
+    held_out = clustered(rng, 300, centres)  # the same distribution, rows never seen
+    shifted = clustered(rng, 300, np.concatenate([centres[:4], rng.normal(size=(4, 64))]))  # half new
+    quiet, fired = two_sample_auc(reference, held_out), two_sample_auc(reference, shifted)
+    assert quiet.auc < 0.6 < 0.75 < fired.auc
+    assert (fired.recent, fired.reference) == (300, 2000)
+    assert two_sample_auc(reference, held_out[:5]).auc is None  # too few to say
+
+
+@pytest.mark.parametrize(("new_centres", "warns"), [(False, False), (True, True)])
+def test_the_drift_asset_and_its_check_on_a_served_index_with_a_live_delta(
+    new_centres, warns, tmp_path, monkeypatch
+):
+    """The served index's newest images (a live delta) against the rest: quiet when they come from
+    the same clusters, a warning when half come from new ones."""
+    import dagster as dg
+    import pandas as pd
+
+    from assets.online import embedding_drift, embedding_drift_below_threshold
+    from dagster_project.resources import WorkspaceResource
+    from imagesearch.index.build import build_tuned_index
+    from imagesearch.index.delta import write_delta
+    from imagesearch.settings import IndexSettings, Settings
+
+    monkeypatch.setenv("IMAGESEARCH_DRIFT__RECENT_IMAGES", "100")
+    settings = Settings(home=tmp_path / "ws")
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(6, 32))
+    base = clustered(rng, 600, centres)
+    ids = pd.DataFrame({"id": [f"b{i}" for i in range(600)], "path": "", "added_ns": np.arange(600)})
+    build_tuned_index(base, ids, settings.search_index_dir, model="m", config=IndexSettings())
+    recent_centres = np.concatenate([centres[:3], rng.normal(size=(3, 32))]) if new_centres else centres
+    added = pd.DataFrame(
+        {"id": [f"n{i}" for i in range(100)], "path": "", "added_ns": 10_000 + np.arange(100)}
+    )
+    write_delta(settings.search_index_dir, added, clustered(rng, 100, recent_centres), [], 600)
+
+    result = dg.materialize(
+        [embedding_drift, embedding_drift_below_threshold],
+        resources={"workspace": WorkspaceResource(home=str(tmp_path / "ws"))},
+    )
+    assert result.success
+    check = result.get_asset_check_evaluations()[0]
+    assert check.passed is not warns and check.severity == dg.AssetCheckSeverity.WARN
+    metadata = result.asset_materializations_for_node("embedding_drift")[0].metadata
+    assert metadata["recent_images"].value == 100 and metadata["queries_auc"].value == "too few rows"

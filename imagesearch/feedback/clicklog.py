@@ -270,6 +270,18 @@ class ClickLog:
             clicks = clicks[clicks["query_id"].isin(real)]
         return LogTables(queries, impressions, clicks)
 
+    def latest_texts(self, limit: int) -> list[str]:
+        """The text of the latest `limit` text queries, newest first."""
+        self.flush()
+        statement = (
+            sa.select(queries_table.c.query_text)
+            .where(queries_table.c.query_text.is_not(None))
+            .order_by(queries_table.c.created_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            return [row[0] for row in connection.execute(statement)]
+
     def count_queries(self, *, simulated: bool | None = None) -> int:
         statement = sa.select(sa.func.count()).select_from(queries_table)
         if simulated is not None:

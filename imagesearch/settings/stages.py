@@ -385,6 +385,24 @@ class EvaluationSettings(BaseModel):
     )
 
 
+class DriftSettings(BaseModel):
+    """Embedding drift: recent images and queries against the reference (asset embedding_drift)."""
+
+    recent_images: int = Field(
+        default=500, ge=10, description="the newest images tested (the live delta's, when it has more)"
+    )
+    recent_queries: int = Field(
+        default=500, ge=10, description="the latest logged text queries, against the ones before them"
+    )
+    max_rows: int = Field(default=5000, ge=100, description="rows per side the classifier sees at most")
+    threshold: float = Field(
+        default=0.75, gt=0.5, le=1, description="ROC AUC above which the drift check warns"
+    )
+    retrain: bool = Field(
+        default=False, description="let drift_sensor request a retraining run when the check warns"
+    )
+
+
 class AblationSettings(BaseModel):
     """The reduced training budget of the ablation (one model per training-data source, and all)."""
 

@@ -16,6 +16,7 @@ from imagesearch.settings.stages import (
     AblationSettings,
     CatalogSettings,
     ClusterSettings,
+    DriftSettings,
     EmbeddingSettings,
     EvaluationSettings,
     IndexSettings,
@@ -55,6 +56,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     service: ServiceSettings = ServiceSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    drift: DriftSettings = DriftSettings()
     ablation: AblationSettings = AblationSettings()
     cluster: ClusterSettings = ClusterSettings()
     retrain_cron: str = Field(
