@@ -32,8 +32,16 @@ def file_name_titles(sets: EvalSets) -> list[str]:
 def mode_results(
     sets: EvalSets, vector: ModelRankings, titles: list[str]
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Text-to-image metrics of each mode, per query origin: the vector rankings as given, BM25 over
-    `titles` (one per corpus row), and the two fused by reciprocal rank fusion."""
+    """Text-to-image metrics of each mode, per query origin (see `mode_rankings`)."""
+    rankings = mode_rankings(sets, vector, titles)
+    return {mode: score_rankings(sets, ModelRankings({}, ranked)) for mode, ranked in rankings.items()}
+
+
+def mode_rankings(
+    sets: EvalSets, vector: ModelRankings, titles: list[str]
+) -> dict[str, dict[str, list[str]]]:
+    """Each text query's ranking in each mode: the vector rankings as given, BM25 over `titles` (one
+    per corpus row), and the two fused by reciprocal rank fusion."""
     ids = sets.corpus["id"].to_numpy()
     row_of = {image_id: row for row, image_id in enumerate(ids)}
     with tempfile.TemporaryDirectory() as folder:
@@ -43,14 +51,12 @@ def mode_results(
         keywords = KeywordIndex([path])
         by_keyword = {text: keywords.search(text, DEPTH)[0] for text in vector.text}
         keywords.close()
-    rankings = {
+    fused = {
+        text: reciprocal_rank_fusion([np.array([row_of[i] for i in ranking]), by_keyword[text]])[0][:DEPTH]
+        for text, ranking in vector.text.items()
+    }
+    return {
         VECTOR: vector.text,
         KEYWORD: {text: ids[rows].tolist() for text, rows in by_keyword.items()},
-        HYBRID: {
-            text: ids[
-                reciprocal_rank_fusion([np.array([row_of[i] for i in ranking]), by_keyword[text]])[0][:DEPTH]
-            ].tolist()
-            for text, ranking in vector.text.items()
-        },
+        HYBRID: {text: ids[rows].tolist() for text, rows in fused.items()},
     }
-    return {mode: score_rankings(sets, ModelRankings({}, ranked)) for mode, ranked in rankings.items()}
