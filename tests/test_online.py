@@ -152,3 +152,18 @@ def test_the_drift_asset_and_its_check_on_a_served_index_with_a_live_delta(
     assert check.passed is not warns and check.severity == dg.AssetCheckSeverity.WARN
     metadata = result.asset_materializations_for_node("embedding_drift")[0].metadata
     assert metadata["recent_images"].value == 100 and metadata["queries_auc"].value == "too few rows"
+
+
+@pytest.mark.parametrize("eta", [0.7, 1.2])
+def test_randomized_adjacent_swaps_recover_the_simulated_position_bias(eta):
+    from imagesearch.feedback.simulation import estimate_eta, swapped_click_rates
+
+    rng = np.random.default_rng(6)
+    items = [f"i{n}" for n in range(60)]
+    queries, rankings = [], {}
+    for q in range(40):
+        ranking = list(rng.permutation(items))
+        queries.append(SimulatedQuery(f"q{q}", dict.fromkeys(ranking[:10:2], 3)))  # every other relevant
+        rankings[f"q{q}"] = ranking
+    rates = swapped_click_rates(queries, rankings, sessions=60_000, eta=eta, depth=6, rng=rng)
+    assert estimate_eta(rates) == pytest.approx(eta, abs=0.15)

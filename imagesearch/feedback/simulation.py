@@ -113,3 +113,50 @@ def simulate_workspace_clicks(settings: Settings, log: ClickLog, catalog: pd.Dat
         model_version=f"simulated:{loaded.manifest.model}",
         seed=config.seed,
     )
+
+
+def swapped_click_rates(
+    queries: Sequence[SimulatedQuery],
+    rankings: Mapping[str, Sequence[str]],
+    *,
+    sessions: int,
+    eta: float,
+    depth: int,
+    rng: np.random.Generator,
+) -> pd.DataFrame:
+    """A randomized slice of simulated traffic: each session swaps one random adjacent pair (k, k+1)
+    of the shown list. Per (k, shown at), the clicks and impressions of the results originally at k:
+    what `estimate_eta` reads."""
+    counts: dict[tuple[int, int], list[int]] = {}
+    for _ in range(sessions):
+        query = queries[int(rng.integers(len(queries)))]
+        shown = list(rankings[query.text][:depth])
+        k = int(rng.integers(1, depth))  # swap ranks k and k + 1 (from 1)
+        swap = bool(rng.random() < 0.5)
+        if swap:
+            shown[k - 1], shown[k] = shown[k], shown[k - 1]
+        clicks = clicked_ranks(shown, query.relevance, eta, rng)
+        at = k + 1 if swap else k  # where the result originally at k was shown
+        row = counts.setdefault((k, at), [0, 0])
+        row[0] += at in clicks
+        row[1] += 1
+    return pd.DataFrame(
+        [(k, at, c, n) for (k, at), (c, n) in counts.items()],
+        columns=["rank", "shown_at", "clicks", "impressions"],
+    )
+
+
+def estimate_eta(rates: pd.DataFrame) -> float:
+    """The position-bias exponent from swapped adjacent pairs: the same results' click rate at k + 1
+    over their rate at k is p(k + 1) / p(k) = (k / (k + 1))**eta; chained from rank 1, a least-squares
+    fit of log p(k) / p(1) = -eta log k."""
+    rate = rates.assign(rate=rates["clicks"] / rates["impressions"]).pivot_table(
+        index="rank", columns=rates["shown_at"] > rates["rank"], values="rate"
+    )
+    ratio = (rate[True] / rate[False]).replace([np.inf, 0], np.nan).dropna()
+    ranks = np.arange(1, int(ratio.index.max()) + 2)
+    log_steps = np.log(ratio.reindex(ranks[:-1]).to_numpy())
+    relative = np.concatenate([[0.0], np.cumsum(log_steps)])  # log p(k) / p(1), k = 1..
+    known = np.isfinite(relative)
+    x = np.log(ranks[known])
+    return float(-(x @ relative[known]) / (x @ x))
