@@ -6,6 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from imagesearch.evaluation.promotion import (
+    Decision,
+    OnlineEvidence,
+    OnlineRule,
+    decide_online,
+    decide_rollback,
+)
 from imagesearch.feedback.drift import two_sample_auc
 from imagesearch.feedback.experiments import power_ladder, queries_needed
 from imagesearch.feedback.interleaving import A, B, credit, ctr_test, team_draft, win_rate
@@ -167,3 +174,39 @@ def test_randomized_adjacent_swaps_recover_the_simulated_position_bias(eta):
         rankings[f"q{q}"] = ranking
     rates = swapped_click_rates(queries, rankings, sessions=60_000, eta=eta, depth=6, rng=rng)
     assert estimate_eta(rates) == pytest.approx(eta, abs=0.15)
+
+
+# --- the promotion rule's online stage ----------------------------------------------------------------
+PASSED = Decision(True, "offline: text_to_image.ndcg_at_10 +0.02")
+RULE = OnlineRule(min_queries=100, require_win=False, tolerance=0.02)
+
+
+def evidence(wins: int, losses: int, p: float, ctr=(0.30, 0.30), abandonment=(0.40, 0.40)) -> OnlineEvidence:
+    return OnlineEvidence(wins, losses, p, ctr, abandonment)
+
+
+@pytest.mark.parametrize(
+    ("offline", "online", "rule", "promote", "reason"),
+    [
+        (Decision(False, "offline: no gain"), evidence(90, 10, 1e-9), RULE, False, "offline: no gain"),
+        (PASSED, None, RULE, False, "0 of 100"),
+        (PASSED, evidence(40, 30, 0.3), RULE, False, "70 of 100"),
+        (PASSED, evidence(55, 50, 0.7), RULE, True, "guardrails held"),  # no significant loss is enough
+        (PASSED, evidence(55, 50, 0.7), OnlineRule(100, True, 0.02), False, "no significant win"),
+        (PASSED, evidence(70, 35, 0.001), OnlineRule(100, True, 0.02), True, "guardrails held"),
+        (PASSED, evidence(35, 70, 0.001), RULE, False, "significant loss"),
+        (PASSED, evidence(70, 35, 0.001, ctr=(0.25, 0.30)), RULE, False, "CTR 0.250 vs 0.300"),
+        (PASSED, evidence(70, 35, 0.001, abandonment=(0.45, 0.40)), RULE, False, "abandonment"),
+        (PASSED, evidence(70, 35, 0.001, ctr=(0.29, 0.30)), RULE, True, "offline: text_to_image"),
+    ],
+)
+def test_the_online_stage_of_the_promotion_rule_case_by_case(offline, online, rule, promote, reason):
+    decision = decide_online(offline, online, rule)
+    assert decision.promote is promote and reason in decision.reason
+
+
+def test_a_champion_whose_guardrails_degrade_after_promotion_is_rolled_back():
+    assert decide_rollback((0.20, 0.40), (0.30, 0.40), 0.02).roll_back  # CTR fell by 0.10
+    assert decide_rollback((0.30, 0.50), (0.30, 0.40), 0.02).roll_back  # abandonment rose
+    held = decide_rollback((0.29, 0.41), (0.30, 0.40), 0.02)
+    assert not held.roll_back and "held" in held.reason

@@ -64,3 +64,76 @@ def decide(challenger: dict[str, float], champion: dict[str, float] | None, rule
     return Decision(
         True, f"{rule.primary} {new:.4f} vs champion {old:.4f} (+{new - old:.4f}); no guard regressed"
     )
+
+
+# --- the online stage: after the offline gate, the interleaving experiment and its guardrails -------
+@dataclass(frozen=True, slots=True)
+class OnlineRule:
+    min_queries: int  # interleaved queries with a winner needed before deciding online
+    require_win: bool  # True: a significant win; False: no significant loss is enough
+    tolerance: float  # guardrails: the challenger's CTR may trail, its abandonment exceed, by this much
+
+    @classmethod
+    def from_settings(cls, config: EvaluationSettings) -> OnlineRule:
+        return cls(config.online_min_queries, config.online_require_win, config.online_guard_tolerance)
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineEvidence:
+    """An interleaving experiment of the challenger (team A) against the champion (team B), and each
+    arm's guardrail metrics on the traffic it served."""
+
+    wins_challenger: int
+    wins_champion: int
+    p_value: float
+    ctr: tuple[float, float]  # (challenger, champion)
+    abandonment: tuple[float, float]
+
+
+def decide_online(offline: Decision, evidence: OnlineEvidence | None, rule: OnlineRule) -> Decision:
+    """The offline decision, then the online stage: enough decided queries, a significant win (or no
+    significant loss, by `require_win`), and guardrails held."""
+    if not offline.promote:
+        return offline
+    decided = 0 if evidence is None else evidence.wins_challenger + evidence.wins_champion
+    if evidence is None or decided < rule.min_queries:
+        return Decision(
+            False,
+            f"offline passed; waiting for the online experiment ({decided} of {rule.min_queries} queries)",
+        )
+    rate, significant = evidence.wins_challenger / decided, evidence.p_value < 0.05
+    online = f"interleaving win rate {rate:.3f} over {decided} queries (p = {evidence.p_value:.3g})"
+    if rule.require_win and not (significant and rate > 0.5):
+        return Decision(False, f"{online}: no significant win")
+    if significant and rate < 0.5:
+        return Decision(False, f"{online}: a significant loss")
+    problem = guardrail_problem(evidence.ctr, evidence.abandonment, rule.tolerance)
+    if problem:
+        return Decision(False, f"{online}; guardrail: {problem}")
+    return Decision(True, f"{offline.reason}; {online}; guardrails held")
+
+
+def guardrail_problem(
+    ctr: tuple[float, float], abandonment: tuple[float, float], tolerance: float
+) -> str | None:
+    """What a (new, reference) pair of guardrail readings says is wrong, or None."""
+    if ctr[0] < ctr[1] - tolerance:
+        return f"CTR {ctr[0]:.3f} vs {ctr[1]:.3f} (tolerance {tolerance:g})"
+    if abandonment[0] > abandonment[1] + tolerance:
+        return f"abandonment {abandonment[0]:.3f} vs {abandonment[1]:.3f} (tolerance {tolerance:g})"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Rollback:
+    roll_back: bool
+    reason: str
+
+
+def decide_rollback(after: tuple[float, float], before: tuple[float, float], tolerance: float) -> Rollback:
+    """Roll a promoted champion back when its guardrails ((CTR, abandonment) since the promotion)
+    degraded against its predecessor's (before it)."""
+    problem = guardrail_problem((after[0], before[0]), (after[1], before[1]), tolerance)
+    if problem:
+        return Rollback(True, f"guardrail degraded after promotion: {problem}")
+    return Rollback(False, "guardrails held after promotion")

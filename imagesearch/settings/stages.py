@@ -383,6 +383,18 @@ class EvaluationSettings(BaseModel):
     index_recall_floor: float = Field(
         default=0.8, ge=0, le=1, description="served index recall@10 against exact search, at least"
     )
+    online_min_queries: int = Field(
+        default=250,
+        ge=1,
+        description="online stage: interleaved queries with a winner before deciding (250 reached 80% "
+        "power in the simulation, README: Online evaluation)",
+    )
+    online_require_win: bool = Field(
+        default=False, description="online stage: a significant win (true) or no significant loss (false)"
+    )
+    online_guard_tolerance: float = Field(
+        default=0.02, ge=0, description="online guardrails: CTR may trail / abandonment exceed by this much"
+    )
 
 
 class DriftSettings(BaseModel):
