@@ -5,14 +5,12 @@ groups use ``__`` (``IMAGESEARCH_CATALOG__WORKERS=4``). Lists take JSON
 (``IMAGESEARCH_SOURCES='[{"name": "mine", "path": "/photos"}]'``).
 """
 
+from imagesearch.settings.judging import AblationSettings, DriftSettings, EvaluationSettings
 from imagesearch.settings.stages import (
     TRAINING_SOURCES,
-    AblationSettings,
     CatalogSettings,
     ClusterSettings,
-    DriftSettings,
     EmbeddingSettings,
-    EvaluationSettings,
     IndexSettings,
     ModelSettings,
     ServiceSettings,

@@ -12,13 +12,11 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from imagesearch.settings.judging import AblationSettings, DriftSettings, EvaluationSettings
 from imagesearch.settings.stages import (
-    AblationSettings,
     CatalogSettings,
     ClusterSettings,
-    DriftSettings,
     EmbeddingSettings,
-    EvaluationSettings,
     IndexSettings,
     ModelSettings,
     ServiceSettings,
