@@ -4,6 +4,7 @@ ranked by BM25. A row's FTS rowid is its position in the index (delta rows conti
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from pathlib import Path
 
@@ -63,15 +64,16 @@ class KeywordIndex:
         if expression is None or not self.paths:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         weights = ", ".join(map(str, COLUMN_WEIGHTS))
-        # a filter drops rows after the match: read deeper so that `limit` of them survive
-        depth = limit if allowed is None else limit + int(np.count_nonzero(~allowed))
+        # ordered by the weighted score itself (FTS5's `rank` is the unweighted one); rows are read
+        # lazily, so with a filter the reading stops once `limit` of them passed it
+        query = (
+            f"SELECT rowid, -bm25(docs, {weights}) AS score FROM docs WHERE docs MATCH ? ORDER BY score DESC"
+        )
         found: list[tuple[int, float]] = []
         for path in self.paths:
-            rows = self._connection(path).execute(
-                f"SELECT rowid, -bm25(docs, {weights}) FROM docs WHERE docs MATCH ? ORDER BY rank LIMIT ?",
-                (expression, depth),
-            )
-            found += [(row, score) for row, score in rows if allowed is None or allowed[row]]
+            rows = self._connection(path).execute(query, (expression,))
+            kept = (hit for hit in rows if allowed is None or allowed[hit[0]])
+            found += itertools.islice(kept, limit)
         found.sort(key=lambda hit: -hit[1])
         found = found[:limit]
         return np.array([r for r, _ in found], np.int64), np.array([s for _, s in found], np.float32)
