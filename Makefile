@@ -7,7 +7,7 @@ DEMO_JUDGMENTS := IMAGESEARCH_TRAINING_DATA__JUDGMENTS_PATH=$(CURDIR)/examples/o
 TRAINING_ASSETS := augmentation_pairs,classifier_pairs,tag_pairs,judgment_pairs,click_pairs,training_examples,trained_model
 EVALUATION_ASSETS := eval_sets,offline_evaluation,model_promotion
 
-.PHONY: setup demo test ui serve mlflow lint bench ablation reliability
+.PHONY: setup demo test up ui serve mlflow lint bench ablation reliability
 
 setup:  ## venvs (project + DVC tool venv) and the workspace; does nothing when already done
 	bash scripts/setup.sh
@@ -42,6 +42,9 @@ test: setup  ## the test suite
 ablation: setup  ## one model per training recipe (or source), reduced budget, in- and out-of-domain table (after make demo)
 	$(DEMO_JUDGMENTS) $(PY) -m dagster_project.run materialize --select ablation_study
 	cat .imagesearch/data/ablation/table.md
+
+up: setup  ## Dagster webserver + daemon (index sensors on), MLflow UI and the search service, supervised (after make demo)
+	$(CLI) up
 
 ui: setup  ## Dagster webserver + daemon on 127.0.0.1:3000
 	$(PY) -m dagster_project.run ui

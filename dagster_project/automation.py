@@ -71,12 +71,7 @@ def shard_range(shards: list[str]) -> dict[str, str]:
     return {RANGE_START: min(shards), RANGE_END: max(shards)}
 
 
-@dg.sensor(
-    job=catalog_job,
-    minimum_interval_seconds=60,
-    description="New or changed image files in a corpus source: catalogue them (the catalog is incremental)",
-)
-def new_images_sensor(context: dg.SensorEvaluationContext, workspace: WorkspaceResource):
+def _new_images(context: dg.SensorEvaluationContext, workspace: WorkspaceResource):
     pending = uncatalogued_files(workspace.settings())
     if not pending:
         return dg.SkipReason("every source file is catalogued")
@@ -89,36 +84,18 @@ def new_images_sensor(context: dg.SensorEvaluationContext, workspace: WorkspaceR
     )
 
 
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[catalog_job],
-    request_job=embeddings_job,
-    description="After a catalog run: embed only the shards that hold images without embeddings",
-)
-def embed_new_shards(context: dg.RunStatusSensorContext, workspace: WorkspaceResource):
+def _embed_new_shards(context: dg.RunStatusSensorContext, workspace: WorkspaceResource):
     shards = unembedded_shards(workspace.settings())
     if not shards:
         return dg.SkipReason("every catalog image has embeddings")
     return dg.RunRequest(run_key=f"embed-after-{context.dagster_run.run_id}", tags=shard_range(shards))
 
 
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[embeddings_job],
-    request_job=index_job,
-    description="After an embeddings run: rebuild the index (the service polls it and swaps)",
-)
-def index_after_embeddings(context: dg.RunStatusSensorContext):
+def _index_after_embeddings(context: dg.RunStatusSensorContext):
     return dg.RunRequest(run_key=f"index-after-{context.dagster_run.run_id}")
 
 
-@dg.sensor(
-    job=embeddings_job,
-    minimum_interval_seconds=60,
-    description="The `champion` alias moved in the MLflow registry: embed the catalog with the new "
-    "champion, then (index_after_embeddings) rebuild the index the service swaps in",
-)
-def champion_sensor(context: dg.SensorEvaluationContext, workspace: WorkspaceResource):
+def _champion_moved(context: dg.SensorEvaluationContext, workspace: WorkspaceResource):
     version = alias_version(workspace.settings(), CHAMPION)
     if version is None:
         return dg.SkipReason("no champion registered yet")
@@ -133,6 +110,46 @@ def champion_sensor(context: dg.SensorEvaluationContext, workspace: WorkspaceRes
         run_key=f"champion-v{version}",
         tags={**shard_range(shards or ["0", "f"]), "imagesearch/champion": version},
     )
+
+
+def index_sensors(running: bool) -> list[dg.SensorDefinition]:
+    """The sensors that keep the index current, switched on from the start when `running` (settings
+    .sensors_on, which `make up` sets); else off until switched on in the UI."""
+    status = dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
+    return [
+        dg.sensor(
+            name="new_images_sensor",
+            job=catalog_job,
+            minimum_interval_seconds=60,
+            default_status=status,
+            description="New or changed image files in a corpus source: catalogue them (the catalog "
+            "is incremental)",
+        )(_new_images),
+        dg.run_status_sensor(
+            run_status=dg.DagsterRunStatus.SUCCESS,
+            name="embed_new_shards",
+            monitored_jobs=[catalog_job],
+            request_job=embeddings_job,
+            default_status=status,
+            description="After a catalog run: embed only the shards that hold images without embeddings",
+        )(_embed_new_shards),
+        dg.run_status_sensor(
+            run_status=dg.DagsterRunStatus.SUCCESS,
+            name="index_after_embeddings",
+            monitored_jobs=[embeddings_job],
+            request_job=index_job,
+            default_status=status,
+            description="After an embeddings run: rebuild the index (the service polls it and swaps)",
+        )(_index_after_embeddings),
+        dg.sensor(
+            name="champion_sensor",
+            job=embeddings_job,
+            minimum_interval_seconds=60,
+            default_status=status,
+            description="The `champion` alias moved in the MLflow registry: embed the catalog with the "
+            "new champion, then (index_after_embeddings) rebuild the index the service swaps in",
+        )(_champion_moved),
+    ]
 
 
 @dg.sensor(
@@ -158,5 +175,14 @@ def drift_sensor(context: dg.SensorEvaluationContext, workspace: WorkspaceResour
     return dg.RunRequest(run_key=f"drift-{stamp}", tags={"imagesearch/drifted": ",".join(report["drifted"])})
 
 
-sensors = [new_images_sensor, embed_new_shards, index_after_embeddings, champion_sensor, drift_sensor]
+
+
+# off until switched on (the definitions build their own, by settings.sensors_on)
+new_images_sensor, embed_new_shards, index_after_embeddings, champion_sensor = index_sensors(running=False)
+
+
+def all_sensors(running: bool) -> list[dg.SensorDefinition]:
+    return [*index_sensors(running), drift_sensor]
+
+
 jobs = [catalog_job, embeddings_job, index_job, training_job, retraining_job, ablation_job]

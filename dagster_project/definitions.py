@@ -22,7 +22,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         asset_checks=dg.load_asset_checks_from_modules(modules),
         jobs=automation.jobs,
         schedules=[automation.weekly_retraining(settings.retrain_cron)],
-        sensors=automation.sensors,
+        sensors=automation.all_sensors(settings.sensors_on),
         resources={"workspace": WorkspaceResource(), "ray_cluster": ray_cluster_resource(settings)},
     )
 

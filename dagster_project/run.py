@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     ui = commands.add_parser("ui", help="dagster dev: webserver + daemon")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", default="3000")
+    webserver = commands.add_parser("webserver", help="the webserver alone (`make up` runs the daemon apart)")
+    webserver.add_argument("--host", default="127.0.0.1")
+    webserver.add_argument("--port", default="3000")
+    commands.add_parser("daemon", help="the daemon alone: sensors, schedules and the run queue")
     run = commands.add_parser("materialize", help="materialize assets, recorded in the workspace instance")
     run.add_argument("--select", required=True, help="asset selection, e.g. image_catalog")
     run.add_argument("--partition-range", help="partitions to run as one run, e.g. 0...f")
@@ -35,6 +39,12 @@ def main(argv: list[str] | None = None) -> None:
     dagster = str(Path(sys.executable).parent / "dagster")
     if args.command == "ui":
         command = [dagster, "dev", "-h", args.host, "-p", args.port, "-w", "workspace.yaml"]
+    elif args.command == "webserver":
+        dagster = str(Path(sys.executable).parent / "dagster-webserver")
+        command = [dagster, "-h", args.host, "-p", args.port, "-w", "workspace.yaml"]
+    elif args.command == "daemon":
+        dagster = str(Path(sys.executable).parent / "dagster-daemon")
+        command = [dagster, "run", "-w", "workspace.yaml"]
     else:
         command = [
             dagster,

@@ -6,6 +6,7 @@ groups use ``__`` (``IMAGESEARCH_CATALOG__WORKERS=4``). Lists take JSON
 """
 
 from imagesearch.settings.judging import AblationSettings, DriftSettings, EvaluationSettings
+from imagesearch.settings.online import ExperimentSettings, UpSettings
 from imagesearch.settings.stages import (
     TRAINING_SOURCES,
     CatalogSettings,
@@ -30,6 +31,7 @@ __all__ = [
     "DriftSettings",
     "EmbeddingSettings",
     "EvaluationSettings",
+    "ExperimentSettings",
     "IndexSettings",
     "ModelSettings",
     "ServiceSettings",
@@ -37,4 +39,5 @@ __all__ = [
     "SourceSettings",
     "TrainingDataSettings",
     "TrainingSettings",
+    "UpSettings",
 ]

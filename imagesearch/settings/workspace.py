@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imagesearch.settings.judging import AblationSettings, DriftSettings, EvaluationSettings
+from imagesearch.settings.online import ExperimentSettings, UpSettings
 from imagesearch.settings.stages import (
     CatalogSettings,
     ClusterSettings,
@@ -57,6 +58,13 @@ class Settings(BaseSettings):
     drift: DriftSettings = DriftSettings()
     ablation: AblationSettings = AblationSettings()
     cluster: ClusterSettings = ClusterSettings()
+    experiment: ExperimentSettings = ExperimentSettings()
+    up: UpSettings = UpSettings()
+    sensors_on: bool = Field(
+        default=False,
+        description="start the sensors that keep the index current (new images, a moved champion) "
+        "switched on; `make up` sets it, so a promotion reaches the service untouched",
+    )
     retrain_cron: str = Field(
         default="0 3 * * 1", description="cron of the weekly_retraining schedule (off until switched on)"
     )
@@ -103,6 +111,16 @@ class Settings(BaseSettings):
     def search_index_dir(self) -> Path:
         """The workspace's index over the catalog (what the service serves), versioned with DVC."""
         return self.index_dir / "catalog"
+
+    @property
+    def challenger_index_dir(self) -> Path:
+        """The challenger's own index (rebuilt after training): what the service's experiments use."""
+        return self.index_dir / "challenger"
+
+    @property
+    def logs_dir(self) -> Path:
+        """One log file per process `make up` supervises, and the supervisor's own."""
+        return self.home / "logs"
 
     @property
     def thumbnails_dir(self) -> Path:
