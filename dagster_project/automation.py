@@ -175,8 +175,6 @@ def drift_sensor(context: dg.SensorEvaluationContext, workspace: WorkspaceResour
     return dg.RunRequest(run_key=f"drift-{stamp}", tags={"imagesearch/drifted": ",".join(report["drifted"])})
 
 
-
-
 # off until switched on (the definitions build their own, by settings.sensors_on)
 new_images_sensor, embed_new_shards, index_after_embeddings, champion_sensor = index_sensors(running=False)
 

@@ -30,11 +30,11 @@ def programs(settings: Settings) -> list[Program]:
     python, bin_dir = sys.executable, Path(sys.executable).parent
     host, up = settings.service.host, settings.up
     dagster_env = {"IMAGESEARCH_SENSORS_ON": "true"}
+    mlflow = [str(bin_dir / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(up.mlflow_port)]
     return [
         Program(
             "mlflow",
-            [str(bin_dir / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(up.mlflow_port)]
-            + ["--backend-store-uri", settings.mlflow_tracking_uri],
+            [*mlflow, "--backend-store-uri", settings.mlflow_tracking_uri],
             {},
             f"http://127.0.0.1:{up.mlflow_port}",
         ),

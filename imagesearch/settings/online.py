@@ -20,10 +20,10 @@ class ExperimentSettings(BaseModel):
         default=0.0, ge=0, le=1, description="queries shown a team-draft interleaving of both rankers"
     )
     shadow_share: float = Field(
-        default=0.0, ge=0, le=1, description="queries also answered by the challenger, unseen (latency, overlap)"
+        default=0.0, ge=0, le=1, description="queries the challenger answers too, unseen (latency, overlap)"
     )
     swap_share: float = Field(
-        default=0.0, ge=0, le=1, description="queries in the randomized slice: one adjacent pair maybe swapped"
+        default=0.0, ge=0, le=1, description="randomized slice: an adjacent pair swapped, or not, by a coin"
     )
     min_swap_queries: int = Field(
         default=2000,
