@@ -6,6 +6,13 @@ Schema (one row per query shown, per result shown, per click):
     impressions  query_id, rank (1-based), image_id, score
     clicks       query_id, rank, image_id, clicked_at
 
+and, for the queries in an online experiment (serving/experiments.py):
+
+    experiment_queries  query_id, kind (interleaving | shadow | swap), challenger_version,
+                        swap_rank, swapped (swap: the pair (k, k+1) drawn, and whether it was swapped)
+    interleaved_teams   query_id, rank, team (champion | challenger): who contributed each result
+    shadow_runs         query_id, challenger_version, champion_ms, challenger_ms, overlap_at_k
+
 The search service writes it; `click_pairs` and online metrics read it. The click simulator writes
 the same tables with ``simulated = true`` so simulated traffic never passes for real traffic.
 """
@@ -54,6 +61,43 @@ clicks_table = sa.Table(
     sa.Column("image_id", sa.String(64), nullable=False),
     sa.Column("clicked_at", sa.DateTime(timezone=True), nullable=False),
 )
+experiment_queries_table = sa.Table(
+    "experiment_queries",
+    metadata,
+    sa.Column("query_id", sa.String(32), sa.ForeignKey("queries.query_id"), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False, index=True),
+    sa.Column("challenger_version", sa.String(200), nullable=True, index=True),
+    sa.Column("swap_rank", sa.Integer, nullable=True),
+    sa.Column("swapped", sa.Boolean, nullable=True),
+)
+interleaved_teams_table = sa.Table(
+    "interleaved_teams",
+    metadata,
+    sa.Column("query_id", sa.String(32), sa.ForeignKey("queries.query_id"), primary_key=True),
+    sa.Column("rank", sa.Integer, primary_key=True),
+    sa.Column("team", sa.String(16), nullable=False),
+)
+shadow_runs_table = sa.Table(
+    "shadow_runs",
+    metadata,
+    sa.Column("query_id", sa.String(32), sa.ForeignKey("queries.query_id"), primary_key=True),
+    sa.Column("challenger_version", sa.String(200), nullable=False),
+    sa.Column("champion_ms", sa.Float, nullable=False),
+    sa.Column("challenger_ms", sa.Float, nullable=False),
+    sa.Column("overlap_at_k", sa.Float, nullable=False),
+)
+# a bundle is the rows one event writes, by table, inserted in this order (a query before its rows)
+TABLES = {
+    table.name: table
+    for table in (
+        queries_table,
+        impressions_table,
+        experiment_queries_table,
+        interleaved_teams_table,
+        shadow_runs_table,
+    )
+}
+Bundle = dict[str, list[dict]]
 
 
 class UnknownQuery(LookupError):
@@ -65,6 +109,9 @@ class LogTables:
     queries: pd.DataFrame
     impressions: pd.DataFrame
     clicks: pd.DataFrame
+    experiments: pd.DataFrame | None = None  # experiment_queries
+    teams: pd.DataFrame | None = None  # interleaved_teams
+    shadow: pd.DataFrame | None = None  # shadow_runs
 
 
 def _sqlite_write_ahead(connection, _record) -> None:
@@ -132,8 +179,13 @@ class ClickLog:
         query_image_hash: str | None = None,
         simulated: bool = False,
         at: datetime | None = None,
+        experiment: dict | None = None,
+        teams: Sequence[str] | None = None,
     ) -> str:
-        """Record a query and the ranked (image id, score) results it showed; returns its query id."""
+        """Record a query and the ranked (image id, score) results it showed; returns its query id.
+
+        `experiment`: its experiment_queries row (kind, challenger_version, swap_rank, swapped);
+        `teams`: who contributed each shown result, in rank order (interleaving)."""
         query_id = uuid.uuid4().hex
         query = {
             "query_id": query_id,
@@ -143,26 +195,57 @@ class ClickLog:
             "model_version": model_version,
             "simulated": simulated,
         }
-        shown = [
-            {"query_id": query_id, "rank": rank, "image_id": image_id, "score": float(score)}
-            for rank, (image_id, score) in enumerate(results, start=1)
-        ]
+        bundle: Bundle = {
+            "queries": [query],
+            "impressions": [
+                {"query_id": query_id, "rank": rank, "image_id": image_id, "score": float(score)}
+                for rank, (image_id, score) in enumerate(results, start=1)
+            ],
+        }
+        if experiment is not None:
+            bundle["experiment_queries"] = [{"query_id": query_id, **experiment}]
+        if teams is not None:
+            bundle["interleaved_teams"] = [
+                {"query_id": query_id, "rank": rank, "team": team} for rank, team in enumerate(teams, start=1)
+            ]
+        self._submit(bundle)
+        return query_id
+
+    def log_shadow(
+        self,
+        query_id: str,
+        *,
+        challenger_version: str,
+        champion_ms: float,
+        challenger_ms: float,
+        overlap: float,
+    ) -> None:
+        """Record the challenger's unseen answer to a shown query: its latency and top-k overlap."""
+        row = {
+            "query_id": query_id,
+            "challenger_version": challenger_version,
+            "champion_ms": champion_ms,
+            "challenger_ms": challenger_ms,
+            "overlap_at_k": overlap,
+        }
+        self._submit({"shadow_runs": [row]})
+
+    def _submit(self, bundle: Bundle) -> None:
         if self._pending is not None:
             self._start_writer()
             with contextlib.suppress(queue.Full):
-                self._pending.put_nowait((query, shown))
-                return query_id
-        self._write_or_spool([(query, shown)])
-        return query_id
+                self._pending.put_nowait(bundle)
+                return
+        self._write_or_spool([bundle])
 
-    def _write_or_spool(self, rows: list[tuple[dict, list[dict]]]) -> None:
+    def _write_or_spool(self, bundles: list[Bundle]) -> None:
         try:
-            self._write_with_retries(rows)
+            self._write_with_retries(bundles)
         except sa.exc.SQLAlchemyError:
             if self.spool is None:
                 raise
-            for query, shown in rows:
-                self._append_to_spool(query, shown)
+            for bundle in bundles:
+                self._append_to_spool(bundle)
             return
         self.replay_spool()
 
@@ -200,24 +283,24 @@ class ClickLog:
             self._writer.join()
             self._writer = None
 
-    def _write_with_retries(self, rows: list[tuple[dict, list[dict]]]) -> None:
+    def _write_with_retries(self, bundles: list[Bundle]) -> None:
         for attempt in range(WRITE_ATTEMPTS):
             try:
                 with self.engine.begin() as connection:
-                    for query, shown in rows:
-                        values = {**query, "created_at": datetime.fromisoformat(query["created_at"])}
-                        connection.execute(queries_table.insert().values(**values))
-                        if shown:
-                            connection.execute(impressions_table.insert(), shown)
+                    for bundle in bundles:
+                        for name, table in TABLES.items():
+                            rows = bundle.get(name)
+                            if rows:
+                                connection.execute(table.insert(), [_typed(name, row) for row in rows])
                 return
             except sa.exc.OperationalError:  # locked / busy: back off and try again
                 if attempt == WRITE_ATTEMPTS - 1:
                     raise
                 time.sleep(0.05 * 2**attempt)
 
-    def _append_to_spool(self, query: dict, shown: list[dict]) -> None:
+    def _append_to_spool(self, bundle: Bundle) -> None:
         with self._spool_lock, self.spool.open("a") as handle:
-            handle.write(json.dumps({"query": query, "impressions": shown}) + "\n")
+            handle.write(json.dumps(bundle) + "\n")
             handle.flush()
 
     def replay_spool(self) -> int:
@@ -227,13 +310,15 @@ class ClickLog:
         with self._spool_lock:
             if not self.spool.exists():
                 return 0
-            lines = [json.loads(line) for line in self.spool.read_text().splitlines() if line.strip()]
+            lines = [
+                _bundle(json.loads(line)) for line in self.spool.read_text().splitlines() if line.strip()
+            ]
             try:
-                self._write_with_retries([(row["query"], row["impressions"]) for row in lines])
+                self._write_with_retries(lines)
             except sa.exc.IntegrityError:  # some were written after all: add the others one by one
-                for row in lines:
+                for bundle in lines:
                     with contextlib.suppress(sa.exc.IntegrityError):
-                        self._write_with_retries([(row["query"], row["impressions"])])
+                        self._write_with_retries([bundle])
             except sa.exc.SQLAlchemyError:
                 return 0  # still failing: the spool stays for the next write
             self.spool.unlink()
@@ -259,16 +344,21 @@ class ClickLog:
 
     def read(self, *, include_simulated: bool = True) -> LogTables:
         self.flush()
+        tables = {
+            "queries": queries_table,
+            "impressions": impressions_table,
+            "clicks": clicks_table,
+            "experiments": experiment_queries_table,
+            "teams": interleaved_teams_table,
+            "shadow": shadow_runs_table,
+        }
         with self.engine.connect() as connection:
-            queries = pd.read_sql(sa.select(queries_table), connection)
-            impressions = pd.read_sql(sa.select(impressions_table), connection)
-            clicks = pd.read_sql(sa.select(clicks_table), connection)
+            frames = {name: pd.read_sql(sa.select(table), connection) for name, table in tables.items()}
         if not include_simulated:
+            queries = frames["queries"]
             real = set(queries.loc[~queries["simulated"].astype(bool), "query_id"])
-            queries = queries[queries["query_id"].isin(real)]
-            impressions = impressions[impressions["query_id"].isin(real)]
-            clicks = clicks[clicks["query_id"].isin(real)]
-        return LogTables(queries, impressions, clicks)
+            frames = {name: frame[frame["query_id"].isin(real)] for name, frame in frames.items()}
+        return LogTables(**frames)
 
     def latest_texts(self, limit: int) -> list[str]:
         """The text of the latest `limit` text queries, newest first."""
@@ -288,3 +378,17 @@ class ClickLog:
             statement = statement.where(queries_table.c.simulated == simulated)
         with self.engine.connect() as connection:
             return int(connection.execute(statement).scalar_one())
+
+
+def _typed(table: str, row: dict) -> dict:
+    """A row as the table takes it (a bundle travels through JSON for the spool: times as text)."""
+    if table == "queries" and isinstance(row["created_at"], str):
+        return {**row, "created_at": datetime.fromisoformat(row["created_at"])}
+    return row
+
+
+def _bundle(spooled: dict) -> Bundle:
+    """A spooled line as a bundle; lines spooled before bundles held one query and its impressions."""
+    if "query" in spooled:
+        return {"queries": [spooled["query"]], "impressions": spooled["impressions"]}
+    return spooled
