@@ -76,13 +76,16 @@ def evaluation_is_held_out(workspace: WorkspaceResource) -> dg.AssetCheckResult:
 
 
 @dg.asset(
-    deps=["offline_evaluation"],
+    deps=["offline_evaluation", "online_experiment"],
     group_name="evaluation",
     kinds={"mlflow"},
     owners=["team:imagesearch"],
     description="Moves the `champion` alias to the challenger only when its primary held-out metric beats "
     "the champion's by evaluation.promotion_margin and no guarded metric regresses by more than "
-    "evaluation.guard_tolerance. Every decision and its reason is a tag on the challenger's version.",
+    "evaluation.guard_tolerance, and then (evaluation.online_stage) only when the interleaving "
+    "experiment has enough decided queries, a significant win or no significant loss "
+    "(evaluation.online_require_win) and the guardrails held. Every decision, its reason and its "
+    "numbers are tags on the challenger's version.",
 )
 def model_promotion(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
     result = promotion_step(workspace.settings())

@@ -6,7 +6,7 @@ from dagster_ray import RayResource
 from assets.metadata import version_metadata
 from dagster_project.resources import WorkspaceResource, settings_on
 from imagesearch.catalog.build import read_catalog
-from imagesearch.index.step import index_step
+from imagesearch.index.step import challenger_index_step, index_step
 from imagesearch.index.store import load_index
 
 
@@ -75,4 +75,27 @@ def index_recall_above_floor(workspace: WorkspaceResource) -> dg.AssetCheckResul
     return dg.AssetCheckResult(
         passed=manifest.recall_at_10 >= floor,
         metadata={"recall_at_10": manifest.recall_at_10, "floor": floor},
+    )
+
+
+@dg.asset(
+    deps=["trained_model"],
+    group_name="online",
+    kinds={"faiss"},
+    owners=["team:imagesearch"],
+    description="The registry challenger's own index (the catalog embedded by the challenger first), "
+    "in indexes/challenger: the second ranker the service interleaves and shadows against the champion "
+    "when settings.experiment gives it traffic. Not versioned: it lives until the next challenger.",
+)
+def challenger_index(workspace: WorkspaceResource) -> dg.MaterializeResult:
+    result = challenger_index_step(workspace.settings())
+    if result is None:
+        return dg.MaterializeResult(metadata={"model": "no challenger registered"})
+    return dg.MaterializeResult(
+        metadata={
+            "model": result.manifest.model,
+            "vectors": result.vectors,
+            "factory": result.manifest.factory,
+            "recall_at_10_vs_exact": round(result.manifest.recall_at_10, 4),
+        }
     )

@@ -3,7 +3,13 @@
 import dagster as dg
 
 from dagster_project.resources import WorkspaceResource
-from imagesearch.feedback.step import drift_step, last_drift_report, online_metrics_step
+from imagesearch.feedback.step import (
+    drift_step,
+    last_drift_report,
+    online_experiment_step,
+    online_metrics_step,
+    rollback_step,
+)
 
 
 class OnlineMetricsConfig(dg.Config):
@@ -70,3 +76,46 @@ def embedding_drift_below_threshold(workspace: WorkspaceResource) -> dg.AssetChe
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"drifted": ", ".join(report["drifted"]) or "none", "threshold": report["threshold"]},
     )
+
+
+@dg.asset(
+    deps=["challenger_index"],
+    group_name="online",
+    kinds={"python", "sql"},
+    owners=["team:imagesearch"],
+    description="The interleaving experiment of the registry challenger against the champion, from the "
+    "click log: win rate with its 95% interval (overall and per day), each arm's CTR and abandonment "
+    "(guardrails), the shadow runs' latency and top-k overlap, and the position-bias estimate of the "
+    "randomized slice. Simulated traffic is used only while there is no real traffic, and says so. "
+    "model_promotion's online stage reads it (data/online/experiment.json).",
+)
+def online_experiment(workspace: WorkspaceResource) -> dg.MaterializeResult:
+    report = online_experiment_step(workspace.settings())
+    rate = report.get("win_rate", {})
+    return dg.MaterializeResult(
+        metadata={
+            "challenger": report["challenger"] or "none registered",
+            "simulated": report["simulated"],
+            "interleaved_queries": report.get("interleaved_queries", 0),
+            "challenger_win_rate": rate.get("rate", "n/a"),
+            "interval_95": f"{rate.get('low', 0):.3f}..{rate.get('high', 1):.3f}",
+            "p_value": rate.get("p_value", "n/a"),
+            "by_day": dg.MetadataValue.json(report.get("by_day", [])),
+            "guardrails": dg.MetadataValue.json(report.get("guardrails", {})),
+            "shadow": dg.MetadataValue.json(report.get("shadow", {})),
+            "position_bias": dg.MetadataValue.json(report["position_bias"]),
+        }
+    )
+
+
+@dg.asset(
+    group_name="online",
+    kinds={"mlflow", "sql"},
+    owners=["team:imagesearch"],
+    description="Rolls a promoted champion back (the alias to its predecessor, the reason a tag of the "
+    "version) when its CTR or abandonment on plain traffic since the promotion degraded against the "
+    "predecessor's before it by more than evaluation.online_guard_tolerance, with enough pages of both.",
+)
+def champion_guardrails(workspace: WorkspaceResource) -> dg.MaterializeResult:
+    decision = rollback_step(workspace.settings())
+    return dg.MaterializeResult(metadata={"rolled_back": decision.roll_back, "reason": decision.reason})

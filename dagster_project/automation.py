@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import catalog, embeddings, index, training
+from assets import catalog, embeddings, evaluation, index, online, training
 from dagster_project.resources import WorkspaceResource
 from imagesearch.catalog.watch import files_fingerprint, uncatalogued_files, unembedded_shards
 from imagesearch.feedback.step import last_drift_report
@@ -42,9 +42,16 @@ training_job = dg.define_asset_job(
 retraining_job = dg.define_asset_job(
     "retraining_job",
     selection=dg.AssetSelection.groups("training_data", "evaluation")
-    | dg.AssetSelection.assets(training.trained_model),
-    description="Training data, a new challenger, held-out evaluation against the champion and baselines, "
-    "and the promotion decision",
+    | dg.AssetSelection.assets(training.trained_model, index.challenger_index),
+    description="Training data, a new challenger and its own index (for the online experiments), "
+    "held-out evaluation against the champion and baselines, and the promotion decision",
+)
+online_job = dg.define_asset_job(
+    "online_job",
+    selection=dg.AssetSelection.assets(online.online_metrics, online.online_experiment)
+    | dg.AssetSelection.assets(online.champion_guardrails, evaluation.model_promotion),
+    description="Online metrics, the interleaving experiment, the promotion decision with its online "
+    "stage, and the champion's guardrails (which may roll it back)",
 )
 
 ablation_job = dg.define_asset_job(
@@ -63,6 +70,18 @@ def weekly_retraining(cron: str) -> dg.ScheduleDefinition:
         default_status=dg.DefaultScheduleStatus.STOPPED,
         description=f"Retrain, evaluate and maybe promote (cron {cron}, IMAGESEARCH_RETRAIN_CRON). "
         "Off until switched on in the UI.",
+    )
+
+
+def hourly_online(running: bool) -> dg.ScheduleDefinition:
+    """online_job every hour: on from the start when `running` (settings.sensors_on, `make up`)."""
+    return dg.ScheduleDefinition(
+        name="hourly_online",
+        job=online_job,
+        cron_schedule="17 * * * *",
+        default_status=dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED,
+        description="Every hour: the online experiment, the promotion decision with its online stage and "
+        "the champion's guardrails (rollback). Off until switched on, except under `make up`.",
     )
 
 
@@ -183,4 +202,4 @@ def all_sensors(running: bool) -> list[dg.SensorDefinition]:
     return [*index_sensors(running), drift_sensor]
 
 
-jobs = [catalog_job, embeddings_job, index_job, training_job, retraining_job, ablation_job]
+jobs = [catalog_job, embeddings_job, index_job, training_job, retraining_job, ablation_job, online_job]

@@ -21,7 +21,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=dg.load_assets_from_modules(modules),
         asset_checks=dg.load_asset_checks_from_modules(modules),
         jobs=automation.jobs,
-        schedules=[automation.weekly_retraining(settings.retrain_cron)],
+        schedules=[
+            automation.weekly_retraining(settings.retrain_cron),
+            automation.hourly_online(settings.sensors_on),
+        ],
         sensors=automation.all_sensors(settings.sensors_on),
         resources={"workspace": WorkspaceResource(), "ray_cluster": ray_cluster_resource(settings)},
     )

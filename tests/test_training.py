@@ -302,6 +302,7 @@ def test_a_rule_any_challenger_passes_moves_the_alias_once(trained, evaluated, m
     promoted_before = metadata(evaluated, "model_promotion")["promoted"]
     monkeypatch.setenv("IMAGESEARCH_EVALUATION__PROMOTION_MARGIN", "-1")
     monkeypatch.setenv("IMAGESEARCH_EVALUATION__GUARD_TOLERANCE", "1")
+    monkeypatch.setenv("IMAGESEARCH_EVALUATION__ONLINE_STAGE", "false")  # the offline gate alone
     for expected in (True, False):
         again = dg.materialize([offline_evaluation, model_promotion], resources=trained.resources)
         assert metadata(again, "model_promotion")["promoted"] is (expected and not promoted_before)

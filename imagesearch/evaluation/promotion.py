@@ -88,6 +88,19 @@ class OnlineEvidence:
     p_value: float
     ctr: tuple[float, float]  # (challenger, champion)
     abandonment: tuple[float, float]
+    simulated: bool = False  # from simulated users (no real traffic yet): said in every reason
+
+    def as_tags(self) -> dict[str, str]:
+        """The numbers a decision rests on, as tags of the model version."""
+        decided = self.wins_challenger + self.wins_champion
+        return {
+            "online.queries_decided": str(decided),
+            "online.win_rate": f"{self.wins_challenger / decided:.4f}" if decided else "n/a",
+            "online.p_value": f"{self.p_value:.4g}",
+            "online.ctr": f"challenger {self.ctr[0]:.4f}, champion {self.ctr[1]:.4f}",
+            "online.abandonment": f"challenger {self.abandonment[0]:.4f}, champion {self.abandonment[1]:.4f}",
+            "online.simulated": str(self.simulated).lower(),
+        }
 
 
 def decide_online(offline: Decision, evidence: OnlineEvidence | None, rule: OnlineRule) -> Decision:
@@ -103,6 +116,7 @@ def decide_online(offline: Decision, evidence: OnlineEvidence | None, rule: Onli
         )
     rate, significant = evidence.wins_challenger / decided, evidence.p_value < 0.05
     online = f"interleaving win rate {rate:.3f} over {decided} queries (p = {evidence.p_value:.3g})"
+    online += " (simulated traffic)" if evidence.simulated else ""
     if rule.require_win and not (significant and rate > 0.5):
         return Decision(False, f"{online}: no significant win")
     if significant and rate < 0.5:

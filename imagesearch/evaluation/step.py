@@ -24,7 +24,7 @@ from imagesearch.common.plots import ExampleQuery, metric_bars, recall_curves, r
 from imagesearch.common.versioning import StageVersion
 from imagesearch.common.workspace import init_workspace
 from imagesearch.evaluation.modes import file_name_titles, mode_results
-from imagesearch.evaluation.promotion import Decision, PromotionRule, decide
+from imagesearch.evaluation.promotion import Decision, OnlineRule, PromotionRule, decide, decide_online
 from imagesearch.evaluation.ranking import (
     ModelRankings,
     metrics_table,
@@ -41,6 +41,7 @@ from imagesearch.evaluation.sets import (
     build_eval_sets,
     outside_split,
 )
+from imagesearch.feedback.step import last_experiment
 from imagesearch.models import registry
 from imagesearch.models.encoders import Encoder, build_trained_encoder
 from imagesearch.settings import Settings
@@ -278,9 +279,22 @@ def promotion_step(settings: Settings) -> PromotionResult:
     decision = decide(
         _metrics_of(report, "challenger"), _metrics_of(report, "champion") if champion else None, rule
     )
-    if challenger == champion:
-        decision = Decision(False, "the challenger already is the champion")
-    registry.record_promotion(settings, challenger, promote=decision.promote, reason=decision.reason)
+    if challenger == champion:  # nothing to decide, and its promotion record must stay as it is
+        return PromotionResult(
+            Decision(False, "the challenger already is the champion"), challenger, champion
+        )
+    rolled_back = registry.rollback_reason(settings, challenger)
+    if rolled_back:
+        decision = Decision(False, f"rolled back after an earlier promotion: {rolled_back}")
+        return PromotionResult(decision, challenger, champion)
+    tags = {}
+    if settings.evaluation.online_stage:
+        evidence = last_experiment(settings, challenger)
+        decision = decide_online(decision, evidence, OnlineRule.from_settings(settings.evaluation))
+        tags = evidence.as_tags() if evidence else {}
+    registry.record_promotion(
+        settings, challenger, promote=decision.promote, reason=decision.reason, tags=tags
+    )
     return PromotionResult(decision, challenger, champion)
 
 

@@ -1,5 +1,7 @@
-"""The feedback steps: what the `online_metrics` asset calls (online metrics from the click log) and
-what the `embedding_drift` asset calls (recent images and queries against the reference)."""
+"""The feedback steps: what the `online_metrics` asset calls (online metrics from the click log), what
+the `embedding_drift` asset calls (recent images and queries against the reference), what
+`online_experiment` calls (the interleaving experiment against the challenger) and what
+`champion_guardrails` calls (roll a promoted champion back when its guardrails degrade)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,13 @@ import pandas as pd
 
 from imagesearch.common.io import write_atomic, write_parquet_atomic
 from imagesearch.common.plots import online_metrics_plot
-from imagesearch.feedback.clicklog import ClickLog
+from imagesearch.evaluation.promotion import OnlineEvidence, Rollback, decide_rollback
+from imagesearch.feedback.clicklog import ClickLog, LogTables
 from imagesearch.feedback.drift import DriftScore, two_sample_auc
+from imagesearch.feedback.online_experiment import estimated_eta, experiment_report, page_guardrails
 from imagesearch.feedback.online_metrics import online_metrics
 from imagesearch.index.store import LoadedIndex, load_index
+from imagesearch.models import registry
 from imagesearch.models.registry import load_encoder
 from imagesearch.settings import Settings
 
@@ -75,3 +80,87 @@ def last_drift_report(settings: Settings) -> dict:
         if report[side]["auc"] is not None and report[side]["auc"] > report["threshold"]
     ]
     return report
+
+
+def experiment_tables(settings: Settings) -> tuple[LogTables, bool]:
+    """The click log's tables: real traffic, or the simulated traffic when there is no real one
+    (then the second value is True, and every number made from them says simulated)."""
+    log = ClickLog(settings.effective_click_log_url)
+    real = log.count_queries(simulated=False) > 0
+    return log.read(include_simulated=not real), not real
+
+
+def online_experiment_step(settings: Settings) -> dict:
+    """The interleaving experiment against the registry's challenger, its guardrails, the shadow
+    summary and the position-bias estimate; written to data/online/experiment.json."""
+    tables, simulated = experiment_tables(settings)
+    challenger = registry.pinned_alias(settings, registry.CHALLENGER)
+    report = experiment_report(tables, challenger) if challenger else {"challenger": None}
+    swaps = int((tables.experiments["kind"] == "swap").sum())
+    eta = estimated_eta(tables, settings.experiment.min_swap_queries)
+    report |= {
+        "simulated": simulated,
+        "position_bias": {
+            "swap_queries": swaps,
+            "eta": eta,
+            "configured_eta": settings.training_data.propensity_eta,
+        },
+        "written_at": time.time(),
+    }
+    write_atomic(
+        settings.online_dir / "experiment.json",
+        lambda staging: staging.write_text(json.dumps(report, indent=2, default=_plain)),
+    )
+    return report
+
+
+def _plain(value):
+    return None if isinstance(value, float) and not np.isfinite(value) else float(value)
+
+
+def last_experiment(settings: Settings, challenger: str) -> OnlineEvidence | None:
+    """The last experiment report's evidence about `challenger` (None: no report about it)."""
+    path = settings.online_dir / "experiment.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    if report.get("challenger") != challenger:
+        return None
+    rate, arms = report["win_rate"], report["guardrails"]
+    return OnlineEvidence(
+        rate["wins_challenger"],
+        rate["wins_champion"],
+        rate["p_value"],
+        (_number(arms["challenger"]["ctr"]), _number(arms["champion"]["ctr"])),
+        (_number(arms["challenger"]["abandonment"]), _number(arms["champion"]["abandonment"])),
+        simulated=report["simulated"],
+    )
+
+
+def _number(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def rollback_step(settings: Settings) -> Rollback:
+    """Roll the champion back to its predecessor when its guardrails on plain traffic since its
+    promotion degraded against the predecessor's before it (both with enough pages)."""
+    record = registry.promotion_record(settings)
+    if record is None:
+        return Rollback(False, "the champion was not promoted by the rule: no predecessor to compare")
+    tables, simulated = experiment_tables(settings)
+    queries = tables.queries[~tables.queries["query_id"].isin(tables.experiments["query_id"])]
+    created = pd.to_datetime(queries["created_at"], utc=True)
+    promoted_at = pd.Timestamp(record.promoted_at, unit="s", tz="UTC")
+    after = queries["query_id"][(queries["model_version"] == record.champion) & (created >= promoted_at)]
+    before = queries["query_id"][(queries["model_version"] == record.previous) & (created < promoted_at)]
+    readings = page_guardrails(tables, after), page_guardrails(tables, before)
+    needed = settings.evaluation.online_min_queries
+    if min(readings[0][2], readings[1][2]) < needed:
+        counts = f"{readings[0][2]} pages since, {readings[1][2]} before"
+        return Rollback(False, f"not enough plain traffic to judge ({counts}; {needed} each needed)")
+    decision = decide_rollback(readings[0][:2], readings[1][:2], settings.evaluation.online_guard_tolerance)
+    if decision.roll_back:
+        reason = decision.reason + (" (simulated traffic)" if simulated else "")
+        registry.roll_back(settings, record, reason)
+        return Rollback(True, reason)
+    return decision

@@ -1,5 +1,6 @@
 """The index step: what `imagesearch index from-catalog`, the DVC stage `index` and the asset
-`search_index` call: every catalog image's embedding, indexed, tuned, and versioned with DVC.
+`search_index` call: every catalog image's embedding, indexed, tuned, and versioned with DVC; and the
+challenger's own index (asset `challenger_index`), which the service's online experiments use.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from imagesearch.catalog.step import CATALOG_STAGE
 from imagesearch.common.executor import executor_for
 from imagesearch.common.versioning import DataRepo, StageVersion
 from imagesearch.common.workspace import init_workspace, one_writer
-from imagesearch.embeddings.step import EMBEDDINGS_STAGE
+from imagesearch.embeddings.step import EMBEDDINGS_STAGE, backfill_step
 from imagesearch.embeddings.store import model_key, read_model_embeddings, shard_of
 from imagesearch.index.build import build_tuned_index
 from imagesearch.index.delta import Delta, read_delta, write_delta
 from imagesearch.index.metadata import catalog_metadata
 from imagesearch.index.pieces import piece_bounds
 from imagesearch.index.store import IDS_FILE, IndexManifest, load_index, read_manifest
-from imagesearch.models.registry import pin_reference
+from imagesearch.models.registry import CHALLENGER, pin_reference, pinned_alias
 from imagesearch.settings import IndexSettings, Settings
 
 INDEX_STAGE = "index"
@@ -71,26 +72,33 @@ def refuse_unsound_index(staging: Path, *, catalog_ids: set[str], floor: float) 
 
 @one_writer("index")
 def index_step(
-    settings: Settings, *, model: str | None = None, record: bool = True, full: bool = False
+    settings: Settings,
+    *,
+    model: str | None = None,
+    record: bool = True,
+    full: bool = False,
+    folder: Path | None = None,
 ) -> IndexStepResult:
     """Index every catalog image's embedding by `model`; version embeddings + index with DVC.
 
     When an index of the same model is served and the catalog changed by less than the delta
     limits, only the change is published (a live update, seconds); else, or with `full`, the
-    index is rebuilt, chosen and tuned anew."""
+    index is rebuilt, chosen and tuned anew. `folder` (default: the served index) other than the
+    served one is not versioned."""
     pinned = pin_reference(model or settings.embeddings.model, settings)
+    folder = folder or settings.search_index_dir
     # Sorted by id, hence by shard: each embedding partition is one contiguous piece of the index.
     catalog = read_catalog(settings.catalog_path).sort_values("id", ignore_index=True)
-    repo = init_workspace(settings) if record else None
-    change = None if full else plan_live_update(settings.search_index_dir, catalog, pinned, settings.index)
+    repo = init_workspace(settings) if record and folder == settings.search_index_dir else None
+    change = None if full else plan_live_update(folder, catalog, pinned, settings.index)
     if change is not None:
-        return _publish_live_update(settings, change, pinned, repo)
+        return _publish_live_update(settings, change, pinned, repo, folder)
     vectors = _embeddings_of(settings, catalog["id"], pinned)
     catalog_version = repo.current(CATALOG_STAGE).outputs if repo else {}
     manifest = build_tuned_index(
         vectors,
         catalog_metadata(catalog),
-        settings.search_index_dir,
+        folder,
         model=pinned,
         config=settings.index,
         extra={"catalog_dvc_md5": catalog_version.get("data/catalog/catalog.parquet", "unrecorded")},
@@ -104,6 +112,16 @@ def index_step(
     message = f"index: {manifest.count} vectors of {pinned}, {manifest.factory}"
     version = repo.record([EMBEDDINGS_STAGE, INDEX_STAGE], message) if repo else None
     return IndexStepResult(manifest, version)
+
+
+def challenger_index_step(settings: Settings) -> IndexStepResult | None:
+    """The registry challenger's own index (the catalog embedded by it first), in the challenger
+    folder the service's experiments load; None when no challenger is registered."""
+    challenger = pinned_alias(settings, CHALLENGER)
+    if challenger is None:
+        return None
+    backfill_step(settings, model=challenger, progress=False)
+    return index_step(settings, model=challenger, folder=settings.challenger_index_dir)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +152,8 @@ def plan_live_update(
 
 
 def _publish_live_update(
-    settings: Settings, change: LiveUpdate, model: str, repo: DataRepo | None
+    settings: Settings, change: LiveUpdate, model: str, repo: DataRepo | None, folder: Path
 ) -> IndexStepResult:
-    folder = settings.search_index_dir
     current = read_delta(folder)
     if _same_change(current, change):  # nothing new: what is served stays, untouched
         unchanged = current.manifest if current else {"added": 0, "removed": 0}

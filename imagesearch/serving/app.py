@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +25,17 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from imagesearch.common.io import content_id
 from imagesearch.feedback.clicklog import ClickLog, UnknownQuery
+from imagesearch.serving.experiments import (
+    CHALLENGER,
+    INTERLEAVING,
+    SHADOW,
+    SWAP,
+    Shown,
+    SliceDraw,
+    interleaved,
+    overlap_at_k,
+    swapped,
+)
 from imagesearch.serving.guards import BodyLimit, SameOriginPosts, reload_folder
 from imagesearch.serving.requests import (
     ParsedSearch,
@@ -43,12 +55,13 @@ from imagesearch.serving.schemas import (
     SearchResponse,
 )
 from imagesearch.serving.service import SearchService
-from imagesearch.serving.swap import Swapper, watch_index
+from imagesearch.serving.swap import Swapper, load_if_built, watch_index
 from imagesearch.serving.telemetry import Telemetry
 from imagesearch.serving.types import Answer, BadQuery
 from imagesearch.settings import Settings
 
 ID_PATTERN = re.compile(r"[0-9a-f]{8,64}")
+log = logging.getLogger(__name__)
 
 
 def current_service(request: Request) -> SearchService:
@@ -60,9 +73,14 @@ Service = Annotated[SearchService, Depends(current_service)]
 
 
 def create_app(
-    settings: Settings, *, index_dir: Path | None = None, service: SearchService | None = None
+    settings: Settings,
+    *,
+    index_dir: Path | None = None,
+    service: SearchService | None = None,
+    challenger: SearchService | None = None,
 ) -> FastAPI:
-    """The app over `index_dir` (default: the workspace's index); `service` skips loading (tests)."""
+    """The app over `index_dir` (default: the workspace's index) and, when settings.experiment gives
+    the challenger traffic, the challenger index; `service` / `challenger` skip loading (tests)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -75,14 +93,25 @@ def create_app(
         app.state.clicks = ClickLog(settings.effective_click_log_url, pool_size=20, background=True)
         app.state.telemetry = Telemetry()
         app.state.swapper = Swapper(app.state)
-        watcher = None
+        app.state.slices = SliceDraw(settings.experiment)
+        app.state.background = set()  # shadow answers still running (a task needs a reference)
+        challenger_dir = settings.challenger_index_dir
+        experiments_on = settings.experiment.interleave_share + settings.experiment.shadow_share > 0
+        app.state.challenger = challenger
+        if experiments_on and service is None:
+            app.state.challenger = await run_in_threadpool(load_if_built, settings, challenger_dir)
+        app.state.challenger_swapper = Swapper(app.state, slot="challenger")
+        watchers = []
         if config.reload_poll_seconds and service is None:
             folder = index_dir or settings.search_index_dir
-            watcher = asyncio.create_task(
-                watch_index(app.state, settings, folder, config.reload_poll_seconds)
-            )
+            watched = [(app.state.swapper, folder)]
+            watched += [(app.state.challenger_swapper, challenger_dir)] if experiments_on else []
+            watchers = [
+                asyncio.create_task(watch_index(swapper, settings, where, config.reload_poll_seconds))
+                for swapper, where in watched
+            ]
         yield
-        if watcher is not None:
+        for watcher in watchers:
             watcher.cancel()
         app.state.clicks.close()  # what is queued is written before the process ends
 
@@ -119,19 +148,24 @@ def create_app(
         JSON (terms name files by field: {"upload": "image"}), or one file `image` plus k/offset/..."""
         started = time.perf_counter()
         parsed = await parse_search(request, config.max_upload_bytes)
-        answer, query_id = await _answer(request, service, parsed)
+        shown, query_id = await _answer(request, service, parsed, experiments=True)
+        answer = shown.answer
+        owners = [
+            request.app.state.challenger if owner == CHALLENGER else service
+            for owner in shown.owners or [None] * len(answer.results)
+        ]
         results = [
             ResultOut(
                 id=r.id,
                 score=r.score,
                 rank=r.rank,
-                caption=service.caption_of(r.id),
+                caption=owner.caption_of(r.id),
                 image_url=f"/images/{r.id}",
                 thumbnail_url=f"/images/{r.id}?thumbnail=true",
-                **service.shown_metadata(r.id),
+                **owner.shown_metadata(r.id),
                 explanation=r.explanation,
             )
-            for r in answer.results
+            for r, owner in zip(answer.results, owners, strict=True)
         ]
         timings = answer.timings_ms
         timings["total"] = _ms(started)
@@ -168,13 +202,13 @@ def create_app(
         if len(terms) != 1:
             raise HTTPException(422, "give exactly one of text, image or embedding_input")
         query = validated({"terms": terms, "k": body.num_images, "dedup": body.deduplicate, "mode": "vector"})
-        answer, _ = await _answer(request, service, ParsedSearch(query, query.terms, {}))
+        shown, _ = await _answer(request, service, ParsedSearch(query, query.terms, {}), experiments=False)
         base = str(request.base_url).rstrip("/")
         return [
             KnnResult(
                 id=r.id, similarity=r.score, url=f"{base}/images/{r.id}", caption=service.caption_of(r.id)
             )
-            for r in answer.results
+            for r in shown.answer.results
         ]
 
     @app.get("/images/{image_id}")
@@ -217,12 +251,14 @@ def create_app(
         return request.app.state.swapper.status(request.app.state.service.model_version)
 
     @app.get("/health")
-    async def health(service: Service) -> dict:
+    async def health(request: Request, service: Service) -> dict:
+        challenger = _challenger_beside(request.app.state, service)
         return {
             "status": "ok",
             "model_version": service.model_version,
             "vectors": service.index.live_count,
             "max_k": config.max_k,  # the page asks for no more per page
+            "challenger_version": challenger.model_version if challenger else None,
         }
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -233,8 +269,55 @@ def create_app(
     return app
 
 
-async def _answer(request: Request, service: SearchService, parsed: ParsedSearch) -> tuple[Answer, str]:
-    """prepare (validate, decode) -> encode + search on the worker -> log the impressions."""
+async def _answer(
+    request: Request, service: SearchService, parsed: ParsedSearch, *, experiments: bool
+) -> tuple[Shown, str]:
+    """The page of the query's experiment slice (interleaved, shadowed, swapped or plain), with its
+    impressions logged; a shadowed query's challenger answer is logged when it comes."""
+    state = request.app.state
+    challenger = _challenger_beside(state, service)
+    kind = state.slices.draw(has_challenger=challenger is not None, first_page=parsed.query.offset == 0)
+    kind = kind if experiments else None
+    started = time.perf_counter()
+    if kind == INTERLEAVING:
+        shown = await _interleaved(service, challenger, parsed, state.slices.rng)
+    else:
+        answer = await _ranked(service, parsed)
+        shown = swapped(answer, state.slices.rng) if kind == SWAP else Shown(answer)
+        if kind == SHADOW:
+            shown = Shown(answer, {"kind": SHADOW, "challenger_version": challenger.model_version})
+    champion_ms = _ms(started)
+    answer = shown.answer
+    uploads = list(parsed.uploads.values())
+    query_id = state.clicks.log_query(  # queued: written by the log's own thread
+        [(r.id, r.score) for r in answer.results],
+        model_version=answer.model_version,
+        query_text=parsed.query.text if parsed.query.text is not None else parsed.describe(),
+        query_image_hash=content_id(uploads[0]) if uploads else parsed.query.image_id,
+        simulated=request.headers.get(SIMULATED_HEADER) == "1",
+        experiment=shown.experiment,
+        teams=shown.teams,
+    )
+    if shown.experiment is not None and shown.experiment["kind"] == SHADOW:
+        task = asyncio.create_task(_shadow(state, challenger, parsed, query_id, answer, champion_ms))
+        state.background.add(task)
+        task.add_done_callback(state.background.discard)
+    return shown, query_id
+
+
+SIMULATED_HEADER = "x-imagesearch-simulated"  # "1": a simulated user (kept apart in every metric)
+
+
+def _challenger_beside(state, service: SearchService) -> SearchService | None:
+    """The challenger pair, when one is served and its model is not the champion's."""
+    challenger = state.challenger
+    if challenger is None or challenger.model_version == service.model_version:
+        return None
+    return challenger
+
+
+async def _ranked(service: SearchService, parsed: ParsedSearch) -> Answer:
+    """prepare (validate, decode) -> encode + search on the service's worker."""
     prepared: dict[str, float] = {}
     limit = service.config.max_upload_bytes
     try:  # only images need a thread (decoding); the rest is validation
@@ -253,14 +336,39 @@ async def _answer(request: Request, service: SearchService, parsed: ParsedSearch
     except BadQuery as error:  # found on the worker: the terms cancel out
         raise HTTPException(422, str(error)) from error
     answer.timings_ms = {**prepared, **answer.timings_ms}
-    uploads = list(parsed.uploads.values())
-    query_id = request.app.state.clicks.log_query(  # queued: written by the log's own thread
-        [(r.id, r.score) for r in answer.results],
-        model_version=answer.model_version,
-        query_text=parsed.query.text if parsed.query.text is not None else parsed.describe(),
-        query_image_hash=content_id(uploads[0]) if uploads else parsed.query.image_id,
+    return answer
+
+
+async def _interleaved(service: SearchService, challenger: SearchService, parsed: ParsedSearch, rng) -> Shown:
+    """Both rankers' first pages, merged by team draft; a challenger that cannot answer (a failure,
+    an embedding of another dimension) leaves the champion's page alone, never an error."""
+    champion_answer, challenger_answer = await asyncio.gather(
+        _ranked(service, parsed), _ranked(challenger, parsed), return_exceptions=True
     )
-    return answer, query_id
+    if isinstance(champion_answer, BaseException):
+        raise champion_answer
+    if isinstance(challenger_answer, BaseException):
+        log.warning("the challenger could not answer an interleaved query: %r", challenger_answer)
+        return Shown(champion_answer)
+    return interleaved(champion_answer, challenger_answer, challenger.model_version, parsed.query.k, rng)
+
+
+async def _shadow(
+    state, challenger: SearchService, parsed: ParsedSearch, query_id: str, shown: Answer, champion_ms: float
+) -> None:
+    started = time.perf_counter()
+    try:
+        answer = await _ranked(challenger, parsed)
+    except Exception as error:  # the user has their page; the challenger's failure is only logged
+        log.warning("the challenger could not answer a shadowed query: %r", error)
+        return
+    state.clicks.log_shadow(
+        query_id,
+        challenger_version=challenger.model_version,
+        champion_ms=champion_ms,
+        challenger_ms=_ms(started),
+        overlap=overlap_at_k(shown, answer),
+    )
 
 
 def _ms(started: float) -> float:

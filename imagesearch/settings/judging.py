@@ -41,6 +41,11 @@ class EvaluationSettings(BaseModel):
     index_recall_floor: float = Field(
         default=0.8, ge=0, le=1, description="served index recall@10 against exact search, at least"
     )
+    online_stage: bool = Field(
+        default=True,
+        description="after the offline gate, promote only on the interleaving experiment's evidence "
+        "(online_experiment); false: the offline gate alone decides",
+    )
     online_min_queries: int = Field(
         default=250,
         ge=1,

@@ -17,6 +17,7 @@ from imagesearch.common.progress import Progress
 from imagesearch.common.versioning import StageVersion
 from imagesearch.common.workspace import init_workspace
 from imagesearch.feedback.clicklog import ClickLog
+from imagesearch.feedback.online_experiment import estimated_eta
 from imagesearch.feedback.simulation import simulate_workspace_clicks
 from imagesearch.settings import TRAINING_SOURCES, Settings
 from imagesearch.training_data.clicks import click_pairs
@@ -148,7 +149,14 @@ def _clicks(settings: Settings, catalog: pd.DataFrame, progress: Progress) -> tu
         "impressions": len(tables.impressions),
         "clicks": len(tables.clicks),
     }
-    frame = click_pairs(tables, catalog, eta=config.propensity_eta, max_weight=config.max_click_weight)
+    # the examination curve measured on the randomized slice, once it holds enough queries
+    estimated = estimated_eta(tables, settings.experiment.min_swap_queries)
+    eta = config.propensity_eta if estimated is None else estimated
+    report |= {
+        "propensity_eta": round(eta, 4),
+        "eta_source": "configured" if estimated is None else "estimated",
+    }
+    frame = click_pairs(tables, catalog, eta=eta, max_weight=config.max_click_weight)
     return frame, report
 
 

@@ -1,0 +1,172 @@
+"""What the click log says about the online experiments (pure pandas over `LogTables`):
+
+- `interleaving_outcomes`: per interleaved query against a challenger, who won it (clicks credited to
+  the team that contributed the clicked result; A = challenger, B = champion, None = tie / no click);
+- `guardrails`: per arm, CTR (clicks per shown result) and abandonment (share of pages with no click).
+  The challenger's arm: its contributed results and the interleaved pages; the champion's arm: its
+  contributed results and the plain pages (no experiment) served over the same period;
+- `shadow_summary`: the challenger's latency and top-k overlap on shadowed queries;
+- `logged_swap_rates`: the randomized slice as (rank, shown_at, clicks, impressions) for estimate_eta.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from imagesearch.feedback.clicklog import LogTables
+from imagesearch.feedback.interleaving import A, B, win_rate
+from imagesearch.feedback.simulation import estimate_eta
+
+TEAM_OF = {"challenger": A, "champion": B}
+
+
+def interleaving_outcomes(tables: LogTables, challenger_version: str) -> pd.DataFrame:
+    """One row per interleaved query: query_id, day, winner (A challenger, B champion, None)."""
+    experiments = tables.experiments
+    mine = experiments[
+        (experiments["kind"] == "interleaving") & (experiments["challenger_version"] == challenger_version)
+    ]["query_id"]
+    teams = tables.teams[tables.teams["query_id"].isin(mine)]
+    clicked = tables.clicks[tables.clicks["query_id"].isin(mine)][["query_id", "rank"]]
+    credited = clicked.merge(teams, on=["query_id", "rank"])
+    counts = credited.groupby(["query_id", "team"]).size().unstack(fill_value=0)
+    counts = counts.reindex(index=mine, columns=list(TEAM_OF), fill_value=0)
+    winner = np.where(
+        counts["challenger"] > counts["champion"],
+        A,
+        np.where(counts["champion"] > counts["challenger"], B, None),
+    )
+    return pd.DataFrame({"query_id": counts.index, "winner": winner}).merge(_days(tables), on="query_id")
+
+
+def _days(tables: LogTables) -> pd.DataFrame:
+    created = pd.to_datetime(tables.queries["created_at"], utc=True)
+    return pd.DataFrame({"query_id": tables.queries["query_id"], "day": created.dt.strftime("%Y-%m-%d")})
+
+
+def guardrails(tables: LogTables, challenger_version: str) -> dict[str, dict[str, float]]:
+    """CTR and abandonment per arm (see the module's docstring); NaN where an arm saw nothing."""
+    experiments = tables.experiments
+    mine = experiments[
+        (experiments["kind"] == "interleaving") & (experiments["challenger_version"] == challenger_version)
+    ]["query_id"]
+    teams = tables.teams[tables.teams["query_id"].isin(mine)]
+    clicks = tables.clicks[["query_id", "rank"]].drop_duplicates().assign(clicked=1)
+    shown = teams.merge(clicks, on=["query_id", "rank"], how="left").fillna({"clicked": 0})
+    ctr = shown.groupby("team")["clicked"].mean()
+    started = pd.to_datetime(
+        tables.queries.loc[tables.queries["query_id"].isin(mine), "created_at"], utc=True
+    )
+    created = pd.to_datetime(tables.queries["created_at"], utc=True)
+    plain = tables.queries["query_id"][
+        ~tables.queries["query_id"].isin(experiments["query_id"]) & (created >= started.min())
+    ]
+    with_click = set(tables.clicks["query_id"])
+    return {
+        arm: {
+            "ctr": float(ctr.get(arm, np.nan)),
+            "abandonment": _abandonment(pages, with_click),
+            "pages": len(pages),
+        }
+        for arm, pages in (("challenger", mine), ("champion", plain))
+    }
+
+
+def _abandonment(pages: pd.Series, with_click: set[str]) -> float:
+    return float((~pages.isin(with_click)).mean()) if len(pages) else float("nan")
+
+
+def page_guardrails(tables: LogTables, query_ids: pd.Series) -> tuple[float, float, int]:
+    """(CTR per shown result, abandonment, pages) of some plain pages: a champion's before and
+    after its promotion, for the rollback rule."""
+    shown = tables.impressions[tables.impressions["query_id"].isin(query_ids)]
+    clicks = tables.clicks[["query_id", "rank"]].drop_duplicates()
+    clicked = len(shown.merge(clicks, on=["query_id", "rank"]))
+    ctr = clicked / len(shown) if len(shown) else float("nan")
+    return ctr, _abandonment(query_ids, set(tables.clicks["query_id"])), len(query_ids)
+
+
+def shadow_summary(tables: LogTables, challenger_version: str) -> dict[str, float | int]:
+    runs = tables.shadow[tables.shadow["challenger_version"] == challenger_version]
+    if runs.empty:
+        return {"queries": 0}
+    return {
+        "queries": len(runs),
+        "overlap_at_k": round(float(runs["overlap_at_k"].mean()), 4),
+        "champion_ms_p50": round(float(runs["champion_ms"].median()), 2),
+        "challenger_ms_p50": round(float(runs["challenger_ms"].median()), 2),
+        "challenger_ms_p95": round(float(runs["challenger_ms"].quantile(0.95)), 2),
+    }
+
+
+def logged_swap_rates(tables: LogTables) -> pd.DataFrame:
+    """Per (rank k, shown at): the clicks and impressions of the results the ranker put at k, in the
+    randomized slice (shown at k + 1 when the pair was swapped): what `estimate_eta` reads."""
+    swaps = tables.experiments[tables.experiments["kind"] == "swap"][["query_id", "swap_rank", "swapped"]]
+    swaps = swaps.assign(
+        rank=swaps["swap_rank"].astype(int),
+        shown_at=swaps["swap_rank"].astype(int) + swaps["swapped"].astype(bool).astype(int),
+    )
+    clicks = tables.clicks[["query_id", "rank"]].drop_duplicates().rename(columns={"rank": "shown_at"})
+    rows = swaps.merge(clicks.assign(clicks=1), on=["query_id", "shown_at"], how="left").fillna({"clicks": 0})
+    grouped = rows.groupby(["rank", "shown_at"], as_index=False).agg(
+        clicks=("clicks", "sum"), impressions=("query_id", "count")
+    )
+    return grouped
+
+
+def estimated_eta(tables: LogTables, min_queries: int) -> float | None:
+    """The position-bias exponent from the randomized slice, once it holds `min_queries` queries
+    with a click; None before (the caller keeps its configured eta)."""
+    swaps = tables.experiments[tables.experiments["kind"] == "swap"]["query_id"]
+    if swaps.isin(tables.clicks["query_id"]).sum() < min_queries:
+        return None
+    eta = estimate_eta(logged_swap_rates(tables))
+    return eta if np.isfinite(eta) else None
+
+
+def experiment_report(tables: LogTables, challenger_version: str) -> dict:
+    """The interleaving experiment against one challenger: the win rate with its interval, per day
+    too, each arm's guardrails, and the shadow summary."""
+    outcomes = interleaving_outcomes(tables, challenger_version)
+    overall = win_rate(outcomes["winner"].tolist())
+    days = [
+        {
+            "day": day,
+            **_win_rate_dict(win_rate(group["winner"].tolist())),
+            "guardrails": guardrails(_on_day(tables, day), challenger_version),
+        }
+        for day, group in outcomes.groupby("day")
+    ]
+    return {
+        "challenger": challenger_version,
+        "interleaved_queries": len(outcomes),
+        "win_rate": _win_rate_dict(overall),
+        "by_day": days,
+        "guardrails": guardrails(tables, challenger_version),
+        "shadow": shadow_summary(tables, challenger_version),
+    }
+
+
+def _on_day(tables: LogTables, day: str) -> LogTables:
+    days = _days(tables)
+    ids = days.loc[days["day"] == day, "query_id"]
+    return LogTables(
+        *(getattr(tables, name)[getattr(tables, name)["query_id"].isin(ids)] for name in TABLE_NAMES)
+    )
+
+
+TABLE_NAMES = ("queries", "impressions", "clicks", "experiments", "teams", "shadow")
+
+
+def _win_rate_dict(result) -> dict:
+    return {
+        "wins_challenger": result.wins_a,
+        "wins_champion": result.wins_b,
+        "ties": result.ties,
+        "rate": round(result.rate, 4),
+        "low": round(result.low, 4),
+        "high": round(result.high, 4),
+        "p_value": float(result.p_value),
+    }
