@@ -294,6 +294,58 @@ def clicks_simulate() -> None:
     console.print(f"{written} simulated clicks written to {settings.effective_click_log_url}")
 
 
+@clicks_app.command("traffic")
+@user_errors
+def clicks_traffic(
+    url: Annotated[str, typer.Option(help="the running search service")] = "http://127.0.0.1:8000",
+    sessions: Annotated[int, typer.Option(min=1, help="simulated users, one query each")] = 500,
+    eta: Annotated[float, typer.Option(min=0, help="examination at rank r is (1/r)**eta")] = 1.0,
+    seed: int = 0,
+) -> None:
+    """Simulated users against a running service, over HTTP: held-out text queries of the test split,
+    clicks by their held-out relevance grades (marked simulated in the click log)."""
+    import httpx
+
+    from imagesearch.evaluation.sets import EvalSets
+    from imagesearch.feedback.traffic import held_out_queries, simulate_traffic
+
+    queries = held_out_queries(EvalSets.read(Settings().evaluation_dir))
+    with httpx.Client(base_url=url, timeout=60) as client:
+        report = simulate_traffic(client, queries, sessions=sessions, eta=eta, seed=seed)
+    console.print(
+        f"{report.queries} simulated queries ({len(queries)} distinct, held out), {report.clicks} clicks, "
+        f"{report.failed} failed requests"
+    )
+
+
+@clicks_app.command("experiment")
+@user_errors
+def clicks_experiment(json_output: JsonOption = False) -> None:
+    """The online experiment against the challenger, from the click log (data/online/experiment.json)."""
+    from imagesearch.feedback.step import online_experiment_step
+
+    report = online_experiment_step(Settings())
+    if json_output:
+        console.print_json(data=report)
+        return
+    rate = report.get("win_rate")
+    where = " (simulated traffic)" if report["simulated"] else ""
+    if not rate:
+        console.print(f"no challenger registered{where}")
+        return
+    console.print(
+        f"challenger {report['challenger']}{where}: win rate {rate['rate']:.3f} "
+        f"[{rate['low']:.3f}, {rate['high']:.3f}] over {rate['wins_challenger'] + rate['wins_champion']} "
+        f"decided of {report['interleaved_queries']} interleaved queries, p = {rate['p_value']:.3g}"
+    )
+    for arm, values in report["guardrails"].items():
+        console.print(
+            f"  {arm:<10} CTR {values['ctr']}  abandonment {values['abandonment']}  pages {values['pages']}"
+        )
+    console.print(f"  shadow: {report['shadow']}")
+    console.print(f"  position bias: {report['position_bias']}")
+
+
 @app.command()
 @user_errors
 def train(

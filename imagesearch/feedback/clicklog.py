@@ -100,6 +100,9 @@ TABLES = {
 Bundle = dict[str, list[dict]]
 
 
+SIMULATED_HEADER = "x-imagesearch-simulated"  # "1" on a request: a simulated user's query
+
+
 class UnknownQuery(LookupError):
     """A click names a query id the log has never shown, or a rank it did not show."""
 

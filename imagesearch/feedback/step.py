@@ -124,8 +124,11 @@ def last_experiment(settings: Settings, challenger: str) -> OnlineEvidence | Non
     if not path.is_file():
         return None
     report = json.loads(path.read_text())
-    if report.get("challenger") != challenger:
-        return None
+    return evidence_from_report(report) if report.get("challenger") == challenger else None
+
+
+def evidence_from_report(report: dict) -> OnlineEvidence:
+    """What the promotion rule's online stage reads of an experiment report."""
     rate, arms = report["win_rate"], report["guardrails"]
     return OnlineEvidence(
         rate["wins_challenger"],
@@ -133,7 +136,7 @@ def last_experiment(settings: Settings, challenger: str) -> OnlineEvidence | Non
         rate["p_value"],
         (_number(arms["challenger"]["ctr"]), _number(arms["champion"]["ctr"])),
         (_number(arms["challenger"]["abandonment"]), _number(arms["champion"]["abandonment"])),
-        simulated=report["simulated"],
+        simulated=report.get("simulated", False),
     )
 
 

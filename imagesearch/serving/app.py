@@ -24,7 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from imagesearch.common.io import content_id
-from imagesearch.feedback.clicklog import ClickLog, UnknownQuery
+from imagesearch.feedback.clicklog import SIMULATED_HEADER, ClickLog, UnknownQuery
 from imagesearch.serving.experiments import (
     CHALLENGER,
     INTERLEAVING,
@@ -303,9 +303,6 @@ async def _answer(
         state.background.add(task)
         task.add_done_callback(state.background.discard)
     return shown, query_id
-
-
-SIMULATED_HEADER = "x-imagesearch-simulated"  # "1": a simulated user (kept apart in every metric)
 
 
 def _challenger_beside(state, service: SearchService) -> SearchService | None:
