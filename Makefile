@@ -5,7 +5,9 @@ CLI := .venv/bin/imagesearch
 # for a labelers' file; absolute because DVC stages run inside the workspace.
 DEMO_JUDGMENTS := IMAGESEARCH_TRAINING_DATA__JUDGMENTS_PATH=$(CURDIR)/examples/openclipart-judgments.csv
 TRAINING_ASSETS := augmentation_pairs,classifier_pairs,tag_pairs,judgment_pairs,click_pairs,training_examples,trained_model
-EVALUATION_ASSETS := eval_sets,offline_evaluation,model_promotion
+EVALUATION_ASSETS := eval_sets,offline_evaluation
+# the online experiment of the demo: simulated users (held-out queries and grades), marked simulated
+DEMO_EXPERIMENT := IMAGESEARCH_EXPERIMENT__INTERLEAVE_SHARE=0.7 IMAGESEARCH_EXPERIMENT__SHADOW_SHARE=0.1 IMAGESEARCH_EXPERIMENT__SWAP_SHARE=0.2
 
 .PHONY: setup demo test up ui serve mlflow lint bench ablation reliability
 
@@ -19,6 +21,10 @@ demo: setup  ## fetch the default corpus and run the pipeline end to end through
 	$(PY) -m dagster_project.run materialize --select search_index
 	$(DEMO_JUDGMENTS) $(PY) -m dagster_project.run materialize --select $(TRAINING_ASSETS)
 	$(DEMO_JUDGMENTS) $(PY) -m dagster_project.run materialize --select $(EVALUATION_ASSETS)
+	@# the online stage: the challenger's own index, simulated users on both rankers, the experiment
+	$(PY) -m dagster_project.run materialize --select challenger_index
+	$(DEMO_EXPERIMENT) $(CLI) clicks traffic --sessions 1500
+	$(DEMO_JUDGMENTS) $(PY) -m dagster_project.run materialize --select online_experiment,model_promotion
 	@# what champion_sensor + index_after_embeddings do when the daemon runs: embed with the champion, re-index
 	$(PY) -m dagster_project.run materialize --select image_embeddings --partition-range 0...f
 	$(PY) -m dagster_project.run materialize --select search_index

@@ -4,7 +4,10 @@ and Dagster asset call).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -297,25 +300,62 @@ def clicks_simulate() -> None:
 @clicks_app.command("traffic")
 @user_errors
 def clicks_traffic(
-    url: Annotated[str, typer.Option(help="the running search service")] = "http://127.0.0.1:8000",
+    url: Annotated[
+        str | None, typer.Option(help="a running search service; default: one started here, on loopback")
+    ] = None,
     sessions: Annotated[int, typer.Option(min=1, help="simulated users, one query each")] = 500,
     eta: Annotated[float, typer.Option(min=0, help="examination at rank r is (1/r)**eta")] = 1.0,
     seed: int = 0,
 ) -> None:
-    """Simulated users against a running service, over HTTP: held-out text queries of the test split,
-    clicks by their held-out relevance grades (marked simulated in the click log)."""
+    """Simulated users over HTTP: held-out text queries of the test split, clicks by their held-out
+    relevance grades, marked simulated in the click log. Without --url, the workspace's service is
+    started here for the run (with the challenger, when settings.experiment gives it traffic)."""
     import httpx
 
     from imagesearch.evaluation.sets import EvalSets
     from imagesearch.feedback.traffic import held_out_queries, simulate_traffic
 
-    queries = held_out_queries(EvalSets.read(Settings().evaluation_dir))
-    with httpx.Client(base_url=url, timeout=60) as client:
-        report = simulate_traffic(client, queries, sessions=sessions, eta=eta, seed=seed)
+    settings = Settings()
+    queries = held_out_queries(EvalSets.read(settings.evaluation_dir))
+    with contextlib.ExitStack() as stack:
+        base = url or stack.enter_context(_service_on_loopback(settings))
+        with httpx.Client(base_url=base, timeout=60) as client:
+            served = client.get("/health").json()
+            report = simulate_traffic(client, queries, sessions=sessions, eta=eta, seed=seed)
     console.print(
-        f"{report.queries} simulated queries ({len(queries)} distinct, held out), {report.clicks} clicks, "
-        f"{report.failed} failed requests"
+        f"{report.queries} simulated queries ({len(queries)} distinct, held out) against "
+        f"{served['model_version']} (challenger {served.get('challenger_version')}): "
+        f"{report.clicks} clicks, {report.failed} failed requests"
     )
+
+
+@contextlib.contextmanager
+def _service_on_loopback(settings: Settings) -> Iterator[str]:
+    """The search service in a thread of this process, on a free loopback port, until the block ends."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from imagesearch.serving.app import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.1)
+    if not server.started:
+        raise RuntimeError("the search service did not start (see the lines above)")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join()
 
 
 @clicks_app.command("experiment")
