@@ -45,8 +45,8 @@ def _days(tables: LogTables) -> pd.DataFrame:
     return pd.DataFrame({"query_id": tables.queries["query_id"], "day": created.dt.strftime("%Y-%m-%d")})
 
 
-def guardrails(tables: LogTables, challenger_version: str) -> dict[str, dict[str, float]]:
-    """CTR and abandonment per arm (see the module's docstring); NaN where an arm saw nothing."""
+def guardrails(tables: LogTables, challenger_version: str) -> dict[str, dict[str, float | None]]:
+    """CTR and abandonment per arm (see the module's docstring); None where an arm saw nothing."""
     experiments = tables.experiments
     mine = experiments[
         (experiments["kind"] == "interleaving") & (experiments["challenger_version"] == challenger_version)
@@ -65,12 +65,16 @@ def guardrails(tables: LogTables, challenger_version: str) -> dict[str, dict[str
     with_click = set(tables.clicks["query_id"])
     return {
         arm: {
-            "ctr": float(ctr.get(arm, np.nan)),
-            "abandonment": _abandonment(pages, with_click),
+            "ctr": _finite(float(ctr.get(arm, np.nan))),
+            "abandonment": _finite(_abandonment(pages, with_click)),
             "pages": len(pages),
         }
         for arm, pages in (("challenger", mine), ("champion", plain))
     }
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None  # JSON has no NaN
 
 
 def _abandonment(pages: pd.Series, with_click: set[str]) -> float:

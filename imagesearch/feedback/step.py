@@ -109,13 +109,9 @@ def online_experiment_step(settings: Settings) -> dict:
     }
     write_atomic(
         settings.online_dir / "experiment.json",
-        lambda staging: staging.write_text(json.dumps(report, indent=2, default=_plain)),
+        lambda staging: staging.write_text(json.dumps(report, indent=2, default=float)),
     )
     return report
-
-
-def _plain(value):
-    return None if isinstance(value, float) and not np.isfinite(value) else float(value)
 
 
 def last_experiment(settings: Settings, challenger: str) -> OnlineEvidence | None:
