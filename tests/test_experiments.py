@@ -146,7 +146,10 @@ def test_simulated_users_drive_the_experiment_to_the_online_decision(experiment_
     report = experiment_report(tables, "models:/imagesearch/2")
     rate = report["win_rate"]
     assert rate["wins_champion"] > rate["wins_challenger"] and rate["p_value"] < 0.05
-    assert report["guardrails"]["challenger"]["ctr"] < report["guardrails"]["champion"]["ctr"]
+    arms = report["guardrails"]
+    assert arms["challenger"]["ctr"] < arms["champion"]["ctr"]
+    assert arms["challenger"]["pages"] == kinds["interleaving"]
+    assert arms["champion"]["pages"] == kinds["shadow"]  # its own pages: shadowed ones (no plain slice here)
     assert report["shadow"]["queries"] == kinds["shadow"] and report["shadow"]["overlap_at_k"] < 1
     assert sum(day["wins_champion"] for day in report["by_day"]) == rate["wins_champion"]
 

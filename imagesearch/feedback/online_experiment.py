@@ -4,7 +4,8 @@
   the team that contributed the clicked result; A = challenger, B = champion, None = tie / no click);
 - `guardrails`: per arm, CTR (clicks per shown result) and abandonment (share of pages with no click).
   The challenger's arm: its contributed results and the interleaved pages; the champion's arm: its
-  contributed results and the plain pages (no experiment) served over the same period;
+  contributed results and the pages that showed its own ranking unchanged (no experiment, or shadowed)
+  over the same period;
 - `shadow_summary`: the challenger's latency and top-k overlap on shadowed queries;
 - `logged_swap_rates`: the randomized slice as (rank, shown_at, clicks, impressions) for estimate_eta.
 """
@@ -21,12 +22,25 @@ from imagesearch.feedback.simulation import estimate_eta
 TEAM_OF = {"challenger": A, "champion": B}
 
 
+def interleaved_queries(tables: LogTables, challenger_version: str) -> pd.Series:
+    """The ids of the queries interleaved against this challenger."""
+    experiments = tables.experiments
+    chosen = (experiments["kind"] == "interleaving") & (
+        experiments["challenger_version"] == challenger_version
+    )
+    return experiments.loc[chosen, "query_id"]
+
+
+def champion_pages(tables: LogTables) -> pd.Series:
+    """Per query: whether the user saw the champion's page as it ranked it (no experiment, or a
+    shadowed one: the challenger's answer is never shown)."""
+    changed = tables.experiments.loc[tables.experiments["kind"] != "shadow", "query_id"]
+    return ~tables.queries["query_id"].isin(changed)
+
+
 def interleaving_outcomes(tables: LogTables, challenger_version: str) -> pd.DataFrame:
     """One row per interleaved query: query_id, day, winner (A challenger, B champion, None)."""
-    experiments = tables.experiments
-    mine = experiments[
-        (experiments["kind"] == "interleaving") & (experiments["challenger_version"] == challenger_version)
-    ]["query_id"]
+    mine = interleaved_queries(tables, challenger_version)
     teams = tables.teams[tables.teams["query_id"].isin(mine)]
     clicked = tables.clicks[tables.clicks["query_id"].isin(mine)][["query_id", "rank"]]
     credited = clicked.merge(teams, on=["query_id", "rank"])
@@ -47,10 +61,7 @@ def _days(tables: LogTables) -> pd.DataFrame:
 
 def guardrails(tables: LogTables, challenger_version: str) -> dict[str, dict[str, float | None]]:
     """CTR and abandonment per arm (see the module's docstring); None where an arm saw nothing."""
-    experiments = tables.experiments
-    mine = experiments[
-        (experiments["kind"] == "interleaving") & (experiments["challenger_version"] == challenger_version)
-    ]["query_id"]
+    mine = interleaved_queries(tables, challenger_version)
     teams = tables.teams[tables.teams["query_id"].isin(mine)]
     clicks = tables.clicks[["query_id", "rank"]].drop_duplicates().assign(clicked=1)
     shown = teams.merge(clicks, on=["query_id", "rank"], how="left").fillna({"clicked": 0})
@@ -59,9 +70,7 @@ def guardrails(tables: LogTables, challenger_version: str) -> dict[str, dict[str
         tables.queries.loc[tables.queries["query_id"].isin(mine), "created_at"], utc=True
     )
     created = pd.to_datetime(tables.queries["created_at"], utc=True)
-    plain = tables.queries["query_id"][
-        ~tables.queries["query_id"].isin(experiments["query_id"]) & (created >= started.min())
-    ]
+    plain = tables.queries["query_id"][champion_pages(tables) & (created >= started.min())]
     with_click = set(tables.clicks["query_id"])
     return {
         arm: {

@@ -17,7 +17,12 @@ from imagesearch.common.plots import online_metrics_plot
 from imagesearch.evaluation.promotion import OnlineEvidence, Rollback, decide_rollback
 from imagesearch.feedback.clicklog import ClickLog, LogTables
 from imagesearch.feedback.drift import DriftScore, two_sample_auc
-from imagesearch.feedback.online_experiment import estimated_eta, experiment_report, page_guardrails
+from imagesearch.feedback.online_experiment import (
+    champion_pages,
+    estimated_eta,
+    experiment_report,
+    page_guardrails,
+)
 from imagesearch.feedback.online_metrics import online_metrics
 from imagesearch.index.store import LoadedIndex, load_index
 from imagesearch.models import registry
@@ -141,13 +146,14 @@ def _number(value: float | None) -> float:
 
 
 def rollback_step(settings: Settings) -> Rollback:
-    """Roll the champion back to its predecessor when its guardrails on plain traffic since its
-    promotion degraded against the predecessor's before it (both with enough pages)."""
+    """Roll the champion back to its predecessor when its guardrails on its own pages (no experiment,
+    or shadowed) since its promotion degraded against the predecessor's before it (both with enough
+    pages)."""
     record = registry.promotion_record(settings)
     if record is None:
         return Rollback(False, "the champion was not promoted by the rule: no predecessor to compare")
     tables, simulated = experiment_tables(settings)
-    queries = tables.queries[~tables.queries["query_id"].isin(tables.experiments["query_id"])]
+    queries = tables.queries[champion_pages(tables)]
     created = pd.to_datetime(queries["created_at"], utc=True)
     promoted_at = pd.Timestamp(record.promoted_at, unit="s", tz="UTC")
     after = queries["query_id"][(queries["model_version"] == record.champion) & (created >= promoted_at)]
