@@ -23,7 +23,7 @@ demo: setup  ## fetch the default corpus and run the pipeline end to end through
 	$(DEMO_JUDGMENTS) $(PY) -m dagster_project.run materialize --select $(EVALUATION_ASSETS)
 	@# the online stage: the challenger's own index, simulated users on both rankers, the experiment
 	$(PY) -m dagster_project.run materialize --select challenger_index
-	$(DEMO_EXPERIMENT) $(CLI) clicks traffic --sessions 1500
+	$(DEMO_EXPERIMENT) $(CLI) clicks traffic --sessions 2000
 	$(DEMO_JUDGMENTS) $(PY) -m dagster_project.run materialize --select online_experiment,model_promotion
 	@# what champion_sensor + index_after_embeddings do when the daemon runs: embed with the champion, re-index
 	$(PY) -m dagster_project.run materialize --select image_embeddings --partition-range 0...f
