@@ -3,7 +3,7 @@
 Importing the command modules registers their commands on `app` (the console script's entry point).
 """
 
-from imagesearch.cli import pipeline, query
+from imagesearch.cli import online, pipeline, query
 from imagesearch.cli.app import app
 
-__all__ = ["app", "pipeline", "query"]
+__all__ = ["app", "online", "pipeline", "query"]
