@@ -116,6 +116,16 @@ class LogTables:
     teams: pd.DataFrame | None = None  # interleaved_teams
     shadow: pd.DataFrame | None = None  # shadow_runs
 
+    def only(self, query_ids) -> LogTables:
+        """The rows of these queries, in every table."""
+        return LogTables(
+            **{
+                name: frame[frame["query_id"].isin(query_ids)]
+                for name in self.__slots__
+                if (frame := getattr(self, name)) is not None
+            }
+        )
+
 
 def _sqlite_write_ahead(connection, _record) -> None:
     """WAL + synchronous=NORMAL: a commit no longer waits for fsync (it took ~10 ms of every search),
@@ -357,11 +367,11 @@ class ClickLog:
         }
         with self.engine.connect() as connection:
             frames = {name: pd.read_sql(sa.select(table), connection) for name, table in tables.items()}
-        if not include_simulated:
-            queries = frames["queries"]
-            real = set(queries.loc[~queries["simulated"].astype(bool), "query_id"])
-            frames = {name: frame[frame["query_id"].isin(real)] for name, frame in frames.items()}
-        return LogTables(**frames)
+        tables = LogTables(**frames)
+        if include_simulated:
+            return tables
+        queries = tables.queries
+        return tables.only(set(queries.loc[~queries["simulated"].astype(bool), "query_id"]))
 
     def latest_texts(self, limit: int) -> list[str]:
         """The text of the latest `limit` text queries, newest first."""

@@ -19,7 +19,7 @@ from imagesearch.feedback.clicklog import LogTables
 from imagesearch.feedback.interleaving import A, B, win_rate
 from imagesearch.feedback.simulation import estimate_eta
 
-TEAM_OF = {"challenger": A, "champion": B}
+TEAMS = ["challenger", "champion"]  # as the log names them (team A and B of the team draft)
 
 
 def interleaved_queries(tables: LogTables, challenger_version: str) -> pd.Series:
@@ -45,7 +45,7 @@ def interleaving_outcomes(tables: LogTables, challenger_version: str) -> pd.Data
     clicked = tables.clicks[tables.clicks["query_id"].isin(mine)][["query_id", "rank"]]
     credited = clicked.merge(teams, on=["query_id", "rank"])
     counts = credited.groupby(["query_id", "team"]).size().unstack(fill_value=0)
-    counts = counts.reindex(index=mine, columns=list(TEAM_OF), fill_value=0)
+    counts = counts.reindex(index=mine, columns=TEAMS, fill_value=0)
     winner = np.where(
         counts["challenger"] > counts["champion"],
         A,
@@ -123,10 +123,9 @@ def logged_swap_rates(tables: LogTables) -> pd.DataFrame:
     )
     clicks = tables.clicks[["query_id", "rank"]].drop_duplicates().rename(columns={"rank": "shown_at"})
     rows = swaps.merge(clicks.assign(clicks=1), on=["query_id", "shown_at"], how="left").fillna({"clicks": 0})
-    grouped = rows.groupby(["rank", "shown_at"], as_index=False).agg(
+    return rows.groupby(["rank", "shown_at"], as_index=False).agg(
         clicks=("clicks", "sum"), impressions=("query_id", "count")
     )
-    return grouped
 
 
 def estimated_eta(tables: LogTables, min_queries: int) -> float | None:
@@ -164,13 +163,7 @@ def experiment_report(tables: LogTables, challenger_version: str) -> dict:
 
 def _on_day(tables: LogTables, day: str) -> LogTables:
     days = _days(tables)
-    ids = days.loc[days["day"] == day, "query_id"]
-    return LogTables(
-        *(getattr(tables, name)[getattr(tables, name)["query_id"].isin(ids)] for name in TABLE_NAMES)
-    )
-
-
-TABLE_NAMES = ("queries", "impressions", "clicks", "experiments", "teams", "shadow")
+    return tables.only(days.loc[days["day"] == day, "query_id"])
 
 
 def _win_rate_dict(result) -> dict:

@@ -34,6 +34,7 @@ from imagesearch.serving.experiments import (
     SliceDraw,
     interleaved,
     overlap_at_k,
+    shadowed,
     swapped,
 )
 from imagesearch.serving.guards import BodyLimit, SameOriginPosts, reload_folder
@@ -283,9 +284,12 @@ async def _answer(
         shown = await _interleaved(service, challenger, parsed, state.slices.rng)
     else:
         answer = await _ranked(service, parsed)
-        shown = swapped(answer, state.slices.rng) if kind == SWAP else Shown(answer)
-        if kind == SHADOW:
-            shown = Shown(answer, {"kind": SHADOW, "challenger_version": challenger.model_version})
+        if kind == SWAP:
+            shown = swapped(answer, state.slices.rng)
+        elif kind == SHADOW:
+            shown = shadowed(answer, challenger.model_version)
+        else:
+            shown = Shown(answer)
     champion_ms = _ms(started)
     answer = shown.answer
     uploads = list(parsed.uploads.values())

@@ -70,6 +70,11 @@ def interleaved(champion: Answer, challenger: Answer, challenger_version: str, k
     return Shown(answer, experiment, teams, owners=teams)
 
 
+def shadowed(answer: Answer, challenger_version: str) -> Shown:
+    """The champion's page as it is; the challenger's unseen answer is logged when it comes."""
+    return Shown(answer, {"kind": SHADOW, "challenger_version": challenger_version})
+
+
 def swapped(answer: Answer, rng) -> Shown:
     """The randomized slice: a pair (k, k + 1) drawn uniformly, swapped when a coin says so."""
     results = list(answer.results)
