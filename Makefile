@@ -6,7 +6,7 @@ CLI := .venv/bin/imagesearch
 DEMO_JUDGMENTS := IMAGESEARCH_TRAINING_DATA__JUDGMENTS_PATH=$(CURDIR)/examples/openclipart-judgments.csv
 TRAINING_ASSETS := augmentation_pairs,classifier_pairs,tag_pairs,judgment_pairs,click_pairs,training_examples,trained_model
 EVALUATION_ASSETS := eval_sets,offline_evaluation
-# the online experiment of the demo: simulated users (held-out queries and grades), marked simulated
+# the online experiment of the demo: simulated users (held-out queries, graded over the whole catalog), marked simulated
 DEMO_EXPERIMENT := IMAGESEARCH_EXPERIMENT__INTERLEAVE_SHARE=0.6 IMAGESEARCH_EXPERIMENT__SHADOW_SHARE=0.1 IMAGESEARCH_EXPERIMENT__SWAP_SHARE=0.2
 
 .PHONY: setup demo test up ui serve mlflow lint bench ablation reliability

@@ -19,7 +19,13 @@ from imagesearch.evaluation.metrics import (
 )
 from imagesearch.evaluation.promotion import PromotionRule, decide
 from imagesearch.evaluation.report import served_index_problems
-from imagesearch.evaluation.sets import author_tokens, build_eval_sets, collection_sets, strip_authors
+from imagesearch.evaluation.sets import (
+    author_tokens,
+    build_eval_sets,
+    collection_sets,
+    strip_authors,
+    whole_catalog_text_qrels,
+)
 from imagesearch.settings import EvaluationSettings
 
 # --- metrics --------------------------------------------------------------------------------
@@ -93,6 +99,27 @@ def test_sets_hold_only_test_images_with_documented_grades():
     assert text.loc[text["origin"] == "title"].set_index("query")["image_id"]["dog"] == "t3"
     assert text.loc[text["origin"] == "judgment", "image_id"].tolist() == ["t2"]  # train image dropped
     assert "r1" not in set(sets.image_qrels["image_id"]) | set(text["image_id"])
+
+
+def test_whole_catalog_judgments_apply_the_held_out_rules_to_every_image():
+    """What simulated users of a service over the whole catalog click: the held-out queries, with a
+    training image relevant by the same rule as a test image (its tag, its title)."""
+    frame = pd.concat(
+        [
+            catalog(),
+            catalog().iloc[[2]].assign(id="r2", split="train", path="r2.png", tags=[np.array(["pet"])]),
+        ]
+    )
+    judged = pd.DataFrame({"query_text": ["kitten"], "image_id": ["t2"], "grade": [3], "query": "kitten"})
+    sets = build_eval_sets(frame, judged, max_image_queries=10, tag_max_share=1.0)
+    whole = whole_catalog_text_qrels(sets.text_qrels, frame)
+    assert set(whole["query"]) == set(sets.text_qrels["query"])  # no new queries
+    relevant = whole.groupby("query")["image_id"].apply(set)
+    assert relevant["cat"] == {"t1", "t2", "t4", "r1"}  # the training image carrying the tag
+    assert relevant["dog"] == {"t3", "r2"}  # and the one with the same title
+    assert relevant["kitten"] == {"t2"}  # judged queries stay as judged
+    grades = whole.set_index(["query", "image_id"])["grade"]
+    assert grades["dog", "r2"] == grades["dog", "t3"] == 2 and grades["cat", "r1"] == 1
 
 
 def test_served_index_problems_name_each_failure():

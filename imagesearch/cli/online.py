@@ -38,16 +38,19 @@ def clicks_traffic(
     eta: Annotated[float, typer.Option(min=0, help="examination at rank r is (1/r)**eta")] = 1.0,
     seed: int = 0,
 ) -> None:
-    """Simulated users over HTTP: held-out text queries of the test split, clicks by their held-out
-    relevance grades, marked simulated in the click log. Without --url, the workspace's service is
-    started here for the run (with the challenger, when settings.experiment gives it traffic)."""
+    """Simulated users over HTTP: held-out text queries of the test split, clicks by their relevance
+    grades over the whole catalog (the held-out sets' rules), marked simulated in the click log.
+    Without --url, the workspace's service is started here for the run (with the challenger, when
+    settings.experiment gives it traffic)."""
     import httpx
 
+    from imagesearch.catalog.build import read_catalog
     from imagesearch.evaluation.sets import EvalSets
     from imagesearch.feedback.traffic import held_out_queries, simulate_traffic
 
     settings = Settings()
-    queries = held_out_queries(EvalSets.read(settings.evaluation_dir))
+    catalog = read_catalog(settings.catalog_path)
+    queries = held_out_queries(EvalSets.read(settings.evaluation_dir), catalog)
     with contextlib.ExitStack() as stack:
         base = url or stack.enter_context(_service_on_loopback(settings))
         with httpx.Client(base_url=base, timeout=60) as client:

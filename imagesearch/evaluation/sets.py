@@ -163,6 +163,28 @@ def strip_authors(title: str, authors: frozenset[str]) -> str:
     return " ".join(tokens)
 
 
+def whole_catalog_text_qrels(text_qrels: pd.DataFrame, catalog: pd.DataFrame) -> pd.DataFrame:
+    """The held-out text queries judged over every catalog image by the rules that built them: a tag
+    query finds every image carrying the tag, a title query every image with that title (authors
+    stripped); judged queries stay as judged. A service searches the whole catalog, and its users
+    click any relevant image: judged on the test split alone, a result from the training split is
+    never relevant, which penalises the ranker that finds the most of them."""
+    tags = catalog[["id", "tags"]].explode("tags").dropna(subset=["tags"]).astype({"tags": str})
+    tags = tags.assign(query=tags["tags"].map(tag_text))
+    tags = tags[tags["query"].isin(text_qrels.loc[text_qrels["origin"] == "tag", "query"])]
+    titled = catalog.dropna(subset=["title"])
+    titles = titled["title"].map(partial(strip_authors, authors=author_tokens(catalog)))
+    same_title = titles.isin(text_qrels.loc[text_qrels["origin"] == "title", "query"])
+    extra = [
+        pd.DataFrame({"query": tags["query"], "origin": "tag", "image_id": tags["id"], "grade": 1}),
+        pd.DataFrame(
+            {"query": titles[same_title], "origin": "title", "image_id": titled["id"][same_title], "grade": 2}
+        ),
+    ]
+    judged = pd.concat([text_qrels, *extra], ignore_index=True)
+    return judged.drop_duplicates(["query", "image_id"]).reset_index(drop=True)
+
+
 def _judged_qrels(judgments_eval: pd.DataFrame | None, test: pd.DataFrame) -> pd.DataFrame:
     if judgments_eval is None or judgments_eval.empty:
         return pd.DataFrame(columns=["query", "origin", "image_id", "grade"])

@@ -127,7 +127,10 @@ def evaluation_step(
         if log:
             log(f"evaluating {label} ({reference}) on {images} test images")
         rankings[label], results[label] = evaluate_everywhere(
-            registry.load_encoder(reference, settings), sets, outside, modes=label == "champion"
+            registry.load_encoder(reference, settings),
+            sets,
+            outside,
+            modes=label in ("champion", "challenger"),
         )
         results |= _split_modes(label, results[label])
         curves[label] = _curves(sets, rankings[label])

@@ -1,6 +1,7 @@
 """Simulated users of a running search service, over its HTTP API: each types a held-out query, is
 shown whatever page the service serves (plain, interleaved, shadowed or swapped: it cannot tell),
-examines rank r with probability (1/r)**eta and clicks a result by its held-out relevance grade.
+examines rank r with probability (1/r)**eta and clicks a result by its relevance grade (the held-out
+query's rule applied to every image the service can show).
 Every request carries the simulated header, so the click log keeps this traffic apart from real users'.
 """
 
@@ -11,8 +12,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import pandas as pd
 
-from imagesearch.evaluation.sets import EvalSets
+from imagesearch.evaluation.sets import EvalSets, whole_catalog_text_qrels
 from imagesearch.feedback.clicklog import SIMULATED_HEADER
 from imagesearch.feedback.simulation import SimulatedQuery, clicked_ranks
 
@@ -30,10 +32,13 @@ class TrafficReport:
     failed: int  # requests answered with an error status
 
 
-def held_out_queries(sets: EvalSets, grades: int = 3) -> list[SimulatedQuery]:
+def held_out_queries(
+    sets: EvalSets, catalog: pd.DataFrame | None = None, grades: int = 3
+) -> list[SimulatedQuery]:
     """The text queries of held-out evaluation sets, each with its relevant images and grades
-    (scaled so the best grade is `grades`: the simulator clicks with grade / 3)."""
-    qrels = sets.text_qrels
+    (scaled so the best grade is `grades`: the simulator clicks with grade / 3). With `catalog`,
+    relevance covers every image of the catalog the service searches (`whole_catalog_text_qrels`)."""
+    qrels = sets.text_qrels if catalog is None else whole_catalog_text_qrels(sets.text_qrels, catalog)
     top = max(int(qrels["grade"].max()), 1) if len(qrels) else 1
     return [
         SimulatedQuery(
