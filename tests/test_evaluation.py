@@ -13,11 +13,14 @@ from imagesearch.evaluation.metrics import (
     average_precision_at_k,
     mean_metrics,
     ndcg_at_k,
+    paired_difference,
+    per_query_metric,
     precision_at_k,
     recall_of,
     reciprocal_rank,
 )
 from imagesearch.evaluation.promotion import PromotionRule, decide
+from imagesearch.evaluation.ranking import ModelRankings, guard_differences, per_query_values, score_rankings
 from imagesearch.evaluation.report import served_index_problems
 from imagesearch.evaluation.sets import (
     author_tokens,
@@ -165,6 +168,55 @@ def test_rule(challenger, champion, promote, reason):
     decision = decide(challenger, champion, RULE)
     assert decision.promote is promote
     assert reason in decision.reason
+
+
+def test_decisions_carry_the_guards_paired_intervals():
+    """The interval informs the reason: a regression shows it, and a pass names every guard whose
+    interval is wider than the tolerance (where the gate cannot tell that size of loss from noise)."""
+    wide = {"image_to_image.ndcg_at_10": {"difference": -0.03, "low": -0.09, "high": 0.03, "queries": 25}}
+    regressed = decide(
+        {"text_to_image.ndcg_at_10": 0.60, "image_to_image.ndcg_at_10": 0.57}, CHAMPION, RULE, wide
+    )
+    assert not regressed.promote
+    assert "paired difference -0.0300, 95% interval [-0.0900, +0.0300] over 25 queries" in regressed.reason
+    passed = decide(
+        {"text_to_image.ndcg_at_10": 0.60, "image_to_image.ndcg_at_10": 0.60}, CHAMPION, RULE, wide
+    )
+    assert (
+        passed.promote
+        and "wider than the tolerance: image_to_image.ndcg_at_10 ±0.060 over 25" in passed.reason
+    )
+    narrow = {"image_to_image.ndcg_at_10": {"difference": 0.0, "low": -0.01, "high": 0.01, "queries": 500}}
+    held = {"text_to_image.ndcg_at_10": 0.60, "image_to_image.ndcg_at_10": 0.60}
+    assert decide(held, CHAMPION, RULE, narrow).reason.endswith("no guard regressed")
+
+
+def test_per_query_values_average_to_the_reported_metric_and_pair_up():
+    sets = build_eval_sets(catalog(), None, max_image_queries=10, tag_max_share=1.0)
+    good = ModelRankings({}, {q: ["t1", "t2", "t4", "t3"] for q in sets.text_qrels["query"]})
+    poor = ModelRankings({}, {q: ["t3", "t4", "t2", "t1"] for q in sets.text_qrels["query"]})
+    for kind in ("text_to_image", "text_to_image/title"):
+        values = per_query_values(sets, good, kind, "ndcg_at_10")
+        assert values.mean() == pytest.approx(score_rankings(sets, good)[kind]["ndcg_at_10"])
+    guards = guard_differences(
+        ["text_to_image.ndcg_at_10", "elsewhere:text_to_image.ndcg_at_10"], {"": good}, {"": poor}, {"": sets}
+    )
+    assert list(guards) == ["text_to_image.ndcg_at_10"]  # a collection without rankings is skipped
+    found = guards["text_to_image.ndcg_at_10"]
+    assert found["queries"] == sets.text_qrels["query"].nunique()
+    assert found["low"] <= found["difference"] <= found["high"]
+
+
+def test_paired_intervals_separate_a_consistent_gain_from_noise():
+    rng = np.random.default_rng(0)
+    old = rng.uniform(0, 1, 400)
+    consistent = paired_difference(old + 0.02 + rng.normal(0, 0.01, 400), old)
+    assert 0 < consistent[1] < 0.02 < consistent[2] < 0.03
+    few = paired_difference(old[:25] + rng.normal(0, 0.25, 25), old[:25])
+    assert few[1] < 0 < few[2] and few[2] - few[1] > 0.1  # 25 noisy queries: a wide interval around 0
+    assert paired_difference(old, old) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="no per-query form"):
+        per_query_metric("mrr", [["a"]], [{"a"}])
 
 
 def test_rule_from_settings_follows_the_settings():

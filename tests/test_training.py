@@ -30,6 +30,7 @@ from assets.training_data import no_evaluation_leakage, source_assets, training_
 from dagster_project.resources import WorkspaceResource
 from imagesearch.catalog.build import read_catalog
 from imagesearch.common.images import DEFAULT_LIMITS
+from imagesearch.evaluation.report import EvaluationReport
 from imagesearch.evaluation.step import evaluation_step
 from imagesearch.index.store import load_index
 from imagesearch.models.encoders import build_trained_encoder
@@ -270,6 +271,11 @@ def test_evaluation_is_held_out_logged_and_its_promotion_decision_recorded(train
         "evaluation/recall_at_k.png",
         "evaluation/examples.png",
     }
+    guards = EvaluationReport.read(settings.evaluation_dir).guards  # challenger vs champion, per query
+    evaluated_sets = {"", "fashion-mnist"}  # the test split and the one collection written here
+    expected = {m for m in settings.evaluation.guarded_metrics if m.rpartition(":")[0] in evaluated_sets}
+    assert set(guards) == expected and "fashion-mnist:text_to_image.ndcg_at_10" in expected
+    assert all(g["low"] <= g["difference"] <= g["high"] and g["queries"] > 0 for g in guards.values())
     promoted = metadata(evaluated, "model_promotion")
     tags = client.get_model_version(settings.model.registered_name, trained.version).tags
     assert tags["promotion.decision"] == ("promoted" if promoted["promoted"] else "kept")

@@ -75,3 +75,45 @@ def recall_at_k(ranked: Sequence[Sequence[str]], relevant: Sequence[set[str]], k
     """Mean recall_of over the queries that have relevant items."""
     scores = [recall_of(ranking, rel, k) for ranking, rel in zip(ranked, relevant, strict=True) if rel]
     return float(np.mean(scores)) if scores else float("nan")
+
+
+PER_QUERY = {
+    "ndcg": ndcg_at_k,
+    "map": average_precision_at_k,
+    "recall": recall_of,
+    "precision": precision_at_k,
+}
+
+
+def per_query_metric(
+    name: str, ranked: Sequence[Sequence[str]], relevant: Sequence[Grades | set[str]]
+) -> np.ndarray:
+    """`name` ("ndcg_at_10", "recall_at_10", ...) of each query that has relevant items: the values
+    `mean_metrics` averages, in the order given."""
+    kind, _, k = name.rpartition("_at_")
+    if kind not in PER_QUERY or not k.isdigit():
+        raise ValueError(f"no per-query form of {name!r}; use <{'|'.join(PER_QUERY)}>_at_<k>")
+    pairs = [(ranking, rel) for ranking, rel in zip(ranked, relevant, strict=True) if _grades(rel)]
+    return np.array([PER_QUERY[kind](ranking, rel, int(k)) for ranking, rel in pairs])
+
+
+def paired_difference(
+    new: np.ndarray, old: np.ndarray, confidence: float = 0.95, resamples: int = 2000
+) -> tuple[float, float, float]:
+    """Mean of `new - old` over the same queries, and a percentile bootstrap interval of that mean
+    (queries resampled with replacement, fixed seed): how far a difference this size could be noise."""
+    from scipy.stats import bootstrap
+
+    difference = np.asarray(new, dtype=float) - np.asarray(old, dtype=float)
+    mean = float(difference.mean()) if len(difference) else float("nan")
+    if len(difference) < 2 or np.all(difference == difference[0]):
+        return mean, mean, mean
+    interval = bootstrap(
+        (difference,),
+        np.mean,
+        confidence_level=confidence,
+        n_resamples=resamples,
+        method="percentile",
+        random_state=0,
+    ).confidence_interval
+    return mean, float(interval.low), float(interval.high)

@@ -35,8 +35,18 @@ class Decision:
     reason: str
 
 
-def decide(challenger: dict[str, float], champion: dict[str, float] | None, rule: PromotionRule) -> Decision:
-    """Promote only when the primary metric beats the champion's by `margin` and no guard regresses."""
+def decide(
+    challenger: dict[str, float],
+    champion: dict[str, float] | None,
+    rule: PromotionRule,
+    intervals: dict[str, dict[str, float]] | None = None,
+) -> Decision:
+    """Promote only when the primary metric beats the champion's by `margin` and no guard regresses.
+
+    `intervals` (guarded metric -> paired difference, 95% low/high, queries; the evaluation's
+    `guards`) only inform the reason: a regression's interval, and the guards whose interval is wider
+    than the tolerance, where the gate cannot tell a regression of that size from noise."""
+    intervals = intervals or {}
     new = challenger.get(rule.primary)
     if new is None or not math.isfinite(new):
         return Decision(False, f"the challenger has no finite {rule.primary}")
@@ -59,11 +69,32 @@ def decide(challenger: dict[str, float], champion: dict[str, float] | None, rule
             return Decision(
                 False,
                 f"guarded {name} regressed: {mine:.4f} vs champion {theirs:.4f} "
-                f"(tolerance {rule.tolerance:g})",
+                f"(tolerance {rule.tolerance:g}{_interval(intervals.get(name))})",
             )
-    return Decision(
-        True, f"{rule.primary} {new:.4f} vs champion {old:.4f} (+{new - old:.4f}); no guard regressed"
+    blind = [name for name in rule.guarded if _half_width(intervals.get(name)) > rule.tolerance]
+    caveat = (
+        f"; wider than the tolerance: {', '.join(_blind(n, intervals[n]) for n in blind)}" if blind else ""
     )
+    return Decision(
+        True, f"{rule.primary} {new:.4f} vs champion {old:.4f} (+{new - old:.4f}); no guard regressed{caveat}"
+    )
+
+
+def _interval(found: dict[str, float] | None) -> str:
+    if not found:
+        return ""
+    return (
+        f"; paired difference {found['difference']:+.4f}, 95% interval "
+        f"[{found['low']:+.4f}, {found['high']:+.4f}] over {int(found['queries'])} queries"
+    )
+
+
+def _half_width(found: dict[str, float] | None) -> float:
+    return (found["high"] - found["low"]) / 2 if found else 0.0
+
+
+def _blind(name: str, found: dict[str, float]) -> str:
+    return f"{name} ±{_half_width(found):.3f} over {int(found['queries'])} queries"
 
 
 # --- the online stage: after the offline gate, the interleaving experiment and its guardrails -------

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from imagesearch.evaluation.metrics import mean_metrics, recall_at_k
+from imagesearch.evaluation.metrics import mean_metrics, paired_difference, per_query_metric, recall_at_k
 from imagesearch.evaluation.sets import DEPTH, IMAGE_TO_IMAGE, TEXT_TO_IMAGE, EvalSets, TextEmbedder
+
+TEST_SPLIT = ""  # the collection key of the test split's rankings (its metric names have no prefix)
 
 
 @dataclass(slots=True)
@@ -58,6 +60,43 @@ def score_rankings(sets: EvalSets, rankings: ModelRankings, ks=(1, 5, 10)) -> di
             queries = list(grades)
             name = TEXT_TO_IMAGE + (f"/{origin}" if origin else "")
             out[name] = mean_metrics([rankings.text[q] for q in queries], [grades[q] for q in queries], ks)
+    return out
+
+
+def per_query_values(sets: EvalSets, rankings: ModelRankings, query_type: str, metric: str) -> np.ndarray:
+    """`metric` of each query of `query_type` ("image_to_image", "text_to_image[/<origin>]"), in one
+    fixed query order: two models' values line up query by query."""
+    if query_type == IMAGE_TO_IMAGE:
+        grades, by_query = _grades_by_query(sets.image_qrels, "query_image_id"), rankings.image
+    else:
+        origin = query_type.partition("/")[2]
+        qrels = sets.text_qrels[sets.text_qrels["origin"] == origin] if origin else sets.text_qrels
+        grades, by_query = _grades_by_query(qrels, "query"), rankings.text
+    queries = sorted(q for q in by_query if q in grades)
+    return per_query_metric(metric, [by_query[q] for q in queries], [grades[q] for q in queries])
+
+
+def guard_differences(
+    guarded: list[str],
+    new: dict[str, ModelRankings],
+    old: dict[str, ModelRankings],
+    sets: dict[str, EvalSets],
+) -> dict[str, dict[str, float]]:
+    """For each guarded metric ("[<collection>:]<query type>.<metric>"), the new model's difference
+    from the old one, paired query by query, with its 95% bootstrap interval and query count.
+    Rankings and sets are keyed by collection (`TEST_SPLIT` = the test split)."""
+    out = {}
+    for name in guarded:
+        query_type, _, metric = name.rpartition(".")
+        collection, _, kind = query_type.rpartition(":")
+        if collection not in sets or collection not in new or collection not in old:
+            continue
+        mine = per_query_values(sets[collection], new[collection], kind, metric)
+        theirs = per_query_values(sets[collection], old[collection], kind, metric)
+        if not len(mine):
+            continue
+        difference, low, high = paired_difference(mine, theirs)
+        out[name] = {"difference": difference, "low": low, "high": high, "queries": len(mine)}
     return out
 
 

@@ -23,13 +23,23 @@ class EvaluationReport:
     table: list[dict]
     plots: list[str] = field(default_factory=list)
     mlflow_run_id: str | None = None
+    # guarded metric -> the challenger's paired difference from the champion: difference, low, high
+    # (95% bootstrap interval), queries
+    guards: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def metric(self, label: str, dotted: str) -> float | None:
         query_type, _, name = dotted.rpartition(".")
         return self.results.get(label, {}).get(query_type, {}).get(name)
 
     def markdown(self) -> str:
-        return pd.DataFrame(self.table).to_markdown(index=False, floatfmt=".3f")
+        table = pd.DataFrame(self.table).to_markdown(index=False, floatfmt=".3f")
+        if not self.guards:
+            return table
+        guards = pd.DataFrame([{"guarded metric": name, **found} for name, found in self.guards.items()])
+        return (
+            f"{table}\n\nGuarded metrics, challenger - champion paired by query (95% bootstrap "
+            f"interval):\n\n{guards.to_markdown(index=False, floatfmt='+.4f')}"
+        )
 
     def write(self, folder: Path) -> None:
         (folder / REPORT_FILE).write_text(json.dumps(asdict(self), indent=2, default=float))

@@ -26,7 +26,9 @@ from imagesearch.common.workspace import init_workspace
 from imagesearch.evaluation.modes import file_name_titles, mode_results
 from imagesearch.evaluation.promotion import Decision, OnlineRule, PromotionRule, decide, decide_online
 from imagesearch.evaluation.ranking import (
+    TEST_SPLIT,
     ModelRankings,
+    guard_differences,
     metrics_table,
     rank_corpus,
     recall_curve,
@@ -113,25 +115,23 @@ def evaluation_step(
     sets = EvalSets.read(settings.evaluation_dir)
     outside = read_outside_sets(settings)
     models = models or default_models(settings)
-    results, curves, rankings, seen = {}, {}, {}, {}
+    results, curves, rankings, everywhere, seen = {}, {}, {}, {}, {}
     for label, reference in models.items():
         if reference in seen:  # e.g. the champion is still v0: evaluated once, reported under both labels
-            results[label], curves[label], rankings[label] = (
-                results[seen[reference]],
-                curves[seen[reference]],
-                rankings[seen[reference]],
-            )
+            for by_label in (results, curves, rankings, everywhere):
+                by_label[label] = by_label[seen[reference]]
             continue
         seen[reference] = label
         images = len(sets.corpus) + sum(len(c.corpus) for c in outside.values())
         if log:
             log(f"evaluating {label} ({reference}) on {images} test images")
-        rankings[label], results[label] = evaluate_everywhere(
+        everywhere[label], results[label] = evaluate_everywhere(
             registry.load_encoder(reference, settings),
             sets,
             outside,
             modes=label in ("champion", "challenger"),
         )
+        rankings[label] = everywhere[label][TEST_SPLIT]
         results |= _split_modes(label, results[label])
         curves[label] = _curves(sets, rankings[label])
     served = rankings_through_served_index(settings, sets, models, rankings)
@@ -157,6 +157,7 @@ def evaluation_step(
         served_index_check(settings, sets),
         table.to_dict(orient="records"),
         [str(p) for p in plots],
+        guards=_guards(settings, models, everywhere, {TEST_SPLIT: sets, **outside}),
     )
     report.mlflow_run_id = registry.log_evaluation(
         settings, report.results, report.plots, models.get("challenger")
@@ -167,20 +168,37 @@ def evaluation_step(
 
 def evaluate_everywhere(
     encoder: Encoder, sets: EvalSets, outside: dict[str, EvalSets], *, modes: bool = False
-) -> tuple[ModelRankings, dict[str, dict[str, float]]]:
-    """The test split's rankings, and metrics on it and on every out-of-domain collection; with
-    `modes`, also the keyword and hybrid rankings' metrics (by mode, under ``mode:<name>``)."""
+) -> tuple[dict[str, ModelRankings], dict[str, dict[str, float]]]:
+    """Rankings of the test split (key `TEST_SPLIT`) and of every out-of-domain collection (its
+    name), and metrics on each; with `modes`, also the keyword and hybrid rankings' metrics (by mode,
+    under ``mode:<name>``)."""
     rankings, results = evaluate_encoder(encoder, sets)
+    everywhere = {TEST_SPLIT: rankings}
     by_mode = mode_results(sets, rankings, file_name_titles(sets)) if modes else {}
     for name, collection in outside.items():
-        outside_rankings, outside_results = evaluate_encoder(encoder, collection)
+        everywhere[name], outside_results = evaluate_encoder(encoder, collection)
         results |= _prefixed(name, outside_results)
         if modes:
-            found = mode_results(collection, outside_rankings, file_name_titles(collection))
+            found = mode_results(collection, everywhere[name], file_name_titles(collection))
             for mode, metrics in found.items():
                 by_mode[mode] |= _prefixed(name, metrics)
     results |= {f"mode:{mode}": metrics for mode, metrics in by_mode.items()}
-    return rankings, results
+    return everywhere, results
+
+
+def _guards(
+    settings: Settings,
+    models: dict[str, str],
+    everywhere: dict[str, dict[str, ModelRankings]],
+    sets: dict[str, EvalSets],
+) -> dict[str, dict[str, float]]:
+    """The challenger's difference from the champion on every guarded metric, paired by query with
+    its 95% bootstrap interval: what the gate's tolerance can and cannot tell apart on each set."""
+    challenger, champion = models.get("challenger"), models.get("champion")
+    if challenger is None or champion is None or challenger == champion:
+        return {}
+    guarded = settings.evaluation.guarded_metrics
+    return guard_differences(guarded, everywhere["challenger"], everywhere["champion"], sets)
 
 
 def _split_modes(label: str, results: dict) -> dict[str, dict[str, dict[str, float]]]:
@@ -280,7 +298,10 @@ def promotion_step(settings: Settings) -> PromotionResult:
     if challenger is None:
         return PromotionResult(Decision(False, "no challenger registered"), None, champion)
     decision = decide(
-        _metrics_of(report, "challenger"), _metrics_of(report, "champion") if champion else None, rule
+        _metrics_of(report, "challenger"),
+        _metrics_of(report, "champion") if champion else None,
+        rule,
+        report.guards,
     )
     if challenger == champion:  # nothing to decide, and its promotion record must stay as it is
         return PromotionResult(
