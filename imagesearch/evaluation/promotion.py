@@ -44,8 +44,8 @@ def decide(
     """Promote only when the primary metric beats the champion's by `margin` and no guard regresses.
 
     `intervals` (guarded metric -> paired difference, 95% low/high, queries; the evaluation's
-    `guards`) only inform the reason: a regression's interval, and the guards whose interval is wider
-    than the tolerance, where the gate cannot tell a regression of that size from noise."""
+    `guards`) only inform the reason: a regression's interval, and the passing guards whose interval
+    still reaches below -tolerance, where the queries cannot rule out a loss beyond the tolerance."""
     intervals = intervals or {}
     new = challenger.get(rule.primary)
     if new is None or not math.isfinite(new):
@@ -71,10 +71,9 @@ def decide(
                 f"guarded {name} regressed: {mine:.4f} vs champion {theirs:.4f} "
                 f"(tolerance {rule.tolerance:g}{_interval(intervals.get(name))})",
             )
-    blind = [name for name in rule.guarded if _half_width(intervals.get(name)) > rule.tolerance]
-    caveat = (
-        f"; wider than the tolerance: {', '.join(_blind(n, intervals[n]) for n in blind)}" if blind else ""
-    )
+    unsure = [n for n in rule.guarded if n in intervals and intervals[n]["low"] < -rule.tolerance]
+    listed = ", ".join(_unsure(name, intervals[name]) for name in unsure)
+    caveat = f"; a loss beyond the tolerance not ruled out on {listed}" if unsure else ""
     return Decision(
         True, f"{rule.primary} {new:.4f} vs champion {old:.4f} (+{new - old:.4f}); no guard regressed{caveat}"
     )
@@ -89,12 +88,8 @@ def _interval(found: dict[str, float] | None) -> str:
     )
 
 
-def _half_width(found: dict[str, float] | None) -> float:
-    return (found["high"] - found["low"]) / 2 if found else 0.0
-
-
-def _blind(name: str, found: dict[str, float]) -> str:
-    return f"{name} ±{_half_width(found):.3f} over {int(found['queries'])} queries"
+def _unsure(name: str, found: dict[str, float]) -> str:
+    return f"{name} ([{found['low']:+.3f}, {found['high']:+.3f}] over {int(found['queries'])} queries)"
 
 
 # --- the online stage: after the offline gate, the interleaving experiment and its guardrails -------
