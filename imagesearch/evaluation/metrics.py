@@ -55,19 +55,31 @@ def ndcg_at_k(ranking: Sequence[str], relevant: Grades | set[str], k: int) -> fl
     return float(gains @ discounts[: len(gains)] / (ideal @ discounts[: len(ideal)]))
 
 
+PER_QUERY = {  # "<name>_at_<k>" -> the metric of one query
+    "ndcg": ndcg_at_k,
+    "map": average_precision_at_k,
+    "recall": recall_of,
+    "precision": precision_at_k,
+}
+
+
+def _with_relevance(
+    ranked: Sequence[Sequence[str]], relevant: Sequence[Grades | set[str]]
+) -> list[tuple[Sequence[str], Grades | set[str]]]:
+    return [(ranking, rel) for ranking, rel in zip(ranked, relevant, strict=True) if _grades(rel)]
+
+
 def mean_metrics(
     ranked: Sequence[Sequence[str]], relevant: Sequence[Grades | set[str]], ks: Sequence[int] = (1, 5, 10)
 ) -> dict[str, float]:
     """nDCG@k, mAP@k, recall@k, precision@k for each k, and MRR, averaged over queries with relevance."""
-    pairs = [(ranking, rel) for ranking, rel in zip(ranked, relevant, strict=True) if _grades(rel)]
+    pairs = _with_relevance(ranked, relevant)
     if not pairs:
         return {}
     out = {"queries": float(len(pairs)), "mrr": float(np.mean([reciprocal_rank(r, g) for r, g in pairs]))}
     for k in ks:
-        out[f"ndcg_at_{k}"] = float(np.mean([ndcg_at_k(r, g, k) for r, g in pairs]))
-        out[f"map_at_{k}"] = float(np.mean([average_precision_at_k(r, g, k) for r, g in pairs]))
-        out[f"recall_at_{k}"] = float(np.mean([recall_of(r, g, k) for r, g in pairs]))
-        out[f"precision_at_{k}"] = float(np.mean([precision_at_k(r, g, k) for r, g in pairs]))
+        for name, metric in PER_QUERY.items():
+            out[f"{name}_at_{k}"] = float(np.mean([metric(r, g, k) for r, g in pairs]))
     return out
 
 
@@ -75,14 +87,6 @@ def recall_at_k(ranked: Sequence[Sequence[str]], relevant: Sequence[set[str]], k
     """Mean recall_of over the queries that have relevant items."""
     scores = [recall_of(ranking, rel, k) for ranking, rel in zip(ranked, relevant, strict=True) if rel]
     return float(np.mean(scores)) if scores else float("nan")
-
-
-PER_QUERY = {
-    "ndcg": ndcg_at_k,
-    "map": average_precision_at_k,
-    "recall": recall_of,
-    "precision": precision_at_k,
-}
 
 
 def per_query_metric(
@@ -93,8 +97,7 @@ def per_query_metric(
     kind, _, k = name.rpartition("_at_")
     if kind not in PER_QUERY or not k.isdigit():
         raise ValueError(f"no per-query form of {name!r}; use <{'|'.join(PER_QUERY)}>_at_<k>")
-    pairs = [(ranking, rel) for ranking, rel in zip(ranked, relevant, strict=True) if _grades(rel)]
-    return np.array([PER_QUERY[kind](ranking, rel, int(k)) for ranking, rel in pairs])
+    return np.array([PER_QUERY[kind](r, g, int(k)) for r, g in _with_relevance(ranked, relevant)])
 
 
 def paired_difference(
