@@ -4,6 +4,7 @@ and interleaving against an A/B test on the same simulated users."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from imagesearch.evaluation.promotion import (
@@ -13,9 +14,11 @@ from imagesearch.evaluation.promotion import (
     decide_online,
     decide_rollback,
 )
+from imagesearch.feedback.clicklog import LogTables
 from imagesearch.feedback.drift import two_sample_auc
 from imagesearch.feedback.experiments import power_ladder, queries_needed
 from imagesearch.feedback.interleaving import A, B, credit, ctr_test, team_draft, win_rate
+from imagesearch.feedback.online_experiment import guardrails
 from imagesearch.feedback.simulation import SimulatedQuery, clicked_ranks
 
 
@@ -210,3 +213,29 @@ def test_a_champion_whose_guardrails_degrade_after_promotion_is_rolled_back():
     assert decide_rollback((0.30, 0.50), (0.30, 0.40), 0.02).roll_back  # abandonment rose
     held = decide_rollback((0.29, 0.41), (0.30, 0.40), 0.02)
     assert not held.roll_back and "held" in held.reason
+
+
+def test_the_champions_pages_are_counted_from_the_experiments_first_query_of_any_kind():
+    """A shadowed query may be the experiment's first: it is one of the champion's own pages, while a
+    plain page from before the experiment is not."""
+    queries = pd.DataFrame(
+        {
+            "query_id": ["before", "shadowed", "interleaved", "plain"],
+            "created_at": [f"2026-11-25 10:0{minute}:00" for minute in range(4)],
+        }
+    )
+    experiments = pd.DataFrame(
+        {
+            "query_id": ["shadowed", "interleaved"],
+            "kind": ["shadow", "interleaving"],
+            "challenger_version": ["models:/m/2", "models:/m/2"],
+        }
+    )
+    teams = pd.DataFrame(
+        {"query_id": ["interleaved"] * 2, "rank": [1, 2], "team": ["challenger", "champion"]}
+    )
+    clicks = pd.DataFrame({"query_id": ["shadowed"], "rank": [1]})
+    tables = LogTables(queries, pd.DataFrame(), clicks, experiments, teams)
+    arms = guardrails(tables, "models:/m/2")
+    assert arms["champion"]["pages"] == 2  # the shadowed and the plain page, not the earlier one
+    assert arms["champion"]["abandonment"] == 0.5 and arms["challenger"]["pages"] == 1

@@ -66,11 +66,13 @@ def guardrails(tables: LogTables, challenger_version: str) -> dict[str, dict[str
     clicks = tables.clicks[["query_id", "rank"]].drop_duplicates().assign(clicked=1)
     shown = teams.merge(clicks, on=["query_id", "rank"], how="left").fillna({"clicked": 0})
     ctr = shown.groupby("team")["clicked"].mean()
-    started = pd.to_datetime(
-        tables.queries.loc[tables.queries["query_id"].isin(mine), "created_at"], utc=True
-    )
+    # the experiment's period starts at its first query of any kind: a shadowed one may come first
+    in_experiment = tables.experiments.loc[
+        tables.experiments["challenger_version"] == challenger_version, "query_id"
+    ]
     created = pd.to_datetime(tables.queries["created_at"], utc=True)
-    plain = tables.queries["query_id"][champion_pages(tables) & (created >= started.min())]
+    started = created[tables.queries["query_id"].isin(in_experiment)].min()
+    plain = tables.queries["query_id"][champion_pages(tables) & (created >= started)]
     with_click = set(tables.clicks["query_id"])
     return {
         arm: {
