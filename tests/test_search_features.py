@@ -26,7 +26,12 @@ from imagesearch.evaluation.sets import EvalSets
 from imagesearch.index.build import build_tuned_index
 from imagesearch.index.delta import DELTA_FOLDER, write_delta
 from imagesearch.index.folder import build_folder_index
-from imagesearch.index.keywords import KeywordIndex, reciprocal_rank_fusion, write_keyword_index
+from imagesearch.index.keywords import (
+    KeywordIndex,
+    hybrid_ranking,
+    reciprocal_rank_fusion,
+    write_keyword_index,
+)
 from imagesearch.index.metadata import Filters, RowMetadata
 from imagesearch.index.search import exact_neighbours, recall_at
 from imagesearch.index.step import index_step
@@ -101,6 +106,24 @@ def test_reciprocal_rank_fusion_against_hand_computed_ranks():
     assert items.tolist() == [10, 12, 11, 13]
     assert scores.tolist() == pytest.approx([1 / 61 + 1 / 62, 1 / 63 + 1 / 61, 1 / 62, 1 / 63])
     assert reciprocal_rank_fusion([np.array([], np.int64)])[0].tolist() == []
+
+
+def test_a_hybrid_page_puts_an_exact_title_match_first():
+    titles = ["apple bitten", "red apple", "apple bitten twice", "green apple", "Apple, Bitten!"]
+    by_vector, by_keyword = np.array([1, 3, 2, 0, 4]), np.array([2, 1, 3, 0, 4])
+    # fused alone: 1 (1/61 + 1/62) and 2 (1/63 + 1/61) ahead of the image the query names
+    assert reciprocal_rank_fusion([by_vector, by_keyword])[0][:2].tolist() == [1, 2]
+    ranked = hybrid_ranking(by_vector, by_keyword, titles, "Apple bitten")
+    # both exact titles (case and punctuation aside) first in keyword order, then the fusion
+    assert ranked.tolist() == [0, 4, 1, 2, 3]
+    assert hybrid_ranking(by_vector, by_keyword, titles, "apple")[:2].tolist() == [1, 2]
+    assert hybrid_ranking(by_vector, np.array([], np.int64), titles, "apple bitten").tolist() == [
+        1,
+        3,
+        2,
+        0,
+        4,
+    ]
 
 
 # --- metadata, filters and the keyword index ------------------------------------------------------

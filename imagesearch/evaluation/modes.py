@@ -18,7 +18,7 @@ import pandas as pd
 from imagesearch.catalog.build import title_from_filename
 from imagesearch.evaluation.ranking import ModelRankings, score_rankings
 from imagesearch.evaluation.sets import DEPTH, EvalSets
-from imagesearch.index.keywords import KeywordIndex, reciprocal_rank_fusion, write_keyword_index
+from imagesearch.index.keywords import KeywordIndex, hybrid_ranking, write_keyword_index
 from imagesearch.index.metadata import RowMetadata
 
 VECTOR, KEYWORD, HYBRID = "vector", "keyword", "hybrid"
@@ -41,7 +41,7 @@ def mode_rankings(
     sets: EvalSets, vector: ModelRankings, titles: list[str]
 ) -> dict[str, dict[str, list[str]]]:
     """Each text query's ranking in each mode: the vector rankings as given, BM25 over `titles` (one
-    per corpus row), and the two fused by reciprocal rank fusion."""
+    per corpus row), and the two fused as the service fuses them (`hybrid_ranking`)."""
     ids = sets.corpus["id"].to_numpy()
     row_of = {image_id: row for row, image_id in enumerate(ids)}
     with tempfile.TemporaryDirectory() as folder:
@@ -52,7 +52,7 @@ def mode_rankings(
         by_keyword = {text: keywords.search(text, DEPTH)[0] for text in vector.text}
         keywords.close()
     fused = {
-        text: reciprocal_rank_fusion([np.array([row_of[i] for i in ranking]), by_keyword[text]])[0][:DEPTH]
+        text: hybrid_ranking(np.array([row_of[i] for i in ranking]), by_keyword[text], titles, text)[:DEPTH]
         for text, ranking in vector.text.items()
     }
     return {

@@ -1,7 +1,8 @@
 """From a query's candidates to one page of results.
 
 Combined queries: the normalised weighted sum of the terms' unit vectors is searched. Candidates
-come from the vector index, the keyword index, or both fused by reciprocal rank fusion; each is
+come from the vector index, the keyword index, or both fused by reciprocal rank fusion (an exact
+title match first: `hybrid_ranking`); each is
 scored by its cosine to the query, cut off below `min_score`, near-duplicates collapsed, ordered by
 relevance (MMR diversity in vector mode) or date, and explained: each term's share of the score and
 the query words the image's title, tags, caption or category hold.
@@ -13,7 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from imagesearch.index.keywords import reciprocal_rank_fusion
+from imagesearch.index.keywords import hybrid_ranking
 from imagesearch.index.metadata import words_of
 from imagesearch.index.store import LoadedIndex
 from imagesearch.serving.rerank import collapse_near_duplicates, mmr
@@ -53,9 +54,11 @@ class Ranker:
         if page.mode == HYBRID and not len(lists[KEYWORD]):  # no word matched: a vector page
             del lists[KEYWORD]
             page = replace(page, mode=VECTOR)
-        positions = (
-            reciprocal_rank_fusion(list(lists.values()))[0] if len(lists) > 1 else next(iter(lists.values()))
-        )
+        if len(lists) > 1:
+            titles = self.index.metadata.title
+            positions = hybrid_ranking(lists[VECTOR], lists[KEYWORD], titles, query.keyword_text)
+        else:
+            positions = next(iter(lists.values()))
         candidates = self.index.candidate_vectors(positions)
         scores = candidates @ query.vector
         if page.mode == VECTOR:  # the exact score re-orders the ANN's approximate order
