@@ -224,8 +224,12 @@ def test_a_query_the_worker_cannot_answer_in_time_gets_503(indexed, zeroshot_enc
 def test_health_metrics_and_openapi(client):
     assert client.get("/health").json()["vectors"] == len(PHOTOS) + 1
     client.post("/search", json={"text": ""})
+    client.post("/search", json={"text": "a cup of coffee"})
+    client.get("/health", headers={"host": "rebound.example"})  # refused before any route matches
     metrics = client.get("/metrics").text
     assert 'imagesearch_requests_total{route="/search",status="422"}' in metrics
+    assert 'imagesearch_requests_total{route="/search",status="200"}' in metrics
+    assert 'imagesearch_requests_total{route="unmatched",status="400"}' in metrics
     assert "imagesearch_request_seconds_bucket" in metrics
     assert "/search" in client.get("/openapi.json").json()["paths"]
 

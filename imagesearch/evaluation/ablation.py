@@ -51,6 +51,10 @@ RECIPES: dict[str, tuple[dict, dict]] = {
         {"head": "anchored", "raw_feature_weight": 1.0},
         {"frozen_epochs": 0, "unfrozen_epochs": 0},
     ),
+    "anchored, text tower locked (LiT)": (
+        {"head": "anchored", "raw_feature_weight": 1.0, "text_residual": False},
+        {},
+    ),
     "anchored (default)": ({"head": "anchored", "raw_feature_weight": 1.0}, {}),
 }
 

@@ -57,7 +57,7 @@ from imagesearch.serving.schemas import (
 )
 from imagesearch.serving.service import SearchService
 from imagesearch.serving.swap import Swapper, load_if_built, watch_index
-from imagesearch.serving.telemetry import Telemetry
+from imagesearch.serving.telemetry import Measured, Telemetry
 from imagesearch.serving.types import Answer, BadQuery
 from imagesearch.settings import Settings
 
@@ -119,22 +119,13 @@ def create_app(
     app = FastAPI(title="imagesearch", version="0.1.0", lifespan=lifespan)
     config = settings.service
     started_with = index_dir or settings.search_index_dir
-    # outermost last: the Host check, then the Origin check, then the body limit, then the routes
+    # outermost last: the timing (of refusals too), the Host check, the Origin check, the body limit
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(SameOriginPosts)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.allowed_hosts)
+    app.add_middleware(Measured)
     app.state.admin_token = config.admin_token
     app.state.settings = settings
-
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        request.app.state.telemetry.observe(
-            getattr(route, "path", "unmatched"), response.status_code, time.perf_counter() - started
-        )
-        return response
 
     page_html = files("imagesearch.serving").joinpath("web/index.html").read_text(encoding="utf-8")
 

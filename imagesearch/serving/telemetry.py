@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 
@@ -32,3 +35,31 @@ class Telemetry:
 
     def render(self) -> str:
         return generate_latest(self.registry).decode()
+
+
+class Measured:
+    """Times every HTTP request into the app state's Telemetry, by route template and status.
+
+    A plain ASGI wrapper: starlette's `@app.middleware("http")` runs the route in a task of its own
+    and streams the response through a channel, which cost about a millisecond per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500  # an exception before the response counts as 500
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            scope["app"].state.telemetry.observe(route, status, time.perf_counter() - started)
