@@ -142,6 +142,27 @@ def test_crash_mid_write_leaves_the_previous_index_whole(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["index"]  # staging of the crashed write is gone
 
 
+def test_a_query_zero_beyond_its_first_columns_searches_a_narrow_view_with_the_same_answer(tmp_path):
+    # the layout of a trained model's index: a shared part, then raw image features a text vector
+    # leaves at zero
+    n, shared, dim = 300, 64, 256
+    vectors = clustered(n, dim=dim)
+    choice = choose_index(n, dim)
+    manifest = IndexManifest(choice.kind, choice.factory, dim, n, {}, 1, 1.0, 0.1, 4.0 * dim, "m", "")
+    ids = pd.DataFrame({"id": [f"i{i}" for i in range(n)], "path": [f"/{i}.png" for i in range(n)]})
+    folder = save_index_atomic(tmp_path / "ix", build_index(vectors, choice), manifest, ids, vectors)
+    loaded = load_index(folder)
+    texts = np.zeros((5, dim), np.float32)
+    texts[:, :shared] = clustered(5, dim=shared, seed=3)
+    scores, positions = loaded.search(texts, 10)
+    exact_scores, exact_positions = loaded.index.search(texts, 10)
+    assert list(loaded.prefix_views) == [shared]  # the narrow view answered
+    np.testing.assert_array_equal(positions, exact_positions)
+    np.testing.assert_allclose(scores, exact_scores, rtol=1e-5, atol=1e-6)
+    loaded.search(clustered(5, dim=dim, seed=4), 10)  # an image query uses every column: no new view
+    assert list(loaded.prefix_views) == [shared]
+
+
 def test_folder_without_manifest_is_not_served(tmp_path):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "index.faiss").write_bytes(b"partial")

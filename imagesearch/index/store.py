@@ -38,6 +38,7 @@ INDEX_FILE, IDS_FILE, VECTORS_FILE, MANIFEST_FILE = (
     "vectors.npy",
     "manifest.json",
 )
+PREFIX_STEP = 64  # prefix views of a Flat index come in widths of this step (see _exact_view)
 SHARDS_FOLDER = "shards"  # shards/shard-000.faiss ...: the same index cut in S for sharded serving
 
 
@@ -74,6 +75,7 @@ class LoadedIndex:
     metadata: RowMetadata = field(init=False)
     keywords: KeywordIndex = field(init=False)
     removed: np.ndarray | None = field(init=False, default=None)  # per row: deleted by the delta
+    prefix_views: dict[int, faiss.IndexFlat] = field(init=False, default_factory=dict)  # see _exact_view
 
     def __post_init__(self) -> None:
         self.metadata = RowMetadata(self.ids)
@@ -114,7 +116,7 @@ class LoadedIndex:
         in_delta = positions >= self.base_count
         out = np.empty((len(positions), self.manifest.dim), np.float32)
         base = positions[~in_delta]
-        if isinstance(self.index, faiss.IndexIVFPQR):
+        if isinstance(self.index, faiss.IndexIVFPQR | faiss.IndexFlat):  # Flat: the exact float32 rows
             out[~in_delta] = self.index.reconstruct_batch(base) if len(base) else 0
         else:
             out[~in_delta] = self.vectors[base]
@@ -168,8 +170,9 @@ class LoadedIndex:
             depth = min(self.base_count, k * self.manifest.rerank_factor if rerank is not None else k)
             scores, positions = self.sharded.search(queries, depth)
             return (scores, positions) if rerank is None else rerank_exact(queries, positions, rerank, k)
+        index, queries = self._exact_view(queries)
         return search(
-            self.index,
+            index,
             self.manifest.kind,
             queries,
             k,
@@ -178,6 +181,24 @@ class LoadedIndex:
             rerank_factor=self.manifest.rerank_factor,
             selector=selector,
         )
+
+    def _exact_view(self, queries: np.ndarray) -> tuple[faiss.Index, np.ndarray]:
+        """The index to search and the queries as it takes them: for exact (Flat) search of queries
+        that are zero beyond their first columns — text queries of a model that appends raw image
+        features to image vectors (1280 of 1664 columns) — a Flat index over those columns only: the
+        same scores from a quarter of the bytes. Other indexes, and queries using most columns,
+        search the whole index."""
+        if not isinstance(self.index, faiss.IndexFlat):
+            return self.index, queries
+        used = np.flatnonzero(np.abs(queries).max(axis=0))
+        width = -(-(int(used[-1]) + 1 if len(used) else 1) // PREFIX_STEP) * PREFIX_STEP
+        if width > self.manifest.dim // 2:
+            return self.index, queries
+        if width not in self.prefix_views:  # built once per width (the first text query: the warm-up)
+            view = faiss.IndexFlat(width, self.index.metric_type)
+            view.add(np.ascontiguousarray(self.index.reconstruct_n(0, self.index.ntotal)[:, :width]))
+            self.prefix_views[width] = view
+        return self.prefix_views[width], np.ascontiguousarray(queries[:, :width])
 
 
 def save_index_atomic(

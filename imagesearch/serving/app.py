@@ -65,8 +65,9 @@ ID_PATTERN = re.compile(r"[0-9a-f]{8,64}")
 log = logging.getLogger(__name__)
 
 
-def current_service(request: Request) -> SearchService:
-    """The model + index pair serving now (read once per request, so a swap never mixes two pairs)."""
+async def current_service(request: Request) -> SearchService:
+    """The model + index pair serving now (read once per request, so a swap never mixes two pairs).
+    A coroutine: FastAPI runs a plain function dependency on a thread, a hop per request."""
     return request.app.state.service
 
 
