@@ -187,8 +187,9 @@ class LoadedIndex:
         that are zero beyond their first columns — text queries of a model that appends raw image
         features to image vectors (1280 of 1664 columns) — a Flat index over those columns only: the
         same scores from a quarter of the bytes. Other indexes, and queries using most columns,
-        search the whole index."""
-        if not isinstance(self.index, faiss.IndexFlat):
+        search the whole index, as do L2 indexes (a zero query column still adds the row's value)."""
+        inner_product = getattr(self.index, "metric_type", None) == faiss.METRIC_INNER_PRODUCT
+        if not isinstance(self.index, faiss.IndexFlat) or not inner_product:
             return self.index, queries
         used = np.flatnonzero(np.abs(queries).max(axis=0))
         width = -(-(int(used[-1]) + 1 if len(used) else 1) // PREFIX_STEP) * PREFIX_STEP
