@@ -119,28 +119,28 @@ def start_server(index: Path, scratch: Path) -> tuple[subprocess.Popen, str]:
 
 
 @dataclass(frozen=True, slots=True)
-class Encoded:
+class PreparedRequest:
     """One search request's body and headers, encoded before the clock starts (client-side work)."""
 
     body: bytes
     headers: dict[str, str]
 
 
-def encoded(**arguments) -> Encoded:
+def prepared_request(**arguments) -> PreparedRequest:
     request = httpx.Request("POST", "http://127.0.0.1/search", **arguments)
     headers = {"content-type": request.headers["content-type"]}
-    return Encoded(request.read(), headers)
+    return PreparedRequest(request.read(), headers)
 
 
-def text_queries(settings: Settings, count: int = 200) -> list[Encoded]:
+def text_queries(settings: Settings, count: int = 200) -> list[PreparedRequest]:
     titles = read_catalog(settings.catalog_path)["title"].dropna().drop_duplicates()
-    return [encoded(json={"text": title, "k": 10}) for title in titles.sample(count, random_state=0)]
+    return [prepared_request(json={"text": title, "k": 10}) for title in titles.sample(count, random_state=0)]
 
 
-def image_queries(settings: Settings, count: int = 50) -> list[Encoded]:
+def image_queries(settings: Settings, count: int = 50) -> list[PreparedRequest]:
     catalog = read_catalog(settings.catalog_path).sample(count, random_state=1)
     return [
-        encoded(files={"image": (Path(p).name, Path(p).read_bytes())}, data={"k": "10"})
+        prepared_request(files={"image": (Path(p).name, Path(p).read_bytes())}, data={"k": "10"})
         for p in catalog["path"]
     ]
 
@@ -154,7 +154,7 @@ class Client:
         address = urlsplit(url)
         self.connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
 
-    def search(self, query: Encoded) -> tuple[float, dict]:
+    def search(self, query: PreparedRequest) -> tuple[float, dict]:
         started = time.perf_counter()
         self.connection.request("POST", "/search", query.body, query.headers)
         response = self.connection.getresponse()
@@ -168,12 +168,12 @@ class Client:
         self.connection.close()
 
 
-def load(url: str, queries: list[Encoded], requests: int, clients: int) -> dict:
+def load(url: str, queries: list[PreparedRequest], requests: int, clients: int) -> dict:
     """`requests` queries spread over `clients` threads, each with its own connection."""
     plan = [queries[i % len(queries)] for i in range(requests)]
     shards = [plan[c::clients] for c in range(clients)]
 
-    def run_client(shard: list[Encoded]) -> list[tuple[float, dict]]:
+    def run_client(shard: list[PreparedRequest]) -> list[tuple[float, dict]]:
         client = Client(url)
         try:
             return [client.search(query) for query in shard]
@@ -224,7 +224,7 @@ def torch_forward_ms(settings: Settings, repeats: int = 50) -> dict[str, float]:
     return timings
 
 
-def first_and_tenth(url: str, queries: list[Encoded]) -> tuple[float, float]:
+def first_and_tenth(url: str, queries: list[PreparedRequest]) -> tuple[float, float]:
     """Latency of the first and the tenth text query a freshly started server answers."""
     client = Client(url)
     try:
