@@ -59,13 +59,9 @@ def _days(tables: LogTables) -> pd.DataFrame:
     return pd.DataFrame({"query_id": tables.queries["query_id"], "day": created.dt.strftime("%Y-%m-%d")})
 
 
-def guardrails(tables: LogTables, challenger_version: str) -> dict[str, dict[str, float | None]]:
-    """CTR and abandonment per arm (see the module's docstring); None where an arm saw nothing."""
-    mine = interleaved_queries(tables, challenger_version)
-    teams = tables.teams[tables.teams["query_id"].isin(mine)]
-    clicks = tables.clicks[["query_id", "rank"]].drop_duplicates().assign(clicked=1)
-    shown = teams.merge(clicks, on=["query_id", "rank"], how="left").fillna({"clicked": 0})
-    ctr = shown.groupby("team")["clicked"].mean()
+def experiment_arms(tables: LogTables, challenger_version: str) -> dict[str, pd.Series]:
+    """The query ids of each arm the guardrails compare: "challenger", the interleaved pages;
+    "champion", the champion's own pages since the experiment began."""
     # the experiment's period starts at its first query of any kind: a shadowed one may come first
     in_experiment = tables.experiments.loc[
         tables.experiments["challenger_version"] == challenger_version, "query_id"
@@ -73,6 +69,16 @@ def guardrails(tables: LogTables, challenger_version: str) -> dict[str, dict[str
     created = pd.to_datetime(tables.queries["created_at"], utc=True)
     started = created[tables.queries["query_id"].isin(in_experiment)].min()
     plain = tables.queries["query_id"][champion_pages(tables) & (created >= started)]
+    return {"challenger": interleaved_queries(tables, challenger_version), "champion": plain}
+
+
+def guardrails(tables: LogTables, challenger_version: str) -> dict[str, dict[str, float | None]]:
+    """CTR and abandonment per arm (see the module's docstring); None where an arm saw nothing."""
+    arms = experiment_arms(tables, challenger_version)
+    teams = tables.teams[tables.teams["query_id"].isin(arms["challenger"])]
+    clicks = tables.clicks[["query_id", "rank"]].drop_duplicates().assign(clicked=1)
+    shown = teams.merge(clicks, on=["query_id", "rank"], how="left").fillna({"clicked": 0})
+    ctr = shown.groupby("team")["clicked"].mean()
     with_click = set(tables.clicks["query_id"])
     return {
         arm: {
@@ -80,7 +86,7 @@ def guardrails(tables: LogTables, challenger_version: str) -> dict[str, dict[str
             "abandonment": _finite(_abandonment(pages, with_click)),
             "pages": len(pages),
         }
-        for arm, pages in (("challenger", mine), ("champion", plain))
+        for arm, pages in arms.items()
     }
 
 
