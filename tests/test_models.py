@@ -282,6 +282,22 @@ def test_registered_model_runs_its_onnx_graphs_like_torch_on_real_photos(
     assert torch_only.onnx is None and torch_only.runtime == "torch:cpu"
 
 
+def test_an_int8_text_graph_stays_near_the_float_one_and_ranks_the_same(registered, photos):
+    """`model.text_precision=int8` quantizes the registered text graph at load (ONNX Runtime, CPU)."""
+    settings, _ = registered
+    int8 = settings.model_copy(update={"model": settings.model.model_copy(update={"text_precision": "int8"})})
+    quantized, floating = load_encoder(CHAMPION, int8), load_encoder(CHAMPION, settings)
+    assert quantized.runtime == "onnx:CPUExecutionProvider (text int8)"
+    texts = [*CAPTIONS.values(), "a great blue heron standing in shallow water at dawn", "sneaker"]
+    got, want = quantized.encode_texts(texts), floating.encode_texts(texts)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    cosines = (got * want).sum(axis=1)
+    assert cosines.min() >= 0.97 and cosines.min() < 0.99999, cosines  # close, and really quantized
+    images = floating.encode_images(list(photos.values()))
+    captions = quantized.encode_texts([CAPTIONS[name] for name in photos])
+    assert list((images @ captions.T).argmax(axis=1)) == list(range(len(photos)))
+
+
 def test_trained_towers_export_to_onnx_with_the_same_vectors(anchored, photos, tmp_path):
     """The anchored head with a non-zero residual, the text residual and raw features appended."""
     anchored = copy.deepcopy(anchored)  # the fixture stays untrained for the other tests

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from imagesearch.common.io import folder_atomic
 from imagesearch.models.backbones import create_image_backbone, load_text_model
-from imagesearch.models.onnx_runtime import ONNX_FOLDER, OnnxTowers, export_towers, open_towers
+from imagesearch.models.onnx_runtime import FLOAT32, ONNX_FOLDER, OnnxTowers, export_towers, open_towers
 from imagesearch.models.preprocess import ImageInput, Preprocessor
 from imagesearch.settings import ModelSettings
 
@@ -222,7 +222,7 @@ class Encoder:
     @property
     def runtime(self) -> str:
         """What runs inference: 'onnx:<providers>' or 'torch:<device>'."""
-        return f"onnx:{','.join(self.onnx.providers)}" if self.onnx else f"torch:{self.device.type}"
+        return self.onnx.description if self.onnx else f"torch:{self.device.type}"
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
@@ -282,10 +282,17 @@ class Encoder:
         return folder
 
     @classmethod
-    def load(cls, folder: Path, device: str = "auto", runtime: str = "auto", threads: int = 0) -> Encoder:
+    def load(
+        cls,
+        folder: Path,
+        device: str = "auto",
+        runtime: str = "auto",
+        threads: int = 0,
+        text_precision: str = FLOAT32,
+    ) -> Encoder:
         """`runtime`: 'auto' runs the folder's ONNX graphs when it has them and ONNX Runtime can serve
         `device`, 'onnx' insists on them, 'torch' never uses them. `threads`: ONNX Runtime's intra-op
-        threads (0 = its default)."""
+        threads (0 = its default). `text_precision`: 'int8' quantizes the text graph (ONNX, CPU)."""
         from transformers import AutoModel, AutoTokenizer
 
         raw = json.loads((folder / "encoder.json").read_text())
@@ -310,7 +317,7 @@ class Encoder:
             torch.load(folder / "text_projection.pt", map_location="cpu", weights_only=True)
         )
         device = resolve_device(device)
-        onnx = open_towers(folder, device, runtime, threads)
+        onnx = open_towers(folder, device, runtime, threads, text_precision)
         return cls(spec, image_model, TextTower(transformer, projection), tokenizer, device, onnx)
 
 

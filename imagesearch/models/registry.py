@@ -311,7 +311,7 @@ def load_encoder(reference: str, settings: Settings) -> Encoder:
 
 def _load_folder(folder: Path, settings: Settings) -> Encoder:
     model = settings.model
-    return Encoder.load(folder, model.device, model.runtime, model.onnx_threads)
+    return Encoder.load(folder, model.device, model.runtime, model.onnx_threads, model.text_precision)
 
 
 def _encoder_folder(model_folder: Path, uri: str) -> Path:
