@@ -296,6 +296,7 @@ def main() -> None:
     parser.add_argument("--text-rates", default="50,100,150,200,300,400,500")
     parser.add_argument("--image-rates", default="10,20,30,40,60,80")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each open-loop step")
+    parser.add_argument("--out", type=Path, default=RESULTS / "service.json", help="raw results (JSON)")
     args = parser.parse_args()
     settings = Settings()
     queries = {"text": text_queries(settings), "image": image_queries(settings)}
@@ -341,8 +342,8 @@ def main() -> None:
             finally:
                 server.terminate()
                 server.wait(30)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "service.json").write_text(
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
         json.dumps({"torch_forward_ms": peer, "closed_loop": rows, "open_loop": capacity}, indent=2)
     )
     report(rows, peer, capacity)

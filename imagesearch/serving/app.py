@@ -249,6 +249,7 @@ def create_app(
         return {
             "status": "ok",
             "model_version": service.model_version,
+            "runtime": service.encoder.runtime,  # what encodes queries, e.g. onnx:CPUExecutionProvider
             "vectors": service.index.live_count,
             "max_k": config.max_k,  # the page asks for no more per page
             "challenger_version": challenger.model_version if challenger else None,
