@@ -131,8 +131,8 @@ class OnnxTowers:
     """Inference sessions for both graphs; thread-safe (ONNX Runtime's `run` may be called concurrently).
 
     `text_precision` 'int8' runs the text graph with int8 weights, quantized here at load (a few
-    seconds; any registered version, no new artifact) — on CPU only: CUDA's provider has no fast
-    kernels for those products, so there the float graph runs."""
+    seconds; any registered version, no new artifact) — on CPU only: dynamic quantization is ONNX
+    Runtime's CPU recipe (a GPU wants static QDQ graphs), so with CUDA's provider the float graph runs."""
 
     def __init__(self, folder: Path, providers: list[str], threads: int = 0, text_precision: str = FLOAT32):
         import onnxruntime
