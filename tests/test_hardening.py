@@ -312,6 +312,26 @@ def test_a_locked_click_log_spools_the_query_and_replays_it(tmp_path):
     assert len(tables.impressions) == 3 and not log.spool.exists()
 
 
+def test_the_click_logs_warm_up_writes_nothing_and_a_locked_log_does_not_stop_it(tmp_path):
+    """The service warms its click log at start-up (a rolled-back write); a log that cannot be
+    written then must not stop the service from starting."""
+    url = f"sqlite:///{tmp_path / 'clicks.sqlite'}"
+    log = ClickLog(url, busy_timeout_s=0.05, background=True)
+    blocker = sqlite3.connect(tmp_path / "clicks.sqlite")
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        log.warm_up()  # locked: no error
+    finally:
+        blocker.rollback()
+        blocker.close()
+    log.warm_up()
+    assert log.count_queries() == 0 and log.read().impressions.empty
+    log.log_query([("a", 0.9)], model_version="v0", query_text="after the warm-up")
+    log.flush()
+    assert list(log.read().queries["query_text"]) == ["after the warm-up"]
+    log.close()
+
+
 # --- 16: a failed swap is retried at the next poll ------------------------------------------------
 def test_a_build_whose_model_fails_to_load_is_swapped_in_once_it_loads(
     small_index, zeroshot_encoder, saved_encoder, tmp_path

@@ -93,6 +93,7 @@ def create_app(
         gc.freeze()
         # a connection for each of anyio's 40 request threads that may log at once (20 + 20 overflow)
         app.state.clicks = ClickLog(settings.effective_click_log_url, pool_size=20, background=True)
+        await run_in_threadpool(app.state.clicks.warm_up)
         app.state.telemetry = Telemetry()
         app.state.swapper = Swapper(app.state)
         app.state.slices = SliceDraw(settings.experiment)
