@@ -95,7 +95,7 @@ class ModelSettings(BaseModel):
     text_precision: Literal["float32", "int8"] = Field(
         default="float32",
         description="'int8' runs registered models' text graph with int8 weights (ONNX Runtime on CPU; "
-        "quantized at load): ~1.6x faster per query, and moves text->image nDCG@10 by up to 0.01 "
+        "quantized at load): its encode 1.3-1.9x faster, and it moves text->image nDCG@10 by up to 0.01 "
         "(benchmarks/eval_text_precision.py), so it is not the default",
     )
     export_onnx: bool = Field(default=True, description="export both towers to ONNX when registering a model")
