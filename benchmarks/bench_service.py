@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,20 +215,22 @@ def torch_forward_ms(settings: Settings, repeats: int = 50) -> dict[str, float]:
     encoder = load_encoder(served, settings.model_copy(update={"model": ModelSettings(runtime="torch")}))
     image = read_catalog(settings.catalog_path)["path"].iloc[0]
     pixels = encoder.preprocess([Path(image)])
-    timings = {}
-    for name, forward in (
-        ("text", lambda: encoder.encode_texts(["a red car"])),
-        ("image", lambda: encoder.encode_pixels(pixels)),
-    ):
-        for _ in range(5):
-            forward()
-        samples = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            forward()
-            samples.append((time.perf_counter() - started) * 1000)
-        timings[name] = float(np.median(samples))
-    return timings
+    return {
+        "text": median_ms(lambda: encoder.encode_texts(["a red car"]), repeats),
+        "image": median_ms(lambda: encoder.encode_pixels(pixels), repeats),
+    }
+
+
+def median_ms(function: Callable[[], object], repeats: int, warm_up: int = 5) -> float:
+    """Median wall time of `function` in ms, after `warm_up` untimed calls."""
+    for _ in range(warm_up):
+        function()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        samples.append((time.perf_counter() - started) * 1000)
+    return float(np.median(samples))
 
 
 def first_and_tenth(url: str, queries: list[PreparedRequest]) -> tuple[float, float]:

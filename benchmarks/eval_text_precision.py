@@ -11,31 +11,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable
+import sys
 from pathlib import Path
-
-import numpy as np
 
 from imagesearch.evaluation.sets import EvalSets
 from imagesearch.evaluation.step import evaluate_everywhere, read_outside_sets
 from imagesearch.models.registry import load_encoder, pin_reference
 from imagesearch.settings import ModelSettings, Settings
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_service import median_ms
+
 PRECISIONS = ("float32", "int8")
 METRICS = ("ndcg_at_10", "recall_at_10")
 QUERY = ["a red car"]
-
-
-def median_ms(function: Callable[[], object], repeats: int = 300) -> float:
-    for _ in range(10):
-        function()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        samples.append((time.perf_counter() - started) * 1000)
-    return float(np.median(samples))
+REPEATS = 300
 
 
 def text_rows(results: dict) -> dict[str, dict[str, float]]:
@@ -58,12 +48,12 @@ def main() -> None:
     model = pin_reference(args.model, settings)
     sets, outside = EvalSets.read(settings.evaluation_dir), read_outside_sets(settings)
     torch_encoder = load_encoder(model, settings.model_copy(update={"model": ModelSettings(runtime="torch")}))
-    latency = {"torch": median_ms(lambda: torch_encoder.encode_texts(QUERY))}
+    latency = {"torch": median_ms(lambda: torch_encoder.encode_texts(QUERY), REPEATS)}
     metrics = {}
     for precision in PRECISIONS:
         options = settings.model.model_copy(update={"runtime": "onnx", "text_precision": precision})
         encoder = load_encoder(model, settings.model_copy(update={"model": options}))
-        latency[precision] = median_ms(lambda: encoder.encode_texts(QUERY))  # noqa: B023 (called here)
+        latency[precision] = median_ms(lambda: encoder.encode_texts(QUERY), REPEATS)  # noqa: B023 (called here)
         metrics[precision] = text_rows(evaluate_everywhere(encoder, sets, outside, modes=True)[1])
 
     print(
