@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from imagesearch.evaluation.promotion import Decision, OnlineRule, decide_online
+from imagesearch.evaluation.promotion import Decision, GuardTest, OnlineRule, decide_online
 from imagesearch.feedback.clicklog import ClickLog
 from imagesearch.feedback.online_experiment import (
     estimated_eta,
@@ -150,11 +150,14 @@ def test_simulated_users_drive_the_experiment_to_the_online_decision(experiment_
     assert arms["challenger"]["ctr"] < arms["champion"]["ctr"]
     assert arms["challenger"]["pages"] == kinds["interleaving"]
     assert arms["champion"]["pages"] == kinds["shadow"]  # its own pages: shadowed ones (no plain slice here)
+    gaps = report["guardrail_differences"]
+    assert gaps["ctr"]["difference"] == pytest.approx(arms["challenger"]["ctr"] - arms["champion"]["ctr"])
+    assert all(0 < gaps[name]["standard_error"] < 0.1 for name in ("ctr", "abandonment"))
     assert report["shadow"]["queries"] == kinds["shadow"] and report["shadow"]["overlap_at_k"] < 1
     assert sum(day["wins_champion"] for day in report["by_day"]) == rate["wins_champion"]
 
     evidence = evidence_from_report(report | {"simulated": True})
-    rule = OnlineRule(min_queries=20, require_win=False, tolerance=0.02)
+    rule = OnlineRule(min_queries=20, require_win=False, guard=GuardTest(0.02))
     decision = decide_online(Decision(True, "offline passed"), evidence, rule)
     assert not decision.promote and "significant loss" in decision.reason and "simulated" in decision.reason
     waiting = decide_online(Decision(True, "offline passed"), evidence, replace(rule, min_queries=10_000))

@@ -9,16 +9,18 @@ import pytest
 
 from imagesearch.evaluation.promotion import (
     Decision,
+    GuardTest,
     OnlineEvidence,
     OnlineRule,
     decide_online,
     decide_rollback,
+    guardrail_readings,
 )
 from imagesearch.feedback.clicklog import LogTables
 from imagesearch.feedback.drift import two_sample_auc
 from imagesearch.feedback.experiments import power_ladder, queries_needed
 from imagesearch.feedback.interleaving import A, B, credit, ctr_test, team_draft, win_rate
-from imagesearch.feedback.online_experiment import guardrails
+from imagesearch.feedback.online_experiment import guardrail_differences, guardrails
 from imagesearch.feedback.simulation import SimulatedQuery, clicked_ranks
 
 
@@ -181,11 +183,14 @@ def test_randomized_adjacent_swaps_recover_the_simulated_position_bias(eta):
 
 # --- the promotion rule's online stage ----------------------------------------------------------------
 PASSED = Decision(True, "offline: text_to_image.ndcg_at_10 +0.02")
-RULE = OnlineRule(min_queries=100, require_win=False, tolerance=0.02)
+RULE = OnlineRule(min_queries=100, require_win=False, guard=GuardTest(0.02))
+WIN_NEEDED = OnlineRule(100, True, GuardTest(0.02))
 
 
-def evidence(wins: int, losses: int, p: float, ctr=(0.30, 0.30), abandonment=(0.40, 0.40)) -> OnlineEvidence:
-    return OnlineEvidence(wins, losses, p, ctr, abandonment)
+def evidence(
+    wins: int, losses: int, p: float, ctr=(0.30, 0.30), abandonment=(0.40, 0.40), errors=(None, None)
+) -> OnlineEvidence:
+    return OnlineEvidence(wins, losses, p, ctr, abandonment, standard_errors=errors)
 
 
 @pytest.mark.parametrize(
@@ -195,8 +200,8 @@ def evidence(wins: int, losses: int, p: float, ctr=(0.30, 0.30), abandonment=(0.
         (PASSED, None, RULE, False, "0 of 100"),
         (PASSED, evidence(40, 30, 0.3), RULE, False, "70 of 100"),
         (PASSED, evidence(55, 50, 0.7), RULE, True, "guardrails held"),  # no significant loss is enough
-        (PASSED, evidence(55, 50, 0.7), OnlineRule(100, True, 0.02), False, "no significant win"),
-        (PASSED, evidence(70, 35, 0.001), OnlineRule(100, True, 0.02), True, "guardrails held"),
+        (PASSED, evidence(55, 50, 0.7), WIN_NEEDED, False, "no significant win"),
+        (PASSED, evidence(70, 35, 0.001), WIN_NEEDED, True, "guardrails held"),
         (PASSED, evidence(35, 70, 0.001), RULE, False, "significant loss"),
         (PASSED, evidence(70, 35, 0.001, ctr=(0.25, 0.30)), RULE, False, "CTR 0.250 vs 0.300"),
         (PASSED, evidence(70, 35, 0.001, abandonment=(0.45, 0.40)), RULE, False, "abandonment"),
@@ -208,11 +213,75 @@ def test_the_online_stage_of_the_promotion_rule_case_by_case(offline, online, ru
     assert decision.promote is promote and reason in decision.reason
 
 
+# a fresh demo's abandonment (0.390 on interleaved pages against 0.357), with standard errors of the
+# size its page counts give (0.028 measured on another demo's 1,173 / 420 pages)
+DEMO_LOSS = {"abandonment": (0.390, 0.357), "errors": (0.005, 0.028)}
+
+
+@pytest.mark.parametrize(
+    ("kind", "online", "promote", "reason"),
+    [
+        # the same noisy reading: past the tolerance by its point estimate, no harm shown, none ruled out
+        ("point", evidence(70, 35, 0.001, **DEMO_LOSS), False, "abandonment 0.390 vs 0.357"),
+        ("harm", evidence(70, 35, 0.001, **DEMO_LOSS), True, "no loss beyond 0.02 shown at alpha 0.05"),
+        ("non_inferiority", evidence(70, 35, 0.001, **DEMO_LOSS), False, "a loss up to 0.079 not ruled out"),
+        # a loss that clears the noise stops every test
+        ("harm", evidence(70, 35, 0.001, ctr=(0.20, 0.30), errors=(0.01, 0.02)), False, "0.084 shown"),
+        ("non_inferiority", evidence(70, 35, 0.001, ctr=(0.29, 0.30), errors=(0.002, 0.01)), True, "ruled"),
+        # no standard error (a report from before they were recorded): the point estimate decides
+        ("harm", evidence(70, 35, 0.001, abandonment=(0.45, 0.40)), False, "abandonment 0.450 vs 0.400"),
+    ],
+)
+def test_a_guardrail_stops_a_promotion_by_its_test(kind, online, promote, reason):
+    decision = decide_online(PASSED, online, OnlineRule(100, False, GuardTest(0.02, kind)))
+    assert decision.promote is promote and reason in decision.reason
+
+
 def test_a_champion_whose_guardrails_degrade_after_promotion_is_rolled_back():
-    assert decide_rollback((0.20, 0.40), (0.30, 0.40), 0.02).roll_back  # CTR fell by 0.10
-    assert decide_rollback((0.30, 0.50), (0.30, 0.40), 0.02).roll_back  # abandonment rose
-    held = decide_rollback((0.29, 0.41), (0.30, 0.40), 0.02)
+    guard = GuardTest(0.02)
+    assert decide_rollback(guardrail_readings((0.20, 0.30), (0.40, 0.40)), guard).roll_back  # CTR fell
+    assert decide_rollback(guardrail_readings((0.30, 0.30), (0.50, 0.40)), guard).roll_back  # abandonment
+    shown = decide_rollback(guardrail_readings((0.30, 0.30), (0.50, 0.40), (0.01, 0.02)), guard)
+    assert shown.roll_back and "shown" in shown.reason
+    noisy = decide_rollback(guardrail_readings((0.30, 0.30), (0.45, 0.40), (0.01, 0.03)), guard)
+    assert not noisy.roll_back and "no loss beyond 0.02 shown" in noisy.reason
+    held = decide_rollback(guardrail_readings((0.29, 0.30), (0.41, 0.40)), guard)
     assert not held.roll_back and "held" in held.reason
+
+
+def synthetic_experiment(rng: np.random.Generator, pages: int, click_a: float, click_b: float) -> LogTables:
+    """Interleaved pages (6 results, teams alternating) whose users are engaged or not as a whole, so
+    the clicks on one page are correlated; and as many champion pages with the same engagement."""
+    interleaved = [f"i{n}" for n in range(pages)]
+    plain = [f"p{n}" for n in range(pages)]
+    shown = [(query, rank) for query in interleaved for rank in range(1, 7)]
+    teams = pd.DataFrame(
+        [(query, rank, "challenger" if rank % 2 else "champion") for query, rank in shown],
+        columns=["query_id", "rank", "team"],
+    )
+    engaged = np.repeat(rng.random(pages) < 0.6, 6)
+    chance = np.where(teams["team"] == "challenger", click_a, click_b) / 0.6
+    clicks = teams[engaged & (rng.random(len(teams)) < chance)][["query_id", "rank"]]
+    plain_clicked = [query for query in plain if rng.random() < 0.6 * (1 - (1 - click_b / 0.6) ** 6)]
+    clicks = pd.concat([clicks, pd.DataFrame({"query_id": plain_clicked, "rank": 1})])
+    queries = pd.DataFrame({"query_id": interleaved + plain, "created_at": "2026-11-25 10:00:00"})
+    experiments = pd.DataFrame(
+        {"query_id": interleaved, "kind": "interleaving", "challenger_version": "models:/m/2"}
+    )
+    return LogTables(queries, pd.DataFrame(columns=["query_id", "rank"]), clicks, experiments, teams)
+
+
+def test_the_guardrail_standard_errors_match_the_spread_of_repeated_experiments():
+    """The delta method's errors (pages, not results, as the unit) against the spread of the
+    differences over 200 repeated experiments of 300 pages per arm."""
+    rng = np.random.default_rng(0)
+    experiments = (synthetic_experiment(rng, 300, 0.15, 0.2) for _ in range(200))
+    runs = [guardrail_differences(tables, "models:/m/2") for tables in experiments]
+    for name in ("ctr", "abandonment"):
+        differences = np.array([run[name]["difference"] for run in runs])
+        errors = np.array([run[name]["standard_error"] for run in runs])
+        assert np.mean(errors) == pytest.approx(np.std(differences, ddof=1), rel=0.15)
+    assert np.mean([run["ctr"]["difference"] for run in runs]) == pytest.approx(-0.05, abs=0.005)
 
 
 def test_the_champions_pages_are_counted_from_the_experiments_first_query_of_any_kind():

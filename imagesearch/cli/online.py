@@ -114,7 +114,17 @@ def clicks_experiment(json_output: JsonOption = False) -> None:
     )
     for arm, values in report["guardrails"].items():
         console.print(
-            f"  {arm:<10} CTR {values['ctr']}  abandonment {values['abandonment']}  pages {values['pages']}"
+            f"  {arm:<10} CTR {_rounded(values['ctr'])}  abandonment {_rounded(values['abandonment'])}  "
+            f"pages {values['pages']}"
+        )
+    for name, gap in report["guardrail_differences"].items():
+        console.print(
+            f"  {name} challenger - champion: {_rounded(gap['difference'])} "
+            f"(standard error {_rounded(gap['standard_error'])})"
         )
     console.print(f"  shadow: {report['shadow']}")
     console.print(f"  position bias: {report['position_bias']}")
+
+
+def _rounded(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

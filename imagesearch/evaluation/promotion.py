@@ -6,9 +6,12 @@ Metric names are "<query type>.<metric>", e.g. "text_to_image.ndcg_at_10".
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from imagesearch.settings import EvaluationSettings
+from imagesearch.settings.judging import GuardTestKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,14 +97,72 @@ def _unsure(name: str, found: dict[str, float]) -> str:
 
 # --- the online stage: after the offline gate, the interleaving experiment and its guardrails -------
 @dataclass(frozen=True, slots=True)
+class GuardrailReading:
+    """One guardrail of a new side against its reference, and the standard error of their
+    difference (None where it is not known: a report written before it was recorded)."""
+
+    name: str
+    new: float
+    reference: float
+    standard_error: float | None = None
+    higher_is_better: bool = True
+
+    @property
+    def loss(self) -> float:
+        """How much worse the new side reads than the reference (positive: worse)."""
+        gap = self.reference - self.new
+        return gap if self.higher_is_better else -gap
+
+
+@dataclass(frozen=True, slots=True)
+class GuardTest:
+    """When a guardrail reading counts as a regression beyond `tolerance`:
+
+    - "point": its point estimate is past the tolerance (noise of the size of the tolerance flips it);
+    - "harm": a one-sided test at `alpha` shows the loss is past the tolerance (the lower bound of the
+      loss is above it): a guardrail stops a promotion on evidence, not on noise;
+    - "non_inferiority": the loss's upper bound is within the tolerance, or it stops the promotion
+      (needs enough traffic to bound the loss that tightly).
+    A reading without a standard error is judged by its point estimate."""
+
+    tolerance: float
+    kind: GuardTestKind = "harm"
+    alpha: float = 0.05
+
+    def problem(self, reading: GuardrailReading) -> str | None:
+        """What is wrong with this reading, or None."""
+        said = f"{reading.name} {reading.new:.3f} vs {reading.reference:.3f} (tolerance {self.tolerance:g})"
+        error = reading.standard_error
+        if self.kind == "point" or error is None or not math.isfinite(error):
+            return said if reading.loss > self.tolerance else None
+        z = NormalDist().inv_cdf(1 - self.alpha)
+        low, high = reading.loss - z * error, reading.loss + z * error
+        if self.kind == "harm" and low > self.tolerance:
+            return f"{said}: a loss of at least {low:.3f} shown ({1 - self.alpha:.0%} one-sided)"
+        if self.kind == "non_inferiority" and high > self.tolerance:
+            return f"{said}: a loss up to {high:.3f} not ruled out ({1 - self.alpha:.0%} one-sided)"
+        return None
+
+    def first_problem(self, readings: Sequence[GuardrailReading]) -> str | None:
+        return next(filter(None, map(self.problem, readings)), None)
+
+    def describe(self) -> str:
+        if self.kind == "point":
+            return f"no point estimate past the tolerance {self.tolerance:g}"
+        shown = "shown" if self.kind == "harm" else "not ruled out"
+        return f"no loss beyond {self.tolerance:g} {shown} at alpha {self.alpha:g}"
+
+
+@dataclass(frozen=True, slots=True)
 class OnlineRule:
     min_queries: int  # interleaved queries with a winner needed before deciding online
     require_win: bool  # True: a significant win; False: no significant loss is enough
-    tolerance: float  # guardrails: the challenger's CTR may trail, its abandonment exceed, by this much
+    guard: GuardTest  # when the challenger's CTR trails, or its abandonment exceeds, the champion's
 
     @classmethod
     def from_settings(cls, config: EvaluationSettings) -> OnlineRule:
-        return cls(config.online_min_queries, config.online_require_win, config.online_guard_tolerance)
+        guard = GuardTest(config.online_guard_tolerance, config.online_guard_test, config.online_guard_alpha)
+        return cls(config.online_min_queries, config.online_require_win, guard)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +176,11 @@ class OnlineEvidence:
     ctr: tuple[float, float]  # (challenger, champion)
     abandonment: tuple[float, float]
     simulated: bool = False  # from simulated users (no real traffic yet): said in every reason
+    # standard errors of the (challenger - champion) CTR and abandonment differences
+    standard_errors: tuple[float | None, float | None] = (None, None)
+
+    def readings(self) -> list[GuardrailReading]:
+        return guardrail_readings(self.ctr, self.abandonment, self.standard_errors)
 
     def as_tags(self) -> dict[str, str]:
         """The numbers a decision rests on, as tags of the model version."""
@@ -125,13 +191,29 @@ class OnlineEvidence:
             "online.p_value": f"{self.p_value:.4g}",
             "online.ctr": f"challenger {self.ctr[0]:.4f}, champion {self.ctr[1]:.4f}",
             "online.abandonment": f"challenger {self.abandonment[0]:.4f}, champion {self.abandonment[1]:.4f}",
+            "online.guardrail_standard_errors": ", ".join(
+                f"{name} {'n/a' if error is None else f'{error:.4f}'}"
+                for name, error in zip(("CTR", "abandonment"), self.standard_errors, strict=True)
+            ),
             "online.simulated": str(self.simulated).lower(),
         }
 
 
+def guardrail_readings(
+    ctr: tuple[float, float],
+    abandonment: tuple[float, float],
+    standard_errors: tuple[float | None, float | None] = (None, None),
+) -> list[GuardrailReading]:
+    """The two guardrails from (new, reference) pairs and their differences' standard errors."""
+    return [
+        GuardrailReading("CTR", *ctr, standard_errors[0]),
+        GuardrailReading("abandonment", *abandonment, standard_errors[1], higher_is_better=False),
+    ]
+
+
 def decide_online(offline: Decision, evidence: OnlineEvidence | None, rule: OnlineRule) -> Decision:
     """The offline decision, then the online stage: enough decided queries, a significant win (or no
-    significant loss, by `require_win`), and guardrails held."""
+    significant loss, by `require_win`), and guardrails held (by `rule.guard`)."""
     if not offline.promote:
         return offline
     decided = 0 if evidence is None else evidence.wins_challenger + evidence.wins_champion
@@ -147,21 +229,10 @@ def decide_online(offline: Decision, evidence: OnlineEvidence | None, rule: Onli
         return Decision(False, f"{online}: no significant win")
     if significant and rate < 0.5:
         return Decision(False, f"{online}: a significant loss")
-    problem = guardrail_problem(evidence.ctr, evidence.abandonment, rule.tolerance)
+    problem = rule.guard.first_problem(evidence.readings())
     if problem:
         return Decision(False, f"{online}; guardrail: {problem}")
-    return Decision(True, f"{offline.reason}; {online}; guardrails held")
-
-
-def guardrail_problem(
-    ctr: tuple[float, float], abandonment: tuple[float, float], tolerance: float
-) -> str | None:
-    """What a (new, reference) pair of guardrail readings says is wrong, or None."""
-    if ctr[0] < ctr[1] - tolerance:
-        return f"CTR {ctr[0]:.3f} vs {ctr[1]:.3f} (tolerance {tolerance:g})"
-    if abandonment[0] > abandonment[1] + tolerance:
-        return f"abandonment {abandonment[0]:.3f} vs {abandonment[1]:.3f} (tolerance {tolerance:g})"
-    return None
+    return Decision(True, f"{offline.reason}; {online}; guardrails held ({rule.guard.describe()})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +241,10 @@ class Rollback:
     reason: str
 
 
-def decide_rollback(after: tuple[float, float], before: tuple[float, float], tolerance: float) -> Rollback:
-    """Roll a promoted champion back when its guardrails ((CTR, abandonment) since the promotion)
-    degraded against its predecessor's (before it)."""
-    problem = guardrail_problem((after[0], before[0]), (after[1], before[1]), tolerance)
+def decide_rollback(readings: Sequence[GuardrailReading], guard: GuardTest) -> Rollback:
+    """Roll a promoted champion back when its guardrails since the promotion (new) degraded against
+    its predecessor's before it (reference)."""
+    problem = guard.first_problem(readings)
     if problem:
         return Rollback(True, f"guardrail degraded after promotion: {problem}")
-    return Rollback(False, "guardrails held after promotion")
+    return Rollback(False, f"guardrails held after promotion ({guard.describe()})")

@@ -5,12 +5,14 @@
 - `guardrails`: per arm, CTR (clicks per shown result) and abandonment (share of pages with no click).
   The challenger's arm: its contributed results and the interleaved pages; the champion's arm: its
   contributed results and the pages that showed its own ranking unchanged (no experiment, or shadowed)
-  over the same period;
+  over the same period; `guardrail_differences`: challenger minus champion, with standard errors;
 - `shadow_summary`: the challenger's latency and top-k overlap on shadowed queries;
 - `logged_swap_rates`: the randomized slice as (rank, shown_at, clicks, impressions) for estimate_eta.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -75,14 +77,11 @@ def experiment_arms(tables: LogTables, challenger_version: str) -> dict[str, pd.
 def guardrails(tables: LogTables, challenger_version: str) -> dict[str, dict[str, float | None]]:
     """CTR and abandonment per arm (see the module's docstring); None where an arm saw nothing."""
     arms = experiment_arms(tables, challenger_version)
-    teams = tables.teams[tables.teams["query_id"].isin(arms["challenger"])]
-    clicks = tables.clicks[["query_id", "rank"]].drop_duplicates().assign(clicked=1)
-    shown = teams.merge(clicks, on=["query_id", "rank"], how="left").fillna({"clicked": 0})
-    ctr = shown.groupby("team")["clicked"].mean()
+    per_team = _team_clicks(tables, arms["challenger"])
     with_click = set(tables.clicks["query_id"])
     return {
         arm: {
-            "ctr": _finite(float(ctr.get(arm, np.nan))),
+            "ctr": _finite(_ratio(per_team["clicked"][arm], per_team["shown"][arm])),
             "abandonment": _finite(_abandonment(pages, with_click)),
             "pages": len(pages),
         }
@@ -90,22 +89,101 @@ def guardrails(tables: LogTables, challenger_version: str) -> dict[str, dict[str
     }
 
 
+def guardrail_differences(tables: LogTables, challenger_version: str) -> dict[str, dict[str, float | None]]:
+    """Challenger minus champion on each guardrail, with the difference's standard error.
+
+    The page is the independent unit (clicks on one page are not independent draws), so a ratio's
+    error comes from the delta method over pages (Deng et al., 2018). CTR is paired: both teams'
+    results share each interleaved page. Abandonment is not: the arms are different pages."""
+    arms = experiment_arms(tables, challenger_version)
+    per_team = _team_clicks(tables, arms["challenger"])
+    ctr_terms = [_influence(per_team["clicked"][team], per_team["shown"][team]) for team in TEAMS]
+    with_click = set(tables.clicks["query_id"])
+    abandoned = {arm: (~pages.isin(with_click)).astype(float) for arm, pages in arms.items()}
+    return {
+        "ctr": {
+            "difference": _finite(_ratio_gap(per_team["clicked"], per_team["shown"])),
+            "standard_error": _finite(_mean_error(ctr_terms[0] - ctr_terms[1])),
+        },
+        "abandonment": {
+            "difference": _finite(abandoned["challenger"].mean() - abandoned["champion"].mean()),
+            "standard_error": _finite(np.hypot(*map(_mean_error, abandoned.values()))),
+        },
+    }
+
+
+def _team_clicks(tables: LogTables, interleaved: pd.Series) -> dict[str, pd.DataFrame]:
+    """Per interleaved page (rows) and team (columns): results "shown" and "clicked"."""
+    teams = tables.teams[tables.teams["query_id"].isin(interleaved)]
+    clicks = tables.clicks[["query_id", "rank"]].drop_duplicates().assign(clicked=1)
+    shown = teams.merge(clicks, on=["query_id", "rank"], how="left").fillna({"clicked": 0})
+    per_page = shown.groupby(["query_id", "team"])["clicked"].agg(shown="count", clicked="sum")
+    return {
+        column: per_page[column].unstack("team", fill_value=0).reindex(columns=TEAMS, fill_value=0)
+        for column in ("shown", "clicked")
+    }
+
+
+def _ratio(numerator: pd.Series, denominator: pd.Series) -> float:
+    total = float(denominator.sum())
+    return float(numerator.sum()) / total if total else float("nan")
+
+
+def _ratio_gap(clicked: pd.DataFrame, shown: pd.DataFrame) -> float:
+    return _ratio(clicked["challenger"], shown["challenger"]) - _ratio(clicked["champion"], shown["champion"])
+
+
+def _influence(numerator: pd.Series, denominator: pd.Series) -> pd.Series:
+    """Each page's linearized share of sum(numerator) / sum(denominator): the delta method's terms,
+    whose mean's standard error is the ratio's."""
+    if denominator.sum() == 0:
+        return pd.Series(np.nan, index=numerator.index)
+    ratio = numerator.sum() / denominator.sum()
+    return (numerator - ratio * denominator) / denominator.mean()
+
+
+def _mean_error(terms: pd.Series) -> float:
+    return float(terms.std(ddof=1) / np.sqrt(len(terms))) if len(terms) > 1 else float("nan")
+
+
 def _finite(value: float) -> float | None:
-    return value if np.isfinite(value) else None  # JSON has no NaN
+    return float(value) if np.isfinite(value) else None  # JSON has no NaN
 
 
 def _abandonment(pages: pd.Series, with_click: set[str]) -> float:
     return float((~pages.isin(with_click)).mean()) if len(pages) else float("nan")
 
 
-def page_guardrails(tables: LogTables, query_ids: pd.Series) -> tuple[float, float, int]:
-    """(CTR per shown result, abandonment, pages) of some plain pages: a champion's before and
-    after its promotion, for the rollback rule."""
+@dataclass(frozen=True, slots=True)
+class PageGuardrails:
+    """CTR per shown result and abandonment of some plain pages, with their standard errors."""
+
+    ctr: float
+    ctr_error: float
+    abandonment: float
+    abandonment_error: float
+    pages: int
+
+
+def page_guardrails(tables: LogTables, query_ids: pd.Series) -> PageGuardrails:
+    """The guardrails of some plain pages: a champion's before and after its promotion, for the
+    rollback rule."""
     shown = tables.impressions[tables.impressions["query_id"].isin(query_ids)]
-    clicks = tables.clicks[["query_id", "rank"]].drop_duplicates()
-    clicked = len(shown.merge(clicks, on=["query_id", "rank"]))
-    ctr = clicked / len(shown) if len(shown) else float("nan")
-    return ctr, _abandonment(query_ids, set(tables.clicks["query_id"])), len(query_ids)
+    clicks = tables.clicks[["query_id", "rank"]].drop_duplicates().assign(clicked=1)
+    per_page = (
+        shown.merge(clicks, on=["query_id", "rank"], how="left")
+        .fillna({"clicked": 0})
+        .groupby("query_id")["clicked"]
+        .agg(shown="count", clicked="sum")
+    )
+    abandoned = (~query_ids.isin(set(tables.clicks["query_id"]))).astype(float)
+    return PageGuardrails(
+        ctr=_ratio(per_page["clicked"], per_page["shown"]),
+        ctr_error=_mean_error(_influence(per_page["clicked"], per_page["shown"])),
+        abandonment=float(abandoned.mean()) if len(abandoned) else float("nan"),
+        abandonment_error=_mean_error(abandoned),
+        pages=len(query_ids),
+    )
 
 
 def shadow_summary(tables: LogTables, challenger_version: str) -> dict[str, float | int]:
@@ -165,6 +243,7 @@ def experiment_report(tables: LogTables, challenger_version: str) -> dict:
         "win_rate": _win_rate_dict(overall),
         "by_day": days,
         "guardrails": guardrails(tables, challenger_version),
+        "guardrail_differences": guardrail_differences(tables, challenger_version),
         "shadow": shadow_summary(tables, challenger_version),
     }
 

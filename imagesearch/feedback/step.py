@@ -14,7 +14,13 @@ import pandas as pd
 
 from imagesearch.common.io import write_atomic, write_parquet_atomic
 from imagesearch.common.plots import online_metrics_plot
-from imagesearch.evaluation.promotion import OnlineEvidence, Rollback, decide_rollback
+from imagesearch.evaluation.promotion import (
+    OnlineEvidence,
+    OnlineRule,
+    Rollback,
+    decide_rollback,
+    guardrail_readings,
+)
 from imagesearch.feedback.clicklog import ClickLog, LogTables
 from imagesearch.feedback.drift import DriftScore, two_sample_auc
 from imagesearch.feedback.online_experiment import (
@@ -131,6 +137,7 @@ def last_experiment(settings: Settings, challenger: str) -> OnlineEvidence | Non
 def evidence_from_report(report: dict) -> OnlineEvidence:
     """What the promotion rule's online stage reads of an experiment report."""
     rate, arms = report["win_rate"], report["guardrails"]
+    differences = report.get("guardrail_differences", {})  # absent from reports of earlier versions
     return OnlineEvidence(
         rate["wins_challenger"],
         rate["wins_champion"],
@@ -138,6 +145,9 @@ def evidence_from_report(report: dict) -> OnlineEvidence:
         (_number(arms["challenger"]["ctr"]), _number(arms["champion"]["ctr"])),
         (_number(arms["challenger"]["abandonment"]), _number(arms["champion"]["abandonment"])),
         simulated=report.get("simulated", False),
+        standard_errors=tuple(  # type: ignore[arg-type]
+            differences.get(name, {}).get("standard_error") for name in ("ctr", "abandonment")
+        ),
     )
 
 
@@ -158,12 +168,17 @@ def rollback_step(settings: Settings) -> Rollback:
     promoted_at = pd.Timestamp(record.promoted_at, unit="s", tz="UTC")
     after = queries["query_id"][(queries["model_version"] == record.champion) & (created >= promoted_at)]
     before = queries["query_id"][(queries["model_version"] == record.previous) & (created < promoted_at)]
-    readings = page_guardrails(tables, after), page_guardrails(tables, before)
+    since, earlier = page_guardrails(tables, after), page_guardrails(tables, before)
     needed = settings.evaluation.online_min_queries
-    if min(readings[0][2], readings[1][2]) < needed:
-        counts = f"{readings[0][2]} pages since, {readings[1][2]} before"
+    if min(since.pages, earlier.pages) < needed:
+        counts = f"{since.pages} pages since, {earlier.pages} before"
         return Rollback(False, f"not enough plain traffic to judge ({counts}; {needed} each needed)")
-    decision = decide_rollback(readings[0][:2], readings[1][:2], settings.evaluation.online_guard_tolerance)
+    errors = (  # of the differences: the two periods are independent pages
+        float(np.hypot(since.ctr_error, earlier.ctr_error)),
+        float(np.hypot(since.abandonment_error, earlier.abandonment_error)),
+    )
+    readings = guardrail_readings((since.ctr, earlier.ctr), (since.abandonment, earlier.abandonment), errors)
+    decision = decide_rollback(readings, OnlineRule.from_settings(settings.evaluation).guard)
     if decision.roll_back:
         reason = decision.reason + (" (simulated traffic)" if simulated else "")
         registry.roll_back(settings, record, reason)

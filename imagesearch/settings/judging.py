@@ -4,7 +4,12 @@ and the ablation. Like `stages.py`, every group is a field of `Settings`.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
+
+# how an online guardrail's loss is judged (imagesearch/evaluation/promotion.py::GuardTest)
+GuardTestKind = Literal["point", "harm", "non_inferiority"]
 
 OOD_COLLECTIONS = ("fashion-mnist", "gcompris")
 QUERY_KINDS = ("image_to_image", "text_to_image")
@@ -57,6 +62,15 @@ class EvaluationSettings(BaseModel):
     )
     online_guard_tolerance: float = Field(
         default=0.02, ge=0, description="online guardrails: CTR may trail / abandonment exceed by this much"
+    )
+    online_guard_test: GuardTestKind = Field(
+        default="harm",
+        description="online guardrails: 'harm' stops a promotion (or rolls one back) when a one-sided "
+        "test shows a loss past the tolerance; 'non_inferiority' unless it rules such a loss out; "
+        "'point' when the point estimate is past it (noise of the tolerance's size flips it)",
+    )
+    online_guard_alpha: float = Field(
+        default=0.05, gt=0, lt=0.5, description="online guardrails: the one-sided tests' level"
     )
 
 
