@@ -16,10 +16,10 @@ from imagesearch.evaluation.promotion import (
     decide_rollback,
     guardrail_readings,
 )
-from imagesearch.feedback.clicklog import LogTables
 from imagesearch.feedback.drift import two_sample_auc
 from imagesearch.feedback.experiments import power_ladder, queries_needed
 from imagesearch.feedback.interleaving import A, B, credit, ctr_test, team_draft, win_rate
+from imagesearch.feedback.log_schema import LogTables
 from imagesearch.feedback.online_experiment import guardrail_differences, guardrails
 from imagesearch.feedback.simulation import SimulatedQuery, clicked_ranks
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from imagesearch.feedback.clicklog import LogTables
 from imagesearch.feedback.interleaving import A, B, win_rate
+from imagesearch.feedback.log_schema import LogTables
 from imagesearch.feedback.simulation import estimate_eta
 
 TEAMS = ["challenger", "champion"]  # as the log names them (team A and B of the team draft)

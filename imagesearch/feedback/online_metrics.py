@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from imagesearch.feedback.clicklog import LogTables
+from imagesearch.feedback.log_schema import LogTables
 
 GROUP = ["model_version", "day", "simulated"]
 

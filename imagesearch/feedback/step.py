@@ -21,8 +21,9 @@ from imagesearch.evaluation.promotion import (
     decide_rollback,
     guardrail_readings,
 )
-from imagesearch.feedback.clicklog import ClickLog, LogTables
+from imagesearch.feedback.clicklog import ClickLog
 from imagesearch.feedback.drift import DriftScore, two_sample_auc
+from imagesearch.feedback.log_schema import LogTables
 from imagesearch.feedback.online_experiment import (
     champion_pages,
     estimated_eta,

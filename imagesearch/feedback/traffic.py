@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from imagesearch.evaluation.sets import EvalSets, whole_catalog_text_qrels
-from imagesearch.feedback.clicklog import SIMULATED_HEADER
+from imagesearch.feedback.log_schema import SIMULATED_HEADER
 from imagesearch.feedback.simulation import SimulatedQuery, clicked_ranks
 
 

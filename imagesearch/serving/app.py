@@ -24,7 +24,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from imagesearch.common.io import content_id
-from imagesearch.feedback.clicklog import SIMULATED_HEADER, ClickLog, UnknownQuery
+from imagesearch.feedback.clicklog import ClickLog, UnknownQuery
+from imagesearch.feedback.log_schema import SIMULATED_HEADER
 from imagesearch.serving.experiments import (
     CHALLENGER,
     INTERLEAVING,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from imagesearch.feedback.clicklog import LogTables
+from imagesearch.feedback.log_schema import LogTables
 from imagesearch.feedback.simulation import examination_probability
 from imagesearch.training_data.examples import TRAIN, examples_frame
 
