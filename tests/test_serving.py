@@ -20,7 +20,8 @@ from PIL import Image
 from imagesearch.feedback.clicklog import ClickLog
 from imagesearch.index.folder import build_folder_index
 from imagesearch.index.store import load_index
-from imagesearch.serving.app import create_app
+from imagesearch.serving import app as app_module
+from imagesearch.serving.app import WARM_UP_HEADER, WARM_UP_SEARCHES, create_app
 from imagesearch.serving.rerank import collapse_near_duplicates, mmr
 from imagesearch.serving.service import SearchService
 from imagesearch.serving.types import Answer, PageRequest, Query, Result
@@ -234,6 +235,32 @@ def test_health_metrics_and_openapi(client):
     assert 'imagesearch_requests_total{route="unmatched",status="400"}' in metrics
     assert "imagesearch_request_seconds_bucket" in metrics
     assert "/search" in client.get("/openapi.json").json()["paths"]
+
+
+def test_the_routes_are_warmed_at_start_up_and_the_warm_up_leaves_no_trace(
+    indexed, zeroshot_encoder, tmp_path, monkeypatch, caplog
+):
+    """Searches through the whole ASGI stack before the first client's, every one answered; none
+    logged, counted or cached, and no later request can pass for one."""
+    root, _ = indexed
+    settings = Settings(home=tmp_path / "ws")
+    loaded = load_index(root / "index")
+    service = SearchService(zeroshot_encoder, loaded, loaded.ids.set_index("id")["path"], settings)
+    warm_ups = []
+    recognise = app_module.is_warm_up
+    monkeypatch.setattr(
+        app_module, "is_warm_up", lambda request: warm_ups.append(recognise(request)) or warm_ups[-1]
+    )
+    app = create_app(settings, service=service)
+    with caplog.at_level("WARNING", logger=app_module.__name__), TestClient(app, base_url=LOOPBACK) as client:
+        assert warm_ups == [True] * (WARM_UP_SEARCHES + 1)  # the text searches and the image one
+        assert "warm-up did not complete" not in caplog.text
+        assert 'route="/search"' not in client.get("/metrics").text
+        assert len(service.text_vectors) == 0
+        guessed = client.post("/search", json={"text": "noise", "k": 3}, headers={WARM_UP_HEADER: "guess"})
+        assert guessed.status_code == 200 and guessed.json()["query_id"]
+        assert warm_ups[-1] is False
+    assert ClickLog(settings.effective_click_log_url).read().queries["query_text"].tolist() == ["noise"]
 
 
 def test_default_host_is_loopback():
