@@ -16,11 +16,14 @@ encode, ANN, keywords, re-rank, the rest of the handler) plus what is left of th
 (HTTP, serialisation, queueing behind other clients). Open loop: open_loop.py, a separate process,
 sends a constant arrival rate, rising step by step, and the highest rate whose p99 stays <= 100 ms
 with no failure is the sustained capacity. Warm start: the first and the tenth text query of a
-freshly started server (the same text both times). The server runs without its text-vector cache
-(`SERVICE__TEXT_CACHE_SIZE=0`): the query lists repeat, and every query should pay its encode.
+freshly started server (the same text both times), with the server's own time for each;
+`--warm-starts N` measures only that, on N fresh servers over the workspace index. The server runs
+without its text-vector cache (`SERVICE__TEXT_CACHE_SIZE=0`): the query lists repeat, and every query
+should pay its encode.
 
     make demo   # once: the corpus, its embeddings and the workspace index
     .venv/bin/python benchmarks/bench_service.py [--sizes workspace,10000,100000,1000000] [--requests 200]
+    .venv/bin/python benchmarks/bench_service.py --warm-starts 5 --out /tmp/warm.json
 """
 
 from __future__ import annotations
@@ -233,15 +236,44 @@ def median_ms(function: Callable[[], object], repeats: int, warm_up: int = 5) ->
     return float(np.median(samples))
 
 
-def first_and_tenth(url: str, queries: list[PreparedRequest]) -> tuple[float, float]:
+def first_and_tenth(url: str, queries: list[PreparedRequest]) -> dict[str, float]:
     """Latency of the first and the tenth text query a freshly started server answers: the same
-    query both times (query costs differ by more than warming does), encoded both times (no cache)."""
+    query both times (query costs differ by more than warming does), encoded both times (no cache);
+    with the server's own time for each, so a difference can be placed inside or outside it."""
     client = Client(url)
     try:
-        latencies = [client.search(query)[0] for query in [*queries[:9], queries[0]]]
+        answered = [client.search(query) for query in [*queries[:9], queries[0]]]
     finally:
         client.close()
-    return latencies[0], latencies[9]
+    (first, first_split), (tenth, tenth_split) = answered[0], answered[9]
+    return {
+        "first_ms": first,
+        "tenth_ms": tenth,
+        "first_server_ms": first_split["total"],
+        "tenth_server_ms": tenth_split["total"],
+    }
+
+
+def warm_starts(settings: Settings, queries: list[PreparedRequest], starts: int) -> list[dict[str, float]]:
+    """First and tenth text query of `starts` freshly started servers on the workspace index."""
+    measured = []
+    for start in range(starts):
+        with tempfile.TemporaryDirectory() as scratch:
+            server, url = start_server(settings.search_index_dir, Path(scratch))
+            try:
+                measured.append(first_and_tenth(url, queries))
+            finally:
+                server.terminate()
+                server.wait(30)
+        print(f"  start {start + 1}: {_warm_line(measured[-1])}", flush=True)
+    return measured
+
+
+def _warm_line(warm: dict[str, float]) -> str:
+    return (
+        f"first {warm['first_ms']:.1f} ms (server {warm['first_server_ms']:.1f}), "
+        f"tenth {warm['tenth_ms']:.1f} ms (server {warm['tenth_server_ms']:.1f})"
+    )
 
 
 def open_loop(url: str, queries_file: Path, rates: list[float], seconds: float) -> tuple[float, list[dict]]:
@@ -307,8 +339,16 @@ def main() -> None:
     parser.add_argument("--image-rates", default="10,20,30,40,60,80")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each open-loop step")
     parser.add_argument("--out", type=Path, default=RESULTS / "service.json", help="raw results (JSON)")
+    parser.add_argument(
+        "--warm-starts", type=int, default=0, help="only the first / tenth text query of N fresh servers"
+    )
     args = parser.parse_args()
     settings = Settings()
+    if args.warm_starts:
+        measured = warm_starts(settings, text_queries(settings), args.warm_starts)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"warm_starts": measured}, indent=2))
+        return
     queries = {"text": text_queries(settings), "image": image_queries(settings)}
     peer = torch_forward_ms(settings)
     rates = {"text": args.text_rates, "image": args.image_rates}
@@ -320,7 +360,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             server, url = start_server(index, Path(scratch))
             try:
-                first, tenth = first_and_tenth(url, queries["text"])
+                warm = first_and_tenth(url, queries["text"])
+                print(f"  warm start: {_warm_line(warm)}", flush=True)
                 for kind, batch in queries.items():
                     for clients in map(int, args.clients.split(",")):
                         row = load(url, batch, args.requests, clients)
@@ -339,14 +380,16 @@ def main() -> None:
                     plan = write_queries(open_loop_queries(settings, kind), Path(scratch) / f"{kind}.jsonl")
                     rising = [float(rate) for rate in rates[kind].split(",")]
                     sustained, steps = open_loop(url, plan, rising, args.seconds)
-                    warm = f"{first:.1f} / {tenth:.1f}" if kind == "text" else ""
                     capacity.append(
                         {
                             "vectors": size,
                             "query": kind,
                             "sustained_qps": sustained,
                             "steps": steps,
-                            "warm": warm,
+                            "warm": f"{warm['first_ms']:.1f} / {warm['tenth_ms']:.1f}"
+                            if kind == "text"
+                            else "",
+                            "warm_start": warm if kind == "text" else None,
                         }
                     )
             finally:
