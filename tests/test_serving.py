@@ -21,10 +21,12 @@ from imagesearch.feedback.clicklog import ClickLog
 from imagesearch.index.folder import build_folder_index
 from imagesearch.index.store import load_index
 from imagesearch.serving import app as app_module
-from imagesearch.serving.app import WARM_UP_HEADER, WARM_UP_SEARCHES, create_app
+from imagesearch.serving import warm_up
+from imagesearch.serving.app import create_app
 from imagesearch.serving.rerank import collapse_near_duplicates, mmr
 from imagesearch.serving.service import SearchService
 from imagesearch.serving.types import Answer, PageRequest, Query, Result
+from imagesearch.serving.warm_up import WARM_UP_HEADER, WARM_UP_SEARCHES
 from imagesearch.serving.worker import QueryWorker
 from imagesearch.settings import PROJECT_ROOT, ServiceSettings, Settings
 from tests.conftest import served_on_loopback
@@ -252,7 +254,7 @@ def test_the_routes_are_warmed_at_start_up_and_the_warm_up_leaves_no_trace(
         app_module, "is_warm_up", lambda request: warm_ups.append(recognise(request)) or warm_ups[-1]
     )
     app = create_app(settings, service=service)
-    with caplog.at_level("WARNING", logger=app_module.__name__), TestClient(app, base_url=LOOPBACK) as client:
+    with caplog.at_level("WARNING", logger=warm_up.__name__), TestClient(app, base_url=LOOPBACK) as client:
         assert warm_ups == [True] * (WARM_UP_SEARCHES + 1)  # the text searches and the image one
         assert "warm-up did not complete" not in caplog.text
         assert 'route="/search"' not in client.get("/metrics").text

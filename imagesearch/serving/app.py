@@ -8,10 +8,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
-import io
 import logging
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,12 +17,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from PIL import Image
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from imagesearch.common.io import content_id
@@ -64,6 +60,7 @@ from imagesearch.serving.service import SearchService
 from imagesearch.serving.swap import Swapper, load_if_built, watch_index
 from imagesearch.serving.telemetry import Measured, Telemetry
 from imagesearch.serving.types import Answer, BadQuery
+from imagesearch.serving.warm_up import is_warm_up, plain_host, warm_routes
 from imagesearch.settings import Settings
 
 ID_PATTERN = re.compile(r"[0-9a-f]{8,64}")
@@ -119,7 +116,7 @@ def create_app(
                 for swapper, where in watched
             ]
         if config.warm_up:
-            await warm_routes(app, _plain_host(config.allowed_hosts))
+            await warm_routes(app, plain_host(config.allowed_hosts))
             app.state.telemetry = Telemetry()  # the warm-up's requests are not the clients'
             for served in (app.state.service, app.state.challenger):
                 if served is not None and served.text_vectors is not None:
@@ -315,47 +312,6 @@ async def _answer(
         state.background.add(task)
         task.add_done_callback(state.background.discard)
     return shown, query_id
-
-
-WARM_UP_HEADER = "x-imagesearch-warm-up"
-WARM_UP_SEARCHES = 10  # CPython specializes a function's bytecode after it has run a few times
-
-
-async def warm_routes(app: FastAPI, host: str) -> None:
-    """Text and image searches through the whole ASGI stack (middleware, routing, body parsing, the
-    handler, response validation and serialization), neither logged nor in an experiment: the
-    service's own warm-up stops at the worker, and the first client's request ran the rest cold
-    (~4 ms more than the tenth on a 2-core machine). They carry a token made for this start-up,
-    which no request honours afterwards. A failure here is logged, never fatal."""
-    token = secrets.token_hex(16)
-    app.state.warm_up_token = token
-    headers = {WARM_UP_HEADER: token}
-    image = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 30, 30)).save(image, format="PNG")
-    transport = httpx.ASGITransport(app=app)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url=f"http://{host}") as client:
-            for _ in range(WARM_UP_SEARCHES):
-                response = await client.post("/search", json={"text": "warm up"}, headers=headers)
-                response.raise_for_status()
-            files = {"image": ("warm-up.png", image.getvalue(), "image/png")}
-            (await client.post("/search", files=files, headers=headers)).raise_for_status()
-    except Exception as error:  # a service that cannot answer yet still starts (an empty index...)
-        log.warning("the route warm-up did not complete: %r", error)
-    finally:
-        app.state.warm_up_token = None
-
-
-def _plain_host(allowed: list[str]) -> str:
-    """A Host header the service accepts (no pattern, no IPv6 brackets needed)."""
-    return next((host for host in allowed if "*" not in host and ":" not in host), "127.0.0.1")
-
-
-def is_warm_up(request: Request) -> bool:
-    """A request of `warm_routes` (its token, while it runs)."""
-    token = getattr(request.app.state, "warm_up_token", None)
-    given = request.headers.get(WARM_UP_HEADER)
-    return token is not None and given is not None and hmac.compare_digest(given, token)
 
 
 def _challenger_beside(state, service: SearchService) -> SearchService | None:
