@@ -78,7 +78,7 @@ def test_interrupted_backfill_keeps_finished_shards_and_resumes(
     catalog = catalogued(workspace_settings)
     folder = tmp_path / "emb"
     calls = {"n": 0}
-    real = zeroshot_encoder.encode_pixels
+    real = zeroshot_encoder.pooled_features
 
     def crash_on_third_batch(pixels):
         calls["n"] += 1
@@ -86,7 +86,7 @@ def test_interrupted_backfill_keeps_finished_shards_and_resumes(
             raise RuntimeError("killed (injected)")
         return real(pixels)
 
-    monkeypatch.setattr(zeroshot_encoder, "encode_pixels", crash_on_third_batch)
+    monkeypatch.setattr(zeroshot_encoder, "pooled_features", crash_on_third_batch)
     options = {"batch_size": 1, "executor": InProcess(0), "limits": DEFAULT_LIMITS, "progress": False}
     with pytest.raises(RuntimeError, match="injected"):
         backfill(zeroshot_encoder, catalog, folder, **options)

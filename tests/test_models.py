@@ -313,6 +313,33 @@ def test_trained_towers_export_to_onnx_with_the_same_vectors(anchored, photos, t
     assert_same_vectors(exported.encode_images(images), anchored.encode_images(images))
     texts = list(CAPTIONS.values())
     assert_same_vectors(exported.encode_texts(texts), anchored.encode_texts(texts))
+    # the graph's second output: the pooled backbone features the backbone cache keeps
+    pixels = anchored.preprocess(images)
+    assert exported.onnx.has_features
+    assert_same_vectors(
+        normalized(exported.pooled_features(pixels)), normalized(anchored.pooled_features(pixels))
+    )
+    assert_same_vectors(
+        exported.encode_features(exported.pooled_features(pixels)), anchored.encode_images(images)
+    )
+
+
+def normalized(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_encoders_on_one_frozen_trunk_share_a_backbone_key(anchored, two_tower, zeroshot_encoder):
+    """v0, the anchored and the two-tower heads read the same pooled features: one key; a trained
+    trunk is another key (its cached features would be wrong)."""
+    assert anchored.backbone_key == two_tower.backbone_key == zeroshot_encoder.backbone_key
+    changed = copy.deepcopy(two_tower)
+    with torch.no_grad():
+        changed.backbone.conv_head.weight.mul_(1.01)
+    assert changed.backbone_key != two_tower.backbone_key
+    reheaded = copy.deepcopy(two_tower)
+    with torch.no_grad():
+        reheaded.backbone.get_classifier().weight.mul_(1.01)  # the classifier reads features, not pixels
+    assert reheaded.backbone_key == two_tower.backbone_key
 
 
 def test_onnx_runtime_asked_for_without_graphs_is_a_clear_error(saved_encoder):

@@ -77,13 +77,16 @@ class InProcess:
 
     name = "in_process"
 
-    def __init__(self, decode_workers: int = 0):
+    def __init__(self, decode_workers: int = 0, features_dir: Path | None = None):
         self.decode_workers = decode_workers
+        self.features_dir = features_dir  # the backbone cache's folder; None: no cache
 
     def embed_batches(self, encoder, todo, *, batch_size, limits, progress) -> Iterator[EmbeddedBatch]:
+        from imagesearch.embeddings.backbone_cache import open_cache
         from imagesearch.embeddings.backfill import embed_in_process
 
-        return embed_in_process(encoder, todo, batch_size, self.decode_workers, limits, progress)
+        cache = open_cache(self.features_dir, encoder.backbone_key)
+        return embed_in_process(encoder, todo, batch_size, self.decode_workers, limits, progress, cache)
 
     def fill_pieces(self, trained, vectors, bounds):
         from imagesearch.index.pieces import deserialize, fill_piece, serialize
@@ -103,4 +106,6 @@ def executor_for(settings: Settings) -> Executor:
         from imagesearch.cluster import RayExecutor
 
         return RayExecutor(settings.cluster)
-    return InProcess(settings.embeddings.workers)
+    from imagesearch.embeddings.backbone_cache import cache_folder
+
+    return InProcess(settings.embeddings.workers, cache_folder(settings))

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from imagesearch.common.executor import EmbeddedBatch, Executor, InProcess
 from imagesearch.common.images import DecodeLimits
 from imagesearch.common.progress import Progress, progress_bar
+from imagesearch.embeddings.backbone_cache import BackboneCache, as_stored
 from imagesearch.embeddings.reader import CatalogImages, collate, default_workers, shard_batches
 from imagesearch.embeddings.store import (
     SHARD_KEYS,
@@ -101,28 +102,41 @@ def embed_in_process(
     workers: int,
     limits: DecodeLimits,
     progress: Progress,
+    cache: BackboneCache | None = None,
 ) -> Iterator[EmbeddedBatch]:
     """The in-process mapper: DataLoader workers (`workers`, 0 = one per spare core) prepare the next
-    batches while this process runs the image tower."""
+    batches while this process runs the backbone; rows whose pooled features `cache` holds skip both,
+    and every vector comes from the encoder's head on (float16-rounded) features, cached or not."""
     workers = workers or default_workers()
     ids, paths = todo["id"].tolist(), todo["path"].tolist()
     batches = shard_batches([i[0] for i in ids], batch_size)
-    if not batches:
-        return
-    loader = DataLoader(
-        CatalogImages(paths, encoder.preprocessor, limits),
-        batch_sampler=batches,
-        num_workers=workers,
-        collate_fn=collate,
-        prefetch_factor=4 if workers else None,
+    cached = cache.lookup(paths) if cache is not None else {}
+    misses = [[p for p in rows if p not in cached] for rows in batches]
+    loaded = iter(
+        DataLoader(
+            CatalogImages(paths, encoder.preprocessor, limits),
+            batch_sampler=[rows for rows in misses if rows],
+            num_workers=workers,
+            collate_fn=collate,
+            prefetch_factor=4 if workers else None,
+        )
+        if any(misses)
+        else ()
     )
     bar = progress_bar(progress, total=len(ids), desc="embedding", unit="img")
-    for rows, (good, pixels, failed) in zip(batches, loader, strict=True):
-        vectors = (
-            encoder.encode_pixels(pixels) if pixels is not None else np.zeros((0, encoder.dim), np.float32)
-        )
+    for rows, missing in zip(batches, misses, strict=True):
+        features = {p: cached[p] for p in rows if p in cached}
+        failed: dict[str, str] = {}
+        if missing:
+            good, pixels, bad = next(loaded)
+            failed = {ids[p]: why for p, why in bad}
+            if pixels is not None:
+                fresh = as_stored(encoder.pooled_features(pixels))
+                if cache is not None:
+                    cache.store([paths[p] for p in good], fresh)
+                features.update(zip(good, fresh, strict=True))
+        done = [p for p in rows if p in features]
+        vectors = encoder.encode_features(np.stack([features[p] for p in done]) if done else np.zeros((0, 1)))
         bar.update(len(rows))
-        yield EmbeddedBatch(
-            ids[rows[0]][0], [ids[p] for p in good], vectors, {ids[p]: why for p, why in failed}
-        )
+        yield EmbeddedBatch(ids[rows[0]][0], [ids[p] for p in done], vectors, failed)
     bar.close()

@@ -20,6 +20,7 @@ from imagesearch.catalog.build import read_catalog
 from imagesearch.common.images import decode_limits
 from imagesearch.common.io import write_parquet_atomic
 from imagesearch.common.progress import Progress
+from imagesearch.embeddings.backbone_cache import cache_folder
 from imagesearch.evaluation.ranking import metrics_table
 from imagesearch.evaluation.sets import EvalSets, outside_split
 from imagesearch.evaluation.step import evaluate_everywhere, pretrained_results, read_outside_sets
@@ -107,7 +108,7 @@ def ablation_step(
     )
     folder = settings.ablation_dir
     folder.mkdir(parents=True, exist_ok=True)
-    rows, results = [], {}
+    rows, results, features = [], {}, cache_folder(settings)
     with registry.tracked_run(
         settings, run_name="ablation", params={"budget": budget.model_dump_json()}
     ) as run_id:
@@ -133,7 +134,7 @@ def ablation_step(
                 progress=progress,
                 outside=validation_sets,
             )
-            _, results[variant] = evaluate_everywhere(encoder, sets, outside)
+            _, results[variant] = evaluate_everywhere(encoder, sets, outside, features=features)
             row = {
                 "variant": variant,
                 "examples": trained.rows,
@@ -152,7 +153,7 @@ def ablation_step(
                 metrics=_flat(results[variant]),
             )
         results["v0 (no training)"] = evaluate_everywhere(
-            build_zeroshot_encoder(settings.model), sets, outside
+            build_zeroshot_encoder(settings.model), sets, outside, features=features
         )[1]
         results["pretrained features (no training)"] = pretrained_results(settings, sets, outside)
         for baseline in ("v0 (no training)", "pretrained features (no training)"):

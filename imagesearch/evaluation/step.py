@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from imagesearch.catalog.build import read_catalog
 from imagesearch.common.plots import ExampleQuery, metric_bars, recall_curves, result_grid
 from imagesearch.common.versioning import StageVersion
 from imagesearch.common.workspace import init_workspace
+from imagesearch.embeddings.backbone_cache import cache_folder, encode_files, file_features
 from imagesearch.evaluation.modes import file_name_titles, mode_results
 from imagesearch.evaluation.promotion import Decision, OnlineRule, PromotionRule, decide, decide_online
 from imagesearch.evaluation.ranking import (
@@ -130,6 +130,7 @@ def evaluation_step(
             sets,
             outside,
             modes=label in ("champion", "challenger"),
+            features=cache_folder(settings),
         )
         rankings[label] = everywhere[label][TEST_SPLIT]
         results |= _split_modes(label, results[label])
@@ -167,16 +168,21 @@ def evaluation_step(
 
 
 def evaluate_everywhere(
-    encoder: Encoder, sets: EvalSets, outside: dict[str, EvalSets], *, modes: bool = False
+    encoder: Encoder,
+    sets: EvalSets,
+    outside: dict[str, EvalSets],
+    *,
+    modes: bool = False,
+    features: Path | None = None,
 ) -> tuple[dict[str, ModelRankings], dict[str, dict[str, float]]]:
     """Rankings of the test split (key `TEST_SPLIT`) and of every out-of-domain collection (its
     name), and metrics on each; with `modes`, also the keyword and hybrid rankings' metrics (by mode,
-    under ``mode:<name>``)."""
-    rankings, results = evaluate_encoder(encoder, sets)
+    under ``mode:<name>``). `features`: the backbone cache's folder (None: no cache)."""
+    rankings, results = evaluate_encoder(encoder, sets, features)
     everywhere = {TEST_SPLIT: rankings}
     by_mode = mode_results(sets, rankings, file_name_titles(sets)) if modes else {}
     for name, collection in outside.items():
-        everywhere[name], outside_results = evaluate_encoder(encoder, collection)
+        everywhere[name], outside_results = evaluate_encoder(encoder, collection, features)
         results |= _prefixed(name, outside_results)
         if modes:
             found = mode_results(collection, everywhere[name], file_name_titles(collection))
@@ -225,9 +231,11 @@ def _prefixed(collection: str, results: dict[str, dict[str, float]]) -> dict[str
     return {f"{collection}:{query_type}": metrics for query_type, metrics in results.items()}
 
 
-def evaluate_encoder(encoder: Encoder, sets: EvalSets) -> tuple[ModelRankings, dict[str, dict[str, float]]]:
+def evaluate_encoder(
+    encoder: Encoder, sets: EvalSets, features: Path | None = None
+) -> tuple[ModelRankings, dict[str, dict[str, float]]]:
     """Embed the test corpus, rank it for every query by exact search, score the rankings."""
-    vectors = encoder.encode_images([Path(p) for p in sets.corpus["path"]])
+    vectors = encode_files(encoder, sets.corpus["path"].tolist(), features)
     rankings = rank_corpus(sets, vectors, encoder.encode_texts)
     return rankings, score_rankings(sets, rankings)
 
@@ -250,18 +258,11 @@ def _curves(sets: EvalSets, rankings: ModelRankings) -> dict[str, list[float]]:
     return out
 
 
-@torch.inference_mode()
-def _pretrained_features(settings: Settings, paths: list[str], batch: int = 32) -> np.ndarray:
+def _pretrained_features(settings: Settings, paths: list[str]) -> np.ndarray:
     """The image backbone's pooled ImageNet features, before any head: the image->image floor."""
     plain = settings.model.model_copy(update={"head": "two_tower", "raw_feature_weight": 0.0})
-    encoder: Encoder = build_trained_encoder(plain)
-    chunks = []
-    for start in range(0, len(paths), batch):
-        pixels = encoder.preprocess([Path(p) for p in paths[start : start + batch]]).to(encoder.device)
-        chunks.append(
-            torch.nn.functional.normalize(encoder.image_model.features(pixels), dim=-1).cpu().numpy()
-        )
-    return np.concatenate(chunks)
+    raw = file_features(build_trained_encoder(plain), paths, cache_folder(settings))
+    return raw / np.linalg.norm(raw, axis=1, keepdims=True).clip(min=1e-12)
 
 
 def _example_grid(

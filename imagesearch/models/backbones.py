@@ -7,6 +7,7 @@ local Hugging Face folder, or a hub id. Every checkpoint is read with ``weights_
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import re
@@ -15,6 +16,8 @@ from pathlib import Path
 import timm
 import torch
 from torch import nn
+
+from imagesearch.models.preprocess import PREPROCESS_VERSION, Preprocessor
 
 PACKAGE = "package"
 HUB = "hub"
@@ -128,3 +131,18 @@ def load_text_model(text_model: str) -> tuple[nn.Module, object]:
             "use 'package' (bundled all-MiniLM-L6-v2) or a local Hugging Face folder"
         ) from error
     return model.eval(), tokenizer
+
+
+def backbone_key(backbone: nn.Module, preprocessor: Preprocessor) -> str:
+    """A digest of the trunk's weights and buffers (the classifier excluded: features are pre-logits)
+    and of the preprocessing that feeds it."""
+    classifier = backbone.get_classifier() if hasattr(backbone, "get_classifier") else None
+    skipped = {id(t) for t in classifier.state_dict(keep_vars=True).values()} if classifier else set()
+    digest = hashlib.blake2b(digest_size=10)
+    digest.update(repr((PREPROCESS_VERSION, preprocessor)).encode())
+    for name, tensor in backbone.state_dict(keep_vars=True).items():
+        if id(tensor) in skipped:
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from imagesearch.common.io import folder_atomic
-from imagesearch.models.backbones import create_image_backbone, load_text_model
+from imagesearch.models.backbones import backbone_key, create_image_backbone, load_text_model
 from imagesearch.models.onnx_runtime import FLOAT32, ONNX_FOLDER, OnnxTowers, export_towers, open_towers
 from imagesearch.models.preprocess import ImageInput, Preprocessor
 from imagesearch.settings import ModelSettings
@@ -141,11 +142,17 @@ class ZeroShotImageBridge(nn.Module):
         self.register_buffer("class_embeddings", class_embeddings)
         self.top_k = top_k
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        probabilities = self.classifier(pixels).softmax(dim=-1)
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.classifier.forward_head(self.classifier.forward_features(pixels), pre_logits=True)
+
+    def from_features(self, features: torch.Tensor) -> torch.Tensor:
+        probabilities = self.classifier.get_classifier()(features).softmax(dim=-1)
         top = probabilities.topk(self.top_k, dim=-1)
         sparse = torch.zeros_like(probabilities).scatter_(-1, top.indices, top.values)
         return F.normalize(sparse @ self.class_embeddings, dim=-1)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.from_features(self.features(pixels))
 
 
 class TextTower(nn.Module):
@@ -230,6 +237,33 @@ class Encoder:
             return self.onnx.encode_pixels(pixels.numpy())
         pixels = pixels.to(self.device, non_blocking=True, memory_format=torch.channels_last)
         return self.image_model(pixels).float().cpu().numpy()
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The pretrained timm model whose pooled features every image vector is computed from."""
+        model = self.image_model
+        return model.backbone if isinstance(model, ImageTower) else model.classifier
+
+    @cached_property
+    def backbone_key(self) -> str:
+        """Equal for every encoder sharing this trunk and preprocessing (their cached features too)."""
+        return backbone_key(self.backbone, self.preprocessor)
+
+    @torch.inference_mode()
+    def pooled_features(self, pixels: torch.Tensor) -> np.ndarray:
+        """The backbone's pooled features (from the ONNX graph when it has that output)."""
+        if self.onnx is not None and self.onnx.has_features:
+            return self.onnx.pooled_features(pixels.numpy())
+        pixels = pixels.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        return self.image_model.features(pixels).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def encode_features(self, features: np.ndarray) -> np.ndarray:
+        """Image vectors from pooled backbone features: the head alone, no pixels."""
+        if not len(features):
+            return np.zeros((0, self.dim), np.float32)
+        tensor = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
+        return self.image_model.from_features(tensor).float().cpu().numpy()
 
     def encode_images(self, images: Sequence[ImageInput], batch_size: int = 32) -> np.ndarray:
         batches = [

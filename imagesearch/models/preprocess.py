@@ -16,6 +16,7 @@ from torchvision.transforms.v2 import functional as F
 from imagesearch.common.images import DEFAULT_LIMITS, WHITE, DecodeLimits, open_rgb
 
 ImageInput = Image.Image | str | Path | bytes
+PREPROCESS_VERSION = 1  # bump when the pixels below change: cached backbone features then go stale
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,6 +111,11 @@ class EmbeddingSettings(BaseModel):
         default="float16", description="stored precision (search always computes in float32)"
     )
     model: str = Field(default="champion", description="registry alias, version, models:/ URI or 'v0'")
+    feature_cache: bool = Field(
+        default=True,
+        description="keep each image's pooled backbone features (per backbone weights, per file) so that "
+        "another model on the same frozen trunk, the evaluation and the classifier labels run only heads",
+    )
 
 
 class IndexSettings(BaseModel):

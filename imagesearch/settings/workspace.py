@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         return self.data_dir / "embeddings"
 
     @property
+    def backbone_features_dir(self) -> Path:
+        """Pooled backbone features per image file, one SQLite file per backbone (a cache: deletable)."""
+        return self.data_dir / "backbone-features"
+
+    @property
     def search_index_dir(self) -> Path:
         """The workspace's index over the catalog (what the service serves), versioned with DVC."""
         return self.index_dir / "catalog"

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from imagesearch.common.images import DecodeLimits
-from imagesearch.common.progress import Progress, progress_bar
-from imagesearch.embeddings.reader import CatalogImages, collate, default_workers
-from imagesearch.models.backbones import create_image_backbone
+from imagesearch.common.progress import Progress
+from imagesearch.embeddings.backbone_cache import cached_features, open_cache
+from imagesearch.models.backbones import backbone_key, create_image_backbone
 from imagesearch.models.encoders import imagenet_class_names, resolve_device
 from imagesearch.models.preprocess import Preprocessor
 from imagesearch.settings import ModelSettings
@@ -20,10 +22,13 @@ def classifier_labels(
     settings: ModelSettings,
     limits: DecodeLimits,
     *,
+    features: Path | None = None,
     batch_size: int = 32,
     progress: Progress = True,
 ) -> pd.DataFrame:
-    """id, label (ImageNet class name), probability of the top class; undecodable images are left out."""
+    """id, label (ImageNet class name), probability of the top class; undecodable images are left out.
+    The classifier head runs on pooled backbone features, read from the cache in `features` when an
+    earlier backfill on the same trunk left them there."""
     classifier = create_image_backbone(settings.image_backbone, settings.image_weights)
     if getattr(classifier, "num_classes", 0) != 1000:
         raise ValueError(
@@ -32,25 +37,33 @@ def classifier_labels(
     device = torch.device(resolve_device(settings.device))
     classifier = classifier.to(device, memory_format=torch.channels_last).eval()
     preprocessor = Preprocessor.for_backbone(classifier, settings.image_size)
-    paths = images["path"].tolist()
-    loader = DataLoader(
-        CatalogImages(paths, preprocessor, limits),
+
+    @torch.inference_mode()
+    def pooled(pixels: torch.Tensor) -> np.ndarray:
+        pixels = pixels.to(device, memory_format=torch.channels_last)
+        features = classifier.forward_head(classifier.forward_features(pixels), pre_logits=True)
+        return features.float().cpu().numpy()
+
+    found, _ = cached_features(
+        images["path"].tolist(),
+        pooled,
+        preprocessor,
+        open_cache(features, backbone_key(classifier, preprocessor)),
+        limits,
         batch_size=batch_size,
-        num_workers=default_workers(),
-        collate_fn=collate,
-        prefetch_factor=4,
+        progress=progress,
     )
-    names = imagenet_class_names()
-    rows = []
-    bar = progress_bar(progress, total=len(paths), desc="classifying", unit="img")
+    if not found:
+        return pd.DataFrame(columns=["id", "label", "probability"])
+    positions = sorted(found)
     with torch.inference_mode():
-        for positions, pixels, failed in loader:
-            bar.update(len(positions) + len(failed))
-            if pixels is None:
-                continue
-            pixels = pixels.to(device, memory_format=torch.channels_last)
-            top = classifier(pixels).softmax(dim=-1).max(dim=-1)
-            for position, probability, index in zip(positions, top.values, top.indices, strict=True):
-                rows.append((images["id"].iloc[position], names[int(index)], float(probability)))
-    bar.close()
-    return pd.DataFrame(rows, columns=["id", "label", "probability"])
+        rows = torch.from_numpy(np.stack([found[p] for p in positions])).to(device)
+        top = classifier.get_classifier()(rows).float().softmax(dim=-1).max(dim=-1)
+    names = imagenet_class_names()
+    return pd.DataFrame(
+        {
+            "id": images["id"].iloc[positions].tolist(),
+            "label": [names[int(i)] for i in top.indices],
+            "probability": top.values.cpu().numpy().astype(float),
+        }
+    )

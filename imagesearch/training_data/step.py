@@ -16,6 +16,7 @@ from imagesearch.common.io import write_parquet_atomic
 from imagesearch.common.progress import Progress
 from imagesearch.common.versioning import StageVersion
 from imagesearch.common.workspace import init_workspace
+from imagesearch.embeddings.backbone_cache import cache_folder
 from imagesearch.feedback.clicklog import ClickLog
 from imagesearch.feedback.online_experiment import estimated_eta
 from imagesearch.feedback.simulation import simulate_workspace_clicks
@@ -88,7 +89,11 @@ def _augmentation(settings: Settings, catalog: pd.DataFrame, progress: Progress)
 def _classifier(settings: Settings, catalog: pd.DataFrame, progress: Progress) -> tuple[pd.DataFrame, dict]:
     config = settings.training_data
     labels = classifier_labels(
-        train_images(catalog), settings.model, decode_limits(settings.catalog), progress=progress
+        train_images(catalog),
+        settings.model,
+        decode_limits(settings.catalog),
+        features=cache_folder(settings),
+        progress=progress,
     )
     frame = classifier_pairs(
         labels,
