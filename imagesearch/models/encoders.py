@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -244,9 +243,10 @@ class Encoder:
         model = self.image_model
         return model.backbone if isinstance(model, ImageTower) else model.classifier
 
-    @cached_property
+    @property
     def backbone_key(self) -> str:
-        """Equal for every encoder sharing this trunk and preprocessing (their cached features too)."""
+        """Equal for every encoder sharing this trunk and preprocessing (their cached features too).
+        Computed from the weights each time (tens of ms): training may change them in place."""
         return backbone_key(self.backbone, self.preprocessor)
 
     @torch.inference_mode()

@@ -20,6 +20,7 @@ from imagesearch.common.plots import ExampleQuery, result_grid, training_curves
 from imagesearch.common.progress import Progress
 from imagesearch.common.versioning import StageVersion, code_version
 from imagesearch.common.workspace import init_workspace, one_writer
+from imagesearch.embeddings.backbone_cache import cache_folder, encode_files
 from imagesearch.evaluation.sets import outside_split
 from imagesearch.models import registry
 from imagesearch.models.encoders import build_trained_encoder
@@ -105,7 +106,8 @@ def train_step(
             settings, run_id, alias=registry.CHALLENGER
         )
         if registered is None:
-            registry.log_artifacts(_pictures(encoder, catalog, result, work_dir), folder="plots")
+            pictures = _pictures(encoder, catalog, result, work_dir, cache_folder(settings))
+            registry.log_artifacts(pictures, folder="plots")
             registered = registry.register_encoder(encoder, settings, alias=registry.CHALLENGER)
         write_atomic(
             work_dir / "registered.json", lambda path: path.write_text(json.dumps(asdict(registered)))
@@ -151,13 +153,15 @@ def _run_tags(settings: Settings, repo) -> dict[str, str]:
     return tags
 
 
-def _pictures(encoder, catalog: pd.DataFrame, result: TrainResult, work_dir: Path) -> list[Path]:
+def _pictures(
+    encoder, catalog: pd.DataFrame, result: TrainResult, work_dir: Path, features: Path | None
+) -> list[Path]:
     """Loss/recall curves and a grid of val-split text->image and image->image examples."""
     curves = training_curves(result.history, work_dir / "training_curves.png")
     validation = ValidationSet.from_catalog(catalog)
     if not validation.image_ids:
         return [curves]
-    vectors = encoder.encode_images([Path(p) for p in validation.paths[:500]])
+    vectors = encode_files(encoder, validation.paths[:500], features)
     paths = validation.paths[: len(vectors)]
     rng = np.random.default_rng(0)
     queries = []
