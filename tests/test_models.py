@@ -21,7 +21,7 @@ from PIL import Image
 from skimage import data
 
 from imagesearch.models.backbones import WeightsNotFound, create_image_backbone, load_text_model
-from imagesearch.models.encoders import Encoder, build_trained_encoder, imagenet_class_names
+from imagesearch.models.encoders import SQRT_CENTERED, Encoder, build_trained_encoder, imagenet_class_names
 from imagesearch.models.onnx_runtime import OnnxUnavailable
 from imagesearch.models.preprocess import letterbox
 from imagesearch.models.registry import (
@@ -307,10 +307,17 @@ def test_trained_towers_export_to_onnx_with_the_same_vectors(anchored, photos, t
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
         for parameter in anchored.text_model.head().residual.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    mean = torch.nn.functional.normalize(torch.rand(1280, generator=generator), dim=0)
+    anchored.image_model.use_raw_transform(SQRT_CENTERED, mean)  # the rooted, centred raw block
+    anchored.spec = replace(anchored.spec, raw_transform=SQRT_CENTERED)
     anchored.export_onnx(anchored.save(tmp_path / "encoder"))
+    reloaded = Encoder.load(tmp_path / "encoder", "cpu", runtime="torch")
+    assert reloaded.image_model.raw_transform == SQRT_CENTERED
+    assert torch.equal(reloaded.image_model.raw_mean, mean)
     exported = Encoder.load(tmp_path / "encoder", "cpu", runtime="onnx")
     images = list(photos.values())
     assert_same_vectors(exported.encode_images(images), anchored.encode_images(images))
+    assert_same_vectors(reloaded.encode_images(images), anchored.encode_images(images))
     texts = list(CAPTIONS.values())
     assert_same_vectors(exported.encode_texts(texts), anchored.encode_texts(texts))
     # the graph's second output: the pooled backbone features the backbone cache keeps
@@ -375,3 +382,22 @@ def test_a_broken_registry_is_an_error_not_a_missing_alias(tmp_path):
         db.execute("DROP TABLE registered_model_aliases")
     with pytest.raises(RegistryError, match="cannot read the alias 'champion'"):
         alias_version(settings, CHAMPION)
+
+
+def test_the_sqrt_centered_raw_block_roots_centres_and_normalises(anchored, photos):
+    tower = copy.deepcopy(anchored.image_model)
+    with torch.inference_mode():
+        features = tower.features(anchored.preprocess(list(photos.values())))
+        plain = tower.raw_block(features)
+        mean = torch.nn.functional.normalize(features.clamp(min=0).sqrt(), dim=-1).mean(dim=0)
+        tower.use_raw_transform(SQRT_CENTERED, mean)
+        centred = tower.raw_block(features)
+    np.testing.assert_allclose(centred.norm(dim=-1).numpy(), 1.0, atol=1e-5)
+    expected = torch.nn.functional.normalize(
+        torch.nn.functional.normalize(features.sqrt(), dim=-1) - mean, dim=-1
+    )
+    assert torch.allclose(centred, expected, atol=1e-6) and not torch.allclose(centred, plain, atol=0.05)
+    with pytest.raises(ValueError, match="mean"):
+        tower.use_raw_transform(SQRT_CENTERED)
+    tower.use_raw_transform("plain")
+    assert "raw_mean" not in dict(tower.named_buffers())

@@ -252,6 +252,8 @@ def test_training_registers_a_challenger_with_its_run_params_metrics_and_plots(t
     assert artifacts == {"plots/training_curves.png", "plots/example_results.png"}
     saved = json.loads(settings.trained_metrics_path.read_text())
     assert saved["model_version"] == trained.version
+    assert saved["raw_transform"] in settings.training.raw_transform_grid  # chosen on validation
+    assert spec.raw_transform == saved["raw_transform"]
 
 
 def test_evaluation_is_held_out_logged_and_its_promotion_decision_recorded(trained, evaluated):
@@ -398,3 +400,22 @@ def test_validation_drops_images_that_could_not_be_decoded():
     assert mask.tolist() == [True, False, True]
     assert kept.image_ids == ["a", "c"] and kept.categories == ["x", "y"]
     assert kept.query_texts == ["tag one"] and kept.text_relevant == [{"a"}]  # "tag two" had only b
+
+
+def test_the_frozen_trunk_runs_on_onnx_runtime_with_torchs_features():
+    """The feature cache's views go through ONNX Runtime on a CPU: the same pooled features as torch."""
+    from imagesearch.training.features import split_backbone, trunk_runner
+    from tests.conftest import noise_image
+
+    encoder = build_trained_encoder(ModelSettings(head="two_tower", embed_dim=16, raw_feature_weight=0))
+    trunk, _ = split_backbone(encoder.image_model.backbone, 0)
+    pixels = encoder.preprocess([noise_image(seed, (90, 70)) for seed in range(3)])
+    got = trunk_runner(encoder, trunk)(pixels)
+    with torch.inference_mode():
+        want = trunk(pixels)
+    assert got.shape == want.shape == (3, 1280)
+    assert torch.nn.functional.cosine_similarity(got, want).min() >= 0.9999
+    staged, _ = split_backbone(encoder.image_model.backbone, 1)  # a trunk under trainable stages: torch
+    with torch.inference_mode():
+        unpooled = staged(pixels)
+    assert torch.allclose(trunk_runner(encoder, staged)(pixels), unpooled, atol=1e-4)

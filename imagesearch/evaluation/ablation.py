@@ -56,6 +56,10 @@ RECIPES: dict[str, tuple[dict, dict]] = {
         {"head": "anchored", "raw_feature_weight": 1.0, "text_residual": False},
         {},
     ),
+    "anchored, plain raw block": (
+        {"head": "anchored", "raw_feature_weight": 1.0},
+        {"raw_transform_grid": ["plain"]},
+    ),
     "anchored (default)": ({"head": "anchored", "raw_feature_weight": 1.0}, {}),
 }
 

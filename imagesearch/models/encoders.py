@@ -42,30 +42,67 @@ FORMAT_VERSION = 1
 TWO_TOWER = "two_tower"
 ZEROSHOT = "zeroshot"
 ANCHORED = "anchored"
+PLAIN, SQRT_CENTERED = "plain", "sqrt_centered"
+RAW_TRANSFORMS = (PLAIN, SQRT_CENTERED)
 
 
 class ImageTower(nn.Module):
-    """Backbone features -> projection -> unit vector [+ the scaled unit backbone features] -> unit."""
+    """Backbone features -> projection -> unit vector [+ the scaled raw block] -> unit.
 
-    def __init__(self, backbone: nn.Module, projection: nn.Module, raw_feature_weight: float = 0.0):
+    The raw block is the backbone's pooled features as they are (`plain`) or, `sqrt_centered`, their
+    square root (a Hellinger map: no one large activation dominates the cosine, as RootSIFT does for
+    descriptors), unit-normalised, minus the training images' mean of the same (what every image
+    shares says nothing about which images are alike), unit-normalised."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        projection: nn.Module,
+        raw_feature_weight: float = 0.0,
+        raw_transform: str = PLAIN,
+    ):
         super().__init__()
         self.backbone = backbone
         self.projection = projection
         self.raw_feature_weight = raw_feature_weight
+        self.raw_transform = PLAIN
+        if raw_transform == SQRT_CENTERED:
+            self.use_raw_transform(SQRT_CENTERED, torch.zeros(backbone.num_features))
+
+    def use_raw_transform(self, kind: str, mean: torch.Tensor | None = None) -> None:
+        """`plain`, or `sqrt_centered` around `mean` (saved with the weights, as buffer `raw_mean`)."""
+        if kind not in RAW_TRANSFORMS:
+            raise ValueError(f"unknown raw transform {kind!r}: one of {RAW_TRANSFORMS}")
+        self._buffers.pop("raw_mean", None)
+        if kind == SQRT_CENTERED:
+            if mean is None:
+                raise ValueError("the sqrt_centered raw block needs the training images' mean")
+            self.register_buffer("raw_mean", mean.detach().float().clone())
+        self.raw_transform = kind
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_head(self.backbone.forward_features(pixels), pre_logits=True)
+
+    def raw_block(self, features: torch.Tensor) -> torch.Tensor:
+        if self.raw_transform == SQRT_CENTERED:
+            return F.normalize(rooted(features) - self.raw_mean, dim=-1)
+        return F.normalize(features.float(), dim=-1)
 
     def from_features(self, features: torch.Tensor) -> torch.Tensor:
         """The image vector from pooled backbone features (what training and validation use)."""
         projected = F.normalize(self.projection(features), dim=-1)
         if not self.raw_feature_weight:
             return projected
-        raw = F.normalize(features.float(), dim=-1) * self.raw_feature_weight
+        raw = self.raw_block(features) * self.raw_feature_weight
         return F.normalize(torch.cat([projected, raw.to(projected.dtype)], dim=-1), dim=-1)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.from_features(self.features(pixels))
+
+
+def rooted(features: torch.Tensor) -> torch.Tensor:
+    """Unit-normalised square roots of pooled (non-negative, post-activation) features."""
+    return F.normalize(features.float().clamp(min=0).sqrt(), dim=-1)
 
 
 class AnchoredProjection(nn.Module):
@@ -191,6 +228,7 @@ class EncoderSpec:
     raw_feature_weight: float = 0.0  # trained kinds: backbone features appended to image vectors
     text_residual: bool = False  # anchored: the text side learns a residual on MiniLM
     bridge_temperature: float = 1.0  # anchored: softmax temperature of the class-name bridge
+    raw_transform: str = PLAIN  # trained kinds: how the raw block is made (ImageTower)
 
 
 class Encoder:
@@ -373,7 +411,7 @@ def _trained_towers(spec: EncoderSpec, backbone: nn.Module, hidden: int) -> tupl
         text_head = nn.Linear(hidden, shared)
     else:
         raise ValueError(f"unknown encoder kind {spec.kind!r}")
-    return ImageTower(backbone, projection, spec.raw_feature_weight), text_head
+    return ImageTower(backbone, projection, spec.raw_feature_weight, spec.raw_transform), text_head
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -104,6 +104,7 @@ class AblationSettings(BaseModel):
             "anchored, v0's bridge (top 10, T 1)",
             "anchored, bridge chosen, no training",
             "anchored, text tower locked (LiT)",
+            "anchored, plain raw block",
             "anchored (default)",
         ],
         description="a recipe of imagesearch.evaluation.ablation.RECIPES, a source name, or 'all'",

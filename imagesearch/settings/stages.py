@@ -270,6 +270,12 @@ class TrainingSettings(BaseModel):
         default=[1.0, 1.5, 2.0, 3.0],
         description="anchored head: softmax temperatures of the bridge tried on validation; empty = 1, as v0",
     )
+    raw_transform_grid: list[Literal["plain", "sqrt_centered"]] = Field(
+        default=["plain", "sqrt_centered"],
+        description="how the appended raw block is made, chosen on validation before its weight: "
+        "'plain' pooled features, or 'sqrt_centered' (square roots, centred on the training images' "
+        "mean); empty = plain",
+    )
     raw_weight_grid: list[float] = Field(
         default=[1.0, 2.0, 3.0, 4.0, 6.0],
         description="raw-feature weights tried on validation after training (image->image only); "

@@ -64,7 +64,10 @@ class ImageViews(Dataset):
 
     def __getitem__(self, position: int) -> tuple[int, torch.Tensor | None, str]:
         try:
-            square = letterbox(open_rgb(Path(self.paths[position]), self.limits).rgb, self.preprocessor.size)
+            # reduced while decoding, like every other stage's pixels (Preprocessor)
+            size = self.preprocessor.size
+            decoded = open_rgb(Path(self.paths[position]), self.limits, reduce_to=2 * size)
+            square = letterbox(decoded.rgb, size)
         except ImageRejected as error:
             return position, None, str(error.reason)
         except OSError as error:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -20,6 +21,7 @@ from imagesearch.common.io import write_atomic
 from imagesearch.common.progress import Progress, progress_bar
 from imagesearch.embeddings.reader import collate, default_workers
 from imagesearch.models.encoders import Encoder
+from imagesearch.models.onnx_runtime import cpu_image_session, providers_for
 from imagesearch.settings import TrainingSettings
 from imagesearch.training.augment import ImageViews
 from imagesearch.training.examples import IndexedExamples
@@ -87,17 +89,15 @@ def build_feature_cache(
             paths, ids, encoder.preprocessor, limits, views=views, augment=augment, seed=settings.seed
         )
 
+    run = trunk_runner(encoder, trunk)
     train, failed = _trunk_features(
-        encoder,
-        trunk,
-        views_of(train_images.tolist(), train_images.index.tolist(), settings.views, True),
-        progress,
+        run, views_of(train_images.tolist(), train_images.index.tolist(), settings.views, True), progress
     )
     val, failed_val = _trunk_features(
-        encoder, trunk, views_of(validation.paths, validation.image_ids, 1, False), progress
+        run, views_of(validation.paths, validation.image_ids, 1, False), progress
     )
     outside = {
-        name: _trunk_features(encoder, trunk, views_of(paths, paths, 1, False), progress)[0][:, 0]
+        name: _trunk_features(run, views_of(paths, paths, 1, False), progress)[0][:, 0]
         for name, paths in (outside_paths or {}).items()
     }
     return FeatureCache(
@@ -118,8 +118,26 @@ def texts_key(texts: list[str]) -> str:
     return hashlib.blake2b("\n".join(texts).encode(), digest_size=8).hexdigest()
 
 
+TrunkRunner = Callable[[torch.Tensor], torch.Tensor]  # pixels (CPU) -> trunk outputs (CPU, float32)
+
+
+def trunk_runner(encoder: Encoder, trunk: nn.Module) -> TrunkRunner:
+    """How the views go through the frozen trunk: ONNX Runtime for the pooled backbone on a CPU (about
+    twice torch eager's views/s on 2 cores), torch otherwise (a GPU, or stages to train on top)."""
+    if isinstance(trunk, _PooledFeatures) and encoder.device.type == "cpu" and providers_for("cpu"):
+        session = cpu_image_session(trunk, encoder.spec.image_size)
+        return lambda pixels: torch.from_numpy(session(pixels.numpy()))
+
+    def on_torch(pixels: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast_for(encoder.device):
+            flat = pixels.to(encoder.device, memory_format=torch.channels_last)
+            return trunk(flat).float().cpu()
+
+    return on_torch
+
+
 def _trunk_features(
-    encoder: Encoder, trunk: nn.Module, dataset: ImageViews, progress: Progress
+    run: TrunkRunner, dataset: ImageViews, progress: Progress
 ) -> tuple[torch.Tensor, dict[str, str]]:
     """Trunk outputs of every view of every image (zeros for an undecodable one) + failures by id."""
     views, failed = dataset.views, {}
@@ -133,18 +151,16 @@ def _trunk_features(
     out: torch.Tensor | None = None
     total = len(dataset) * views
     bar = progress_bar(progress, total=total, desc="caching features", unit="view")
-    with torch.inference_mode(), autocast_for(encoder.device):
-        for positions, pixels, bad in loader:
-            failed.update({dataset.ids[p]: reason for p, reason in bad})
-            if pixels is None:
-                continue
-            flat = pixels.flatten(0, 1).to(encoder.device, memory_format=torch.channels_last)
-            features = trunk(flat).float().cpu().to(torch.float16)
-            features = features.view(len(positions), views, *features.shape[1:])
-            if out is None:
-                out = torch.zeros(len(dataset), views, *features.shape[2:], dtype=torch.float16)
-            out[positions] = features
-            bar.update(len(positions) * views)
+    for positions, pixels, bad in loader:
+        failed.update({dataset.ids[p]: reason for p, reason in bad})
+        if pixels is None:
+            continue
+        features = run(pixels.flatten(0, 1)).to(torch.float16)
+        features = features.view(len(positions), views, *features.shape[1:])
+        if out is None:
+            out = torch.zeros(len(dataset), views, *features.shape[2:], dtype=torch.float16)
+        out[positions] = features
+        bar.update(len(positions) * views)
     bar.close()
     if out is None:
         raise ValueError("no training image could be decoded")

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from imagesearch.evaluation.metrics import recall_at_k
 from imagesearch.evaluation.ranking import rank_corpus, score_rankings
 from imagesearch.evaluation.sets import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, EvalSets
-from imagesearch.models.encoders import AnchoredProjection, Encoder, set_interpolation
+from imagesearch.models.encoders import AnchoredProjection, Encoder, ImageTower, rooted, set_interpolation
 from imagesearch.settings import TrainingSettings
 from imagesearch.training import losses
 from imagesearch.training.examples import IndexedExamples, positive_sets
@@ -375,6 +375,8 @@ class Trainer:
         self._interpolate(self.best["metrics"]["interpolation"])
         chosen = self.best["metrics"]
         tower = self.encoder.image_model
+        if getattr(tower, "raw_feature_weight", 0) and self.settings.raw_transform_grid:
+            chosen = {**chosen, "raw_transform": self._choose_raw_transform(tower)}
         if getattr(tower, "raw_feature_weight", 0) and self.settings.raw_weight_grid:
 
             def apply(weight: float) -> None:
@@ -385,6 +387,28 @@ class Trainer:
             apply(chosen["raw_feature_weight"])
             self.encoder.spec = replace(self.encoder.spec, raw_feature_weight=chosen["raw_feature_weight"])
         return {"epoch": self.best["epoch"], **(self.bridge or {}), **chosen}
+
+    def _choose_raw_transform(self, tower: ImageTower) -> str:
+        """How the raw block is made (`ImageTower`): the kind with the best mean over every val metric,
+        in-domain and out of domain, as the bridge is chosen (it moves image->image scores only)."""
+        mean = self._train_raw_mean()
+        scores = {}
+        for kind in self.settings.raw_transform_grid:
+            tower.use_raw_transform(kind, mean)
+            scores[kind] = float(np.mean(list(self.validate().values())))
+        best = max(scores, key=scores.get)
+        tower.use_raw_transform(best, mean)
+        self.encoder.spec = replace(self.encoder.spec, raw_transform=best)
+        return best
+
+    def _train_raw_mean(self) -> torch.Tensor:
+        """The mean rooted feature vector of the training views (undecodable images' zero rows left out)."""
+        pooled = self.pooled_train
+        if pooled is None:
+            pooled = self._top_outputs(self.cache.train.flatten(0, 1))
+        rows = pooled.reshape(-1, pooled.shape[-1]).float()
+        rows = rows[rows.abs().sum(dim=-1) > 0]
+        return rooted(rows).mean(dim=0).to(self.device)
 
 
 IN_DOMAIN_VAL = ("val_text_to_image_recall_at_10", "val_image_to_image_recall_at_10")
