@@ -9,6 +9,14 @@ from dagster_project.resources import WorkspaceResource
 from imagesearch.training.step import train_step
 from imagesearch.training.trainer import IN_DOMAIN_VAL
 
+CHOSEN_ON_VALIDATION = (
+    "interpolation",
+    "bridge_top_k",
+    "bridge_temperature",
+    "raw_transform",
+    "raw_feature_weight",
+)
+
 
 @dg.asset(
     deps=["training_examples"],
@@ -31,6 +39,7 @@ def trained_model(context: dg.AssetExecutionContext, workspace: WorkspaceResourc
     result, registered = outcome.result, outcome.registered
     final = {k: round(v, 4) for k, v in result.final.items() if k.startswith("val_")}
     final |= {"selected_epoch": int(result.final.get("epoch", 0))}
+    chosen = {key: result.final[key] for key in CHOSEN_ON_VALIDATION if key in result.final}
     return dg.MaterializeResult(
         metadata={
             "model_uri": registered.uri,
@@ -44,6 +53,7 @@ def trained_model(context: dg.AssetExecutionContext, workspace: WorkspaceResourc
             "resumed_from_epoch": result.resumed_from_epoch,
             "unreadable_images": dg.MetadataValue.json(result.failed),
             "history": dg.MetadataValue.json(result.history),
+            "chosen_on_validation": dg.MetadataValue.json(chosen),
             **final,
             **version_metadata(outcome.version),
         }

@@ -254,6 +254,10 @@ def test_training_registers_a_challenger_with_its_run_params_metrics_and_plots(t
     assert saved["model_version"] == trained.version
     assert saved["raw_transform"] in settings.training.raw_transform_grid  # chosen on validation
     assert spec.raw_transform == saved["raw_transform"]
+    chosen = metadata(trained.result, "trained_model")["chosen_on_validation"]
+    assert chosen["raw_transform"] == spec.raw_transform and chosen["interpolation"] in (
+        [*settings.training.interpolation_grid, 1.0]
+    )
 
 
 def test_evaluation_is_held_out_logged_and_its_promotion_decision_recorded(trained, evaluated):
