@@ -77,5 +77,6 @@ bench:  ## benchmarks that print ratios against a peer measured in the same run 
 	$(PY) benchmarks/bench_service.py
 	$(PY) benchmarks/bench_live_update.py
 	$(PY) benchmarks/eval_modes.py
+	$(PY) benchmarks/eval_raw_transforms.py
 	$(PY) benchmarks/bench_interleaving.py
 	$(PY) benchmarks/bench_ray.py --images 512
