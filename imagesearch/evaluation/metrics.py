@@ -13,28 +13,35 @@ import numpy as np
 Grades = Mapping[str, float]
 
 
+class _Positive(dict):
+    """Grades already kept to the relevant (> 0) and made float: `_grades` passes them through, so a
+    mean over many metrics normalises each query's grades once (validation scores every epoch)."""
+
+
 def _grades(relevant: Grades | set[str]) -> dict[str, float]:
+    if isinstance(relevant, _Positive):
+        return relevant
     if isinstance(relevant, Mapping):
-        return {key: float(grade) for key, grade in relevant.items() if grade > 0}
-    return dict.fromkeys(relevant, 1.0)
+        return _Positive((key, float(grade)) for key, grade in relevant.items() if grade > 0)
+    return _Positive(dict.fromkeys(relevant, 1.0))
 
 
 def precision_at_k(ranking: Sequence[str], relevant: Grades | set[str], k: int) -> float:
     grades = _grades(relevant)
-    return sum(1 for item in list(ranking)[:k] if item in grades) / k
+    return sum(1 for item in ranking[:k] if item in grades) / k
 
 
 def recall_of(ranking: Sequence[str], relevant: Grades | set[str], k: int) -> float:
     """|top-k ∩ relevant| / min(k, |relevant|): 1.0 when the top k is as full as it can be."""
     grades = _grades(relevant)
-    return sum(1 for item in list(ranking)[:k] if item in grades) / min(k, len(grades))
+    return sum(1 for item in ranking[:k] if item in grades) / min(k, len(grades))
 
 
 def average_precision_at_k(ranking: Sequence[str], relevant: Grades | set[str], k: int) -> float:
     """AP@k: the mean of precision@i over the ranks i <= k holding a relevant item, / min(k, |relevant|)."""
     grades = _grades(relevant)
     hits, total = 0, 0.0
-    for rank, item in enumerate(list(ranking)[:k], start=1):
+    for rank, item in enumerate(ranking[:k], start=1):
         if item in grades:
             hits += 1
             total += hits / rank
@@ -50,7 +57,7 @@ def ndcg_at_k(ranking: Sequence[str], relevant: Grades | set[str], k: int) -> fl
     """Normalised DCG with gain 2^grade - 1 and discount log2(rank + 1)."""
     grades = _grades(relevant)
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    gains = np.array([2.0 ** grades.get(item, 0.0) - 1 for item in list(ranking)[:k]])
+    gains = np.array([2.0 ** grades.get(item, 0.0) - 1 for item in ranking[:k]])
     ideal = np.sort(2.0 ** np.array(list(grades.values())) - 1)[::-1][:k]
     return float(gains @ discounts[: len(gains)] / (ideal @ discounts[: len(ideal)]))
 
@@ -66,7 +73,8 @@ PER_QUERY = {  # "<name>_at_<k>" -> the metric of one query
 def _with_relevance(
     ranked: Sequence[Sequence[str]], relevant: Sequence[Grades | set[str]]
 ) -> list[tuple[Sequence[str], Grades | set[str]]]:
-    return [(ranking, rel) for ranking, rel in zip(ranked, relevant, strict=True) if _grades(rel)]
+    pairs = ((ranking, _grades(rel)) for ranking, rel in zip(ranked, relevant, strict=True))
+    return [(ranking, grades) for ranking, grades in pairs if grades]
 
 
 def mean_metrics(

@@ -101,11 +101,11 @@ def guard_differences(
 
 
 def _grades_by_query(qrels: pd.DataFrame, key: str) -> dict[str, dict[str, float]]:
-    best = qrels.groupby([key, "image_id"])["grade"].max().reset_index()
-    return {
-        query: dict(zip(group["image_id"], group["grade"].astype(float), strict=True))
-        for query, group in best.groupby(key)
-    }
+    best = qrels.groupby([key, "image_id"])["grade"].max()
+    out: dict[str, dict[str, float]] = {}
+    for (query, image_id), grade in zip(best.index, best.to_numpy(dtype=float), strict=True):
+        out.setdefault(query, {})[image_id] = float(grade)
+    return out
 
 
 def recall_curve(sets: EvalSets, rankings: dict[str, list[str]], key: str, ks: list[int]) -> list[float]:
