@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from skimage import data
 
@@ -111,3 +112,32 @@ def test_classifier_labels_come_from_the_cache_when_a_backfill_filled_it(
     assert labels["label"].tolist() == cold["label"].tolist()
     assert labels["label"].tolist() == ["Egyptian cat", "espresso"]
     np.testing.assert_allclose(labels["probability"], cold["probability"], atol=2e-3)
+
+
+def test_training_reads_clean_views_from_the_cache_and_computes_the_same_features(
+    zeroshot_encoder, tmp_path, decoded_paths
+):
+    """The val split's and the outside collections' clean views: read back from the backbone cache when
+    a frozen pooled trunk trains, equal to what the trunk computes on the views itself."""
+    from imagesearch.settings import TrainingSettings
+    from imagesearch.training.features import build_feature_cache, split_backbone
+    from imagesearch.training.validation import ValidationSet
+
+    encoder = build_trained_encoder(ModelSettings(head="two_tower", embed_dim=16, raw_feature_weight=0))
+    paths = []
+    for seed in range(4):
+        paths.append(str(tmp_path / f"{seed}.png"))
+        noise_image(seed, (120, 80)).save(paths[-1])
+    validation = ValidationSet(["v0", "v1"], paths[:2], ["a", "a"], [], [])
+    train = pd.Series({"t0": paths[2]})
+    trunk, _ = split_backbone(encoder.image_model.backbone, 0)
+    settings = TrainingSettings(views=1)
+    args = (encoder, trunk, train, validation, ["a text"], settings, DEFAULT_LIMITS, False)
+    plain = build_feature_cache(*args, {"outside": paths[3:]})
+    folder = tmp_path / "features"
+    encode_files(zeroshot_encoder, paths[:2], folder)  # the backfill embedded the val images
+    decoded_paths.clear()
+    cached = build_feature_cache(*args, {"outside": paths[3:]}, backbone_features=folder)
+    assert decoded_paths == paths[3:]  # only the outside image was not cached yet
+    assert torch.nn.functional.cosine_similarity(cached.val.float(), plain.val.float()).min() >= 0.9999
+    assert torch.allclose(cached.outside["outside"].float(), plain.outside["outside"].float(), atol=2e-3)

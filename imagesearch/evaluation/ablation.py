@@ -137,6 +137,7 @@ def ablation_step(
                 limits=decode_limits(settings.catalog),
                 progress=progress,
                 outside=validation_sets,
+                backbone_features=features,
             )
             _, results[variant] = evaluate_everywhere(encoder, sets, outside, features=features)
             row = {

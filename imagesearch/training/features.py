@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from imagesearch.common.images import DecodeLimits
 from imagesearch.common.io import write_atomic
 from imagesearch.common.progress import Progress, progress_bar
+from imagesearch.embeddings.backbone_cache import cached_features, open_cache
 from imagesearch.embeddings.reader import collate, default_workers
 from imagesearch.models.encoders import Encoder
 from imagesearch.models.onnx_runtime import cpu_image_session, providers_for
@@ -80,9 +81,12 @@ def build_feature_cache(
     limits: DecodeLimits,
     progress: Progress,
     outside_paths: dict[str, list[str]] | None = None,
+    backbone_features: Path | None = None,
 ) -> FeatureCache:
     """`train_images` maps image id -> path, in the order of the cache's rows; `outside_paths` are
-    the out-of-domain validation corpora (clean views, like the val split)."""
+    the out-of-domain validation corpora (clean views, like the val split). Clean views of a frozen
+    pooled trunk come from (and go to) the backbone cache in `backbone_features`, when given: the val
+    split's images were embedded by the first backfill already."""
 
     def views_of(paths: list[str], ids: list[str], views: int, augment: bool) -> ImageViews:
         return ImageViews(
@@ -90,16 +94,25 @@ def build_feature_cache(
         )
 
     run = trunk_runner(encoder, trunk)
+    pooled = isinstance(trunk, _PooledFeatures)
+    cache = open_cache(backbone_features, encoder.backbone_key) if pooled else None
+
+    def clean(paths: list[str], ids: list[str]) -> tuple[torch.Tensor, dict[str, str]]:
+        if cache is None:
+            return _trunk_features(run, views_of(paths, ids, 1, False), progress)
+        found, bad = cached_features(
+            paths, lambda pixels: run(pixels).numpy(), encoder.preprocessor, cache, limits, progress=progress
+        )
+        out = torch.zeros(len(paths), 1, encoder.backbone.num_features, dtype=torch.float16)
+        for position, row in found.items():
+            out[position, 0] = torch.from_numpy(row)
+        return out, {ids[position]: why for position, why in bad.items()}
+
     train, failed = _trunk_features(
         run, views_of(train_images.tolist(), train_images.index.tolist(), settings.views, True), progress
     )
-    val, failed_val = _trunk_features(
-        run, views_of(validation.paths, validation.image_ids, 1, False), progress
-    )
-    outside = {
-        name: _trunk_features(run, views_of(paths, paths, 1, False), progress)[0][:, 0]
-        for name, paths in (outside_paths or {}).items()
-    }
+    val, failed_val = clean(validation.paths, validation.image_ids)
+    outside = {name: clean(paths, paths)[0][:, 0] for name, paths in (outside_paths or {}).items()}
     return FeatureCache(
         train, val[:, 0], text_features(encoder, texts), {**failed, **failed_val}, outside, texts_key(texts)
     )
@@ -184,6 +197,7 @@ def load_or_build_cache(
     work_dir: Path,
     progress: Progress,
     outside_paths: dict[str, list[str]] | None = None,
+    backbone_features: Path | None = None,
 ) -> FeatureCache:
     """The cache of these exact images, views and trunk: shared by every run in `work_dir`'s parent
     folder that would compute the same features (e.g. ablation recipes that differ only in the heads)."""
@@ -203,7 +217,16 @@ def load_or_build_cache(
             f"{int(paths.isna().sum())} example images are not in the catalog: rebuild the examples"
         )
     cache = build_feature_cache(
-        encoder, trunk, paths, validation, data.texts, settings, limits, progress, outside_paths
+        encoder,
+        trunk,
+        paths,
+        validation,
+        data.texts,
+        settings,
+        limits,
+        progress,
+        outside_paths,
+        backbone_features,
     )
     write_atomic(path, partial(torch.save, asdict(cache)))
     return cache

@@ -82,11 +82,12 @@ def train_towers(
     on_epoch: EpochCallback | None = None,
     progress: Progress = True,
     outside: dict[str, EvalSets] | None = None,
+    backbone_features: Path | None = None,
 ) -> TrainResult:
     """Train `encoder` (a fresh two-tower encoder) in place; resumes from `work_dir` when it can.
 
     `work_dir` is specific to one set of inputs (see `fingerprint`): its feature cache and checkpoint
-    are reused by a re-run after an interruption.
+    are reused by a re-run after an interruption. `backbone_features`: the backbone cache's folder.
     """
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
@@ -102,7 +103,17 @@ def train_towers(
     cache_seconds = time.perf_counter()
     outside_paths = {name: sets.corpus["path"].tolist() for name, sets in outside.items()}
     cache = load_or_build_cache(
-        encoder, trunk, data, catalog, validation, settings, limits, work_dir, progress, outside_paths
+        encoder,
+        trunk,
+        data,
+        catalog,
+        validation,
+        settings,
+        limits,
+        work_dir,
+        progress,
+        outside_paths,
+        backbone_features,
     )
     cache_seconds = time.perf_counter() - cache_seconds
     failed = failed_positions(cache, data)

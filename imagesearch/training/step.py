@@ -90,6 +90,7 @@ def train_step(
             on_epoch=log_epoch,
             progress=progress,
             outside=outside_split(settings, "val"),
+            backbone_features=cache_folder(settings),
         )
         registry.log_step_metrics({k: v for k, v in result.history[0].items() if k != "epoch"}, 0)
         registry.log_step_metrics(
