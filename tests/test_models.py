@@ -21,7 +21,7 @@ from PIL import Image
 from skimage import data
 
 from imagesearch.models.backbones import WeightsNotFound, create_image_backbone, load_text_model
-from imagesearch.models.encoders import SQRT_CENTERED, Encoder, build_trained_encoder, imagenet_class_names
+from imagesearch.models.encoders import Encoder, build_trained_encoder, imagenet_class_names
 from imagesearch.models.onnx_runtime import OnnxUnavailable
 from imagesearch.models.preprocess import letterbox
 from imagesearch.models.registry import (
@@ -33,6 +33,7 @@ from imagesearch.models.registry import (
     log_encoder,
     version_of_run,
 )
+from imagesearch.models.towers import SQRT_CENTERED
 from imagesearch.settings import ModelSettings, Settings
 from tests.conftest import noise_image, png_bytes
 

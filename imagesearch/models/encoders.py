@@ -1,4 +1,4 @@
-"""Image and text encoders into one space, as torch modules and as a numpy-facing `Encoder`.
+"""Image and text encoders into one space: the numpy-facing `Encoder` over the towers of `towers`.
 
 Three kinds share one interface:
 - ``zeroshot`` (v0): no training. An image becomes the mix of the text embeddings of its top ImageNet
@@ -30,186 +30,26 @@ import timm
 import torch
 from timm.data import ImageNetInfo
 from torch import nn
-from torch.nn import functional as F
 
 from imagesearch.common.io import folder_atomic
 from imagesearch.models.backbones import backbone_key, create_image_backbone, load_text_model
 from imagesearch.models.onnx_runtime import FLOAT32, ONNX_FOLDER, OnnxTowers, export_towers, open_towers
 from imagesearch.models.preprocess import ImageInput, Preprocessor
+from imagesearch.models.towers import (
+    PLAIN,
+    AnchoredProjection,
+    ImageTower,
+    ResidualText,
+    TextTower,
+    ZeroPadded,
+    ZeroShotImageBridge,
+)
 from imagesearch.settings import ModelSettings
 
 FORMAT_VERSION = 1
 TWO_TOWER = "two_tower"
 ZEROSHOT = "zeroshot"
 ANCHORED = "anchored"
-PLAIN, SQRT_CENTERED = "plain", "sqrt_centered"
-RAW_TRANSFORMS = (PLAIN, SQRT_CENTERED)
-
-
-class ImageTower(nn.Module):
-    """Backbone features -> projection -> unit vector [+ the scaled raw block] -> unit.
-
-    The raw block is the backbone's pooled features as they are (`plain`) or, `sqrt_centered`, their
-    square root (a Hellinger map: no one large activation dominates the cosine, as RootSIFT does for
-    descriptors), unit-normalised, minus the training images' mean of the same (what every image
-    shares says nothing about which images are alike), unit-normalised."""
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        projection: nn.Module,
-        raw_feature_weight: float = 0.0,
-        raw_transform: str = PLAIN,
-    ):
-        super().__init__()
-        self.backbone = backbone
-        self.projection = projection
-        self.raw_feature_weight = raw_feature_weight
-        self.raw_transform = PLAIN
-        if raw_transform == SQRT_CENTERED:
-            self.use_raw_transform(SQRT_CENTERED, torch.zeros(backbone.num_features))
-
-    def use_raw_transform(self, kind: str, mean: torch.Tensor | None = None) -> None:
-        """`plain`, or `sqrt_centered` around `mean` (saved with the weights, as buffer `raw_mean`)."""
-        if kind not in RAW_TRANSFORMS:
-            raise ValueError(f"unknown raw transform {kind!r}: one of {RAW_TRANSFORMS}")
-        self._buffers.pop("raw_mean", None)
-        if kind == SQRT_CENTERED:
-            if mean is None:
-                raise ValueError("the sqrt_centered raw block needs the training images' mean")
-            self.register_buffer("raw_mean", mean.detach().float().clone())
-        self.raw_transform = kind
-
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_head(self.backbone.forward_features(pixels), pre_logits=True)
-
-    def raw_block(self, features: torch.Tensor) -> torch.Tensor:
-        if self.raw_transform == SQRT_CENTERED:
-            return F.normalize(rooted(features) - self.raw_mean, dim=-1)
-        return F.normalize(features.float(), dim=-1)
-
-    def from_features(self, features: torch.Tensor) -> torch.Tensor:
-        """The image vector from pooled backbone features (what training and validation use)."""
-        projected = F.normalize(self.projection(features), dim=-1)
-        if not self.raw_feature_weight:
-            return projected
-        raw = self.raw_block(features) * self.raw_feature_weight
-        return F.normalize(torch.cat([projected, raw.to(projected.dtype)], dim=-1), dim=-1)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.from_features(self.features(pixels))
-
-
-def rooted(features: torch.Tensor) -> torch.Tensor:
-    """Unit-normalised square roots of pooled (non-negative, post-activation) features."""
-    return F.normalize(features.float().clamp(min=0).sqrt(), dim=-1)
-
-
-class AnchoredProjection(nn.Module):
-    """Pooled features -> v0's class-name bridge + interpolation x a learned residual (zero at start)."""
-
-    def __init__(
-        self,
-        classifier: nn.Module,
-        class_embeddings: torch.Tensor,
-        top_k: int,
-        dim: int,
-        temperature: float = 1.0,
-    ):
-        super().__init__()
-        self.classifier = classifier
-        self.register_buffer("class_embeddings", class_embeddings)
-        # a softer, wider mix of classes than v0's transfers better (chosen on validation in training)
-        self.top_k, self.temperature = top_k, temperature
-        self.residual = nn.Linear(classifier.in_features, dim)
-        nn.init.zeros_(self.residual.weight)
-        nn.init.zeros_(self.residual.bias)
-        self.register_buffer("interpolation", torch.tensor(1.0))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        probabilities = (self.classifier(features).float() / self.temperature).softmax(dim=-1)
-        top = probabilities.topk(self.top_k, dim=-1)
-        sparse = torch.zeros_like(probabilities).scatter_(-1, top.indices, top.values)
-        anchor = F.normalize(sparse @ self.class_embeddings, dim=-1)
-        return anchor + self.interpolation * self.residual(features).float()
-
-
-class ResidualText(nn.Module):
-    """The locked text embedding + interpolation x a learned residual (zero at start): the text side of
-    the anchored head, so both towers can adapt while both start, and can be pulled back, at v0."""
-
-    def __init__(self, hidden: int):
-        super().__init__()
-        self.residual = nn.Linear(hidden, hidden)
-        nn.init.zeros_(self.residual.weight)
-        nn.init.zeros_(self.residual.bias)
-        self.register_buffer("interpolation", torch.tensor(1.0))
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return pooled + self.interpolation * self.residual(pooled)
-
-
-def set_interpolation(module: nn.Module, weight: float) -> None:
-    """Scale every learned residual of an anchored encoder (0 = v0, 1 = as trained)."""
-    for part in module.modules():
-        if isinstance(part, AnchoredProjection | ResidualText):
-            part.interpolation.fill_(weight)
-
-
-class ZeroPadded(nn.Module):
-    """A text vector padded with zeros where image vectors carry raw backbone features."""
-
-    def __init__(self, projection: nn.Module, padding: int):
-        super().__init__()
-        self.projection = projection
-        self.padding = padding
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        projected = F.normalize(self.projection(pooled), dim=-1)
-        return F.pad(projected, (0, self.padding)) if self.padding else projected
-
-
-class ZeroShotImageBridge(nn.Module):
-    """Classifier probabilities (top-k) x class-name text embeddings -> unit vector in text space."""
-
-    def __init__(self, classifier: nn.Module, class_embeddings: torch.Tensor, top_k: int):
-        super().__init__()
-        self.classifier = classifier
-        self.register_buffer("class_embeddings", class_embeddings)
-        self.top_k = top_k
-
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.classifier.forward_head(self.classifier.forward_features(pixels), pre_logits=True)
-
-    def from_features(self, features: torch.Tensor) -> torch.Tensor:
-        probabilities = self.classifier.get_classifier()(features).softmax(dim=-1)
-        top = probabilities.topk(self.top_k, dim=-1)
-        sparse = torch.zeros_like(probabilities).scatter_(-1, top.indices, top.values)
-        return F.normalize(sparse @ self.class_embeddings, dim=-1)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.from_features(self.features(pixels))
-
-
-class TextTower(nn.Module):
-    """Transformer -> mean pooling over real tokens -> projection (identity for v0) -> unit vector."""
-
-    def __init__(self, transformer: nn.Module, projection: nn.Module):
-        super().__init__()
-        self.transformer = transformer
-        self.projection = projection
-
-    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        tokens = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
-        return (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-
-    def head(self) -> nn.Module:
-        """The projection without the zero padding: the text side of training's shared space."""
-        return self.projection.projection if isinstance(self.projection, ZeroPadded) else self.projection
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projection(self.pooled(input_ids, attention_mask)), dim=-1)
 
 
 @dataclass(frozen=True)

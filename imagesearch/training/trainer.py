@@ -14,7 +14,8 @@ from torch.nn import functional as F
 from imagesearch.evaluation.metrics import recall_at_k
 from imagesearch.evaluation.ranking import rank_corpus, score_rankings
 from imagesearch.evaluation.sets import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, EvalSets
-from imagesearch.models.encoders import AnchoredProjection, Encoder, ImageTower, rooted, set_interpolation
+from imagesearch.models.encoders import Encoder
+from imagesearch.models.towers import AnchoredProjection, ImageTower, rooted, set_interpolation
 from imagesearch.settings import TrainingSettings
 from imagesearch.training import losses
 from imagesearch.training.examples import IndexedExamples, positive_sets
