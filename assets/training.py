@@ -6,8 +6,8 @@ import dagster as dg
 
 from assets.metadata import version_metadata
 from dagster_project.resources import WorkspaceResource
+from imagesearch.training.selection import IN_DOMAIN_VAL
 from imagesearch.training.step import train_step
-from imagesearch.training.trainer import IN_DOMAIN_VAL
 
 CHOSEN_ON_VALIDATION = (
     "interpolation",

@@ -344,13 +344,14 @@ def test_a_val_image_leaking_into_a_source_stops_the_chain_before_training(train
     assert alias_version(settings, CHALLENGER) == trained.version  # nothing new was trained
 
 
-def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, training_folder):
+def tiny_training_data(tmp_path: Path, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The catalog of `folder` and a mix of augmentation and tag examples over it."""
     from imagesearch.catalog.build import build_catalog
     from imagesearch.settings import CatalogSettings, SourceSettings
 
     catalog_path = tmp_path / "catalog.parquet"
     build_catalog(
-        [SourceSettings(name="tiny", path=training_folder)],
+        [SourceSettings(name="tiny", path=folder)],
         CatalogSettings(workers=1),
         catalog_path=catalog_path,
         quarantine_path=tmp_path / "quarantine.parquet",
@@ -365,6 +366,11 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, training_fol
         {"augmentation": 1.0, "tags": 1.0},
         seed=0,
     )
+    return catalog, examples
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, training_folder):
+    catalog, examples = tiny_training_data(tmp_path, training_folder)
     settings = TrainingSettings(frozen_epochs=2, unfrozen_epochs=2, batch_size=16, unfrozen_rows_per_epoch=32)
 
     class Interrupted(Exception):
@@ -423,3 +429,30 @@ def test_the_frozen_trunk_runs_on_onnx_runtime_with_torchs_features():
     with torch.inference_mode():
         unpooled = staged(pixels)
     assert torch.allclose(trunk_runner(encoder, staged)(pixels), unpooled, atol=1e-4)
+
+
+def test_zero_shot_distillation_is_trained_against_when_switched_on(tmp_path, training_folder):
+    """The distillation term (KL from the untrained anchor's image -> class-name distribution) is
+    recorded per epoch and falls when it dominates the loss; switched off, it is never computed.
+    Whether it helps out of domain is the ablation's question (README: it does not)."""
+    catalog, examples = tiny_training_data(tmp_path, training_folder)
+    histories = {}
+    for weight in (0.0, 200.0):
+        settings = TrainingSettings(
+            frozen_epochs=4,
+            batch_size=16,
+            learning_rate=0.005,
+            selection="last",
+            interpolation_grid=[1.0],
+            bridge_top_k_grid=[],
+            bridge_temperature_grid=[],
+            raw_weight_grid=[],
+            distillation_weight=weight,
+        )
+        encoder = build_trained_encoder(ModelSettings(head="anchored", raw_feature_weight=0))
+        kwargs = {"work_dir": tmp_path / f"work-{weight}", "limits": DEFAULT_LIMITS, "progress": False}
+        histories[weight] = train_towers(encoder, examples, catalog, settings, **kwargs).history
+    assert all(row.get("loss_distillation", 0.0) == 0.0 for row in histories[0.0])
+    distilled = [row["loss_distillation"] for row in histories[200.0][1:]]
+    assert distilled[0] > 0.0
+    assert distilled[-1] < distilled[0], distilled

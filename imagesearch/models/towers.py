@@ -92,12 +92,15 @@ class AnchoredProjection(nn.Module):
         nn.init.zeros_(self.residual.bias)
         self.register_buffer("interpolation", torch.tensor(1.0))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def anchor(self, features: torch.Tensor) -> torch.Tensor:
+        """The class-name bridge alone: what the untrained model (v0 with this bridge) embeds."""
         probabilities = (self.classifier(features).float() / self.temperature).softmax(dim=-1)
         top = probabilities.topk(self.top_k, dim=-1)
         sparse = torch.zeros_like(probabilities).scatter_(-1, top.indices, top.values)
-        anchor = F.normalize(sparse @ self.class_embeddings, dim=-1)
-        return anchor + self.interpolation * self.residual(features).float()
+        return F.normalize(sparse @ self.class_embeddings, dim=-1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.anchor(features) + self.interpolation * self.residual(features).float()
 
 
 class ResidualText(nn.Module):

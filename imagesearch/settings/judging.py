@@ -105,6 +105,7 @@ class AblationSettings(BaseModel):
             "anchored, bridge chosen, no training",
             "anchored, text tower locked (LiT)",
             "anchored, plain raw block",
+            "anchored, zero-shot distillation (ZSCL)",
             "anchored (default)",
         ],
         description="a recipe of imagesearch.evaluation.ablation.RECIPES, a source name, or 'all'",

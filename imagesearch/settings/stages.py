@@ -257,6 +257,13 @@ class TrainingSettings(BaseModel):
         description="model selection: an out-of-domain val metric may fall this far below the untrained "
         "model's before it is penalised",
     )
+    distillation_weight: float = Field(
+        default=0.0,
+        ge=0,
+        description="anchored head: weight of a term that keeps each training image's distribution over "
+        "the 1000 ImageNet class-name prompts where the untrained anchor puts it (zero-shot distillation, "
+        "as ZSCL); 0 = off",
+    )
     interpolation_grid: list[float] = Field(
         default=[0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0],
         description="anchored head: residual scales tried at each validation (0 = v0, 1 = fine-tuned)",

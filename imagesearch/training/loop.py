@@ -121,6 +121,7 @@ def train_towers(
     validation, kept = validation.without(set(cache.failed))
     cache.val = cache.val[torch.from_numpy(kept)]
     trainer = Trainer(encoder, data, cache, validation, top, settings, outside)
+    selection = trainer.selection
     history: list[dict[str, float]] = []
     start_epoch = 0
     checkpoint = work_dir / CHECKPOINT
@@ -129,20 +130,20 @@ def train_towers(
         trainer.load(state)
         history, start_epoch = list(state["history"]), int(state["epoch"]) + 1
     if start_epoch == 0:
-        history.append({"epoch": 0, **trainer.validate_and_select(0)})  # untrained: the floor to beat
+        history.append({"epoch": 0, **selection.validate_and_select(0)})  # untrained: the floor to beat
         if on_epoch is not None:
             on_epoch(0, history[0])
     for epoch in range(max(start_epoch, 1), settings.frozen_epochs + settings.unfrozen_epochs + 1):
-        metrics = {"epoch": epoch, **trainer.run_epoch(epoch - 1), **trainer.validate_and_select(epoch)}
+        metrics = {"epoch": epoch, **trainer.run_epoch(epoch - 1), **selection.validate_and_select(epoch)}
         history.append(metrics)
         state = trainer.state(epoch, history)
         write_atomic(checkpoint, partial(torch.save, state))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
     if settings.selection == "validation":
-        selected = trainer.restore_best()
+        selected = selection.restore_best(trainer.pooled_train)
     else:  # the last epoch as trained (full residuals), whatever interpolation validation preferred
-        selected = {"epoch": history[-1]["epoch"], **trainer.validate(), "interpolation": 1.0}
+        selected = {"epoch": history[-1]["epoch"], **selection.validate(), "interpolation": 1.0}
     return TrainResult(
         history,
         selected,

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from imagesearch.models.encoders import Encoder
+from imagesearch.training.features import autocast_for
 
 
 class LearnedParts(nn.Module):
@@ -34,6 +35,13 @@ class LearnedParts(nn.Module):
 
     def texts(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_projection(pooled), dim=-1)
+
+
+def top_outputs(top: nn.Module, features: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Top outputs (backbone features) of cached trunk features, without gradients, on the CPU."""
+    with torch.inference_mode(), autocast_for(device):
+        batches = [features[i : i + 256] for i in range(0, len(features), 256)]
+        return torch.cat([top(batch.to(device).float()).float().cpu() for batch in batches])
 
 
 def ranked_ids(

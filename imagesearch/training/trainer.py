@@ -1,26 +1,24 @@
-"""One epoch of contrastive training on cached features: batches, losses, hard negatives, validation."""
+"""One epoch of contrastive training on cached features: batches, losses and hard negatives
+(validation and what is kept: selection.py)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from imagesearch.evaluation.metrics import recall_at_k
-from imagesearch.evaluation.ranking import rank_corpus, score_rankings
-from imagesearch.evaluation.sets import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, EvalSets
+from imagesearch.evaluation.sets import EvalSets
 from imagesearch.models.encoders import Encoder
-from imagesearch.models.towers import AnchoredProjection, ImageTower, rooted, set_interpolation
+from imagesearch.models.towers import AnchoredProjection
 from imagesearch.settings import TrainingSettings
 from imagesearch.training import losses
 from imagesearch.training.examples import IndexedExamples, positive_sets
 from imagesearch.training.features import FeatureCache, autocast_for
-from imagesearch.training.parts import LearnedParts, equal_pairs, ranked_ids, warmup_cosine
+from imagesearch.training.parts import LearnedParts, equal_pairs, top_outputs, warmup_cosine
+from imagesearch.training.selection import ModelSelection
 from imagesearch.training.validation import ValidationSet
 
 
@@ -35,14 +33,13 @@ class Trainer:
         settings: TrainingSettings,
         outside: dict[str, EvalSets] | None = None,
     ):
-        self.encoder, self.data, self.cache, self.validation = encoder, data, cache, validation
-        self.outside = outside or {}
-        self.best: dict | None = None  # the selected epoch: its metrics, interpolation and parts
-        self.reference: dict[str, float] | None = None  # epoch 0's val metrics
-        self.bridge: dict[str, float] | None = None  # anchored: the class-name bridge chosen at epoch 0
+        self.encoder, self.data, self.cache = encoder, data, cache
         self.settings, self.device = settings, encoder.device
         self.parts = LearnedParts(encoder, top, settings.temperature, settings.learn_temperature).to(
             self.device
+        )
+        self.selection = ModelSelection(
+            encoder, self.parts, cache, validation, data.texts, settings, outside or {}
         )
         self.parts.top.eval()  # batch-norm statistics stay those of pretraining
         head_params = [*self.parts.image_projection.parameters(), *self.parts.text_projection.parameters()]
@@ -61,6 +58,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup, total))
         self.pooled_train: torch.Tensor | None = None
         self.positives = positive_sets(data)
+        self.class_texts = self._class_texts() if settings.distillation_weight else None
 
     # --- state --------------------------------------------------------------------------------
     def state(self, epoch: int, history: list[dict[str, float]]) -> dict:
@@ -70,15 +68,11 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "history": history,
-            "best": self.best,
-            "reference": self.reference,
-            "bridge": self.bridge,
+            **self.selection.state(),
         }
 
     def load(self, state: dict) -> None:
-        self.best, self.reference = state.get("best"), state.get("reference")
-        if state.get("bridge"):
-            self._set_bridge(state["bridge"])
+        self.selection.load(state)
         self.parts.load_state_dict(state["parts"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -90,7 +84,7 @@ class Trainer:
         if self.unfrozen:
             self.pooled_train = None  # the top is learning: its outputs go stale
         elif self.pooled_train is None:
-            self.pooled_train = self._top_outputs(self.cache.train.flatten(0, 1)).view(
+            self.pooled_train = top_outputs(self.parts.top, self.cache.train.flatten(0, 1), self.device).view(
                 *self.cache.train.shape[:2], -1
             )
         rng = np.random.default_rng((self.settings.seed, epoch))
@@ -98,7 +92,7 @@ class Trainer:
         order = rng.permutation(len(self.data.anchor))
         if self.unfrozen and self.settings.unfrozen_rows_per_epoch:
             order = order[: self.settings.unfrozen_rows_per_epoch]
-        totals = {"loss": 0.0, "loss_image_text": 0.0, "loss_image_image": 0.0}
+        totals = dict.fromkeys(["loss", "loss_image_text", "loss_image_image", "loss_distillation"], 0.0)
         for start in range(0, len(order), self.settings.batch_size):
             rows = order[start : start + self.settings.batch_size]
             parts = self._batch_loss(rows, rng, mined)
@@ -109,16 +103,6 @@ class Trainer:
             for key, value in parts.items():
                 totals[key] += float(value.detach()) * len(rows) / len(order)
         return {**totals, "temperature": 1 / self.parts.scale().item()}
-
-    def _top_outputs(self, features: torch.Tensor) -> torch.Tensor:
-        """Top outputs (backbone features) of cached trunk features, without gradients, on the CPU."""
-        with torch.inference_mode(), autocast_for(self.device):
-            return torch.cat(
-                [
-                    self.parts.top(features[i : i + 256].to(self.device).float()).float().cpu()
-                    for i in range(0, len(features), 256)
-                ]
-            )
 
     def _image_embeddings(self, images: np.ndarray, views: np.ndarray) -> torch.Tensor:
         pooled = self.pooled_train is not None
@@ -186,7 +170,34 @@ class Trainer:
         if not terms:  # a batch of image-image rows while that term is switched off
             return {"loss": anchor_emb.sum() * 0.0}
         loss = sum(mix[name] * count * value for name, (value, count) in terms.items()) / weight_total
-        return {"loss": loss, **{name: value.detach() for name, (value, _) in terms.items()}}
+        parts = {name: value.detach() for name, (value, _) in terms.items()}
+        if self.class_texts is not None and self.pooled_train is not None:
+            features = self.pooled_train[torch.from_numpy(anchors), torch.from_numpy(view_a)]
+            distillation = self._distillation(features.to(self.device).float(), anchor_emb)
+            loss = loss + self.settings.distillation_weight * distillation
+            parts["loss_distillation"] = distillation.detach()
+        return {"loss": loss, **parts}
+
+    def _class_texts(self) -> torch.Tensor | None:
+        """The class-name prompt embeddings the bridge mixes, scaled like the pooled text features the
+        text head sees (its residual has a bias, so scale matters); None without an anchored head."""
+        if not isinstance(self.parts.image_projection, AnchoredProjection):
+            return None
+        names = self.parts.image_projection.class_embeddings.float()
+        return (names * self.cache.texts.norm(dim=-1).mean()).to(self.device)
+
+    def _distillation(self, features: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """KL from the untrained anchor's image -> class-name distribution to the trained one's
+        (ZSCL-style): the residuals may learn the training corpus, but not by moving what an image
+        has in common with the ImageNet vocabulary, which is what carries to other collections."""
+        scale = self.parts.scale().detach()
+        with torch.no_grad():
+            names = F.normalize(self.class_texts, dim=-1)
+            teacher = scale * self.parts.image_projection.anchor(features) @ names.T
+        student = scale * images @ self.parts.texts(self.class_texts).T
+        return F.kl_div(
+            student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean"
+        )
 
     def _loss(
         self,
@@ -236,181 +247,3 @@ class Trainer:
                 for i in range(0, len(images), 512)
             ]
         )
-
-    @torch.inference_mode()
-    def validate(self) -> dict[str, float]:
-        """recall@10 on the val split (tag text -> image, image -> image of the same category) and
-        nDCG@10 on each out-of-domain collection's val rows; image vectors as served (with raw features)."""
-        metrics = {}
-        val = self.validation
-        if val.image_ids:
-            images = self._served_vectors(self.cache.val)
-            if val.query_texts:
-                texts = self._text_vectors(val.query_texts, images.shape[1])
-                ranked = ranked_ids(texts @ images.T, val.image_ids, exclude_self=False)
-                metrics["val_text_to_image_recall_at_10"] = recall_at_k(ranked, val.text_relevant, 10)
-            ranked = ranked_ids(images @ images.T, val.image_ids, exclude_self=True)
-            category = np.array(val.categories)
-            relevant = [
-                {val.image_ids[j] for j in np.flatnonzero(category == c) if j != i}
-                for i, c in enumerate(category)
-            ]
-            metrics["val_image_to_image_recall_at_10"] = recall_at_k(ranked, relevant, 10)
-        for name, sets in self.outside.items():
-            vectors = self._served_vectors(self.cache.outside[name])
-            embed = partial(self._text_numpy, width=vectors.shape[1])
-            scores = score_rankings(sets, rank_corpus(sets, vectors.numpy(), embed))
-            for kind in (IMAGE_TO_IMAGE, TEXT_TO_IMAGE):
-                found = scores.get(kind, {})
-                metrics[f"val_{name}_{kind}_ndcg_at_10"] = found.get("ndcg_at_10", 0.0)
-        return metrics
-
-    def _served_vectors(self, features: torch.Tensor) -> torch.Tensor:
-        pooled = self._top_outputs(features).to(self.device)
-        return self.encoder.image_model.from_features(pooled).float().cpu()
-
-    def _text_numpy(self, texts: list[str], width: int) -> np.ndarray:
-        return self._text_vectors(texts, width).numpy()
-
-    def _text_vectors(self, texts: list[str], width: int) -> torch.Tensor:
-        positions = [self.data.texts.index(text) for text in texts]
-        shared = self.parts.texts(self.cache.texts[positions].to(self.device)).float().cpu()
-        return F.pad(shared, (0, width - shared.shape[1]))
-
-    # --- model selection -------------------------------------------------------------------------
-    def _anchored(self) -> bool:
-        return isinstance(self.parts.image_projection, AnchoredProjection)
-
-    @torch.inference_mode()
-    def _raw_feature_metrics(self) -> dict[str, float]:
-        """Out-of-domain image->image val nDCG of the raw pretrained features: what "more like this"
-        must not fall below (text->image is held to the untrained model, v0 for the anchored head)."""
-        metrics = {}
-        for name, sets in self.outside.items():
-            raw = F.normalize(self._top_outputs(self.cache.outside[name]).float(), dim=-1).numpy()
-            scores = score_rankings(sets, rank_corpus(sets, raw, None))
-            metrics[f"val_{name}_{IMAGE_TO_IMAGE}_ndcg_at_10"] = scores[IMAGE_TO_IMAGE]["ndcg_at_10"]
-        return metrics
-
-    def _score(self, metrics: dict[str, float]) -> float:
-        inside = [metrics[k] for k in IN_DOMAIN_VAL if k in metrics]
-        score = float(np.mean(inside)) if inside else 0.0
-        tolerance = self.settings.selection_ood_tolerance
-        for key, value in metrics.items():
-            if key.startswith("val_") and key not in IN_DOMAIN_VAL and key in (self.reference or {}):
-                score -= OOD_PENALTY * max(0.0, self.reference[key] - tolerance - value)
-        return score
-
-    def _interpolate(self, weight: float) -> None:
-        set_interpolation(self.encoder.image_model, weight)
-        set_interpolation(self.encoder.text_model, weight)
-
-    def _candidates(self, key: str, grid: list[float], apply) -> list[dict[str, float]]:
-        out = []
-        for value in grid:
-            apply(value)
-            metrics = self.validate()
-            out.append({**metrics, key: value, "selection_score": self._score(metrics)})
-        return out
-
-    def choose_bridge(self) -> dict[str, float]:
-        """Anchored head, before training: the class-name bridge's top-k and softmax temperature with
-        the best mean over every val metric, in-domain and out of domain (v0 keeps its own, 10 and 1).
-        A softer mix of more classes describes pictures unlike ImageNet's photos better; the residual
-        then learns on top of the anchor chosen here, and selection holds it to that anchor."""
-        spec = self.encoder.spec
-        top_ks = self.settings.bridge_top_k_grid or [spec.zeroshot_top_k]
-        temperatures = self.settings.bridge_temperature_grid or [spec.bridge_temperature]
-        candidates = []
-        for top_k in top_ks:
-            for temperature in temperatures:
-                bridge = {"bridge_top_k": top_k, "bridge_temperature": temperature}
-                self._set_bridge(bridge)
-                metrics = self.validate()
-                candidates.append({**bridge, "score": float(np.mean(list(metrics.values())))})
-        best = max(candidates, key=lambda c: c["score"])
-        self._set_bridge(best)
-        return {key: best[key] for key in ("bridge_top_k", "bridge_temperature")}
-
-    def _set_bridge(self, bridge: dict[str, float]) -> None:
-        projection = self.parts.image_projection
-        projection.top_k, projection.temperature = int(bridge["bridge_top_k"]), bridge["bridge_temperature"]
-        self.bridge = {"bridge_top_k": projection.top_k, "bridge_temperature": projection.temperature}
-        self.encoder.spec = replace(
-            self.encoder.spec, zeroshot_top_k=projection.top_k, bridge_temperature=projection.temperature
-        )
-
-    def validate_and_select(self, epoch: int) -> dict[str, float]:
-        """Validate (at each interpolation of the grid, for the anchored head) and remember the best.
-
-        The selection score mirrors the promotion gate: the mean in-domain val metric, minus a steep
-        penalty for every out-of-domain val metric below its reference by more than
-        `selection_ood_tolerance` - text->image: the untrained model (v0 for the anchored head);
-        image->image: the raw pretrained features. An epoch that wins in-domain by
-        forgetting elsewhere is not the one kept.
-        """
-        if self._anchored() and epoch:
-            candidates = self._candidates(
-                "interpolation", self.settings.interpolation_grid, self._interpolate
-            )
-            self._interpolate(1.0)  # training always moves the full residuals
-        else:
-            bridge = self.choose_bridge() if self._anchored() else {}
-            metrics = self.validate()
-            self.reference = self.reference or (metrics | self._raw_feature_metrics())
-            candidates = [
-                {**metrics, **bridge, "interpolation": 1.0, "selection_score": self._score(metrics)}
-            ]
-        chosen = max(candidates, key=lambda c: c["selection_score"])
-        if self.best is None or chosen["selection_score"] > self.best["metrics"]["selection_score"]:
-            state = {k: v.detach().clone() for k, v in self.parts.state_dict().items()}
-            self.best = {"epoch": epoch, "metrics": chosen, "parts": state}
-        return chosen
-
-    def restore_best(self) -> dict[str, float]:
-        """Load the selected epoch's heads and interpolation, then choose the raw-feature weight (it
-        only moves image->image scores) on validation too; the metrics of the model as kept."""
-        if self.best is None:
-            return {}
-        self.parts.load_state_dict(self.best["parts"])
-        self._interpolate(self.best["metrics"]["interpolation"])
-        chosen = self.best["metrics"]
-        tower = self.encoder.image_model
-        if getattr(tower, "raw_feature_weight", 0) and self.settings.raw_transform_grid:
-            chosen = {**chosen, "raw_transform": self._choose_raw_transform(tower)}
-        if getattr(tower, "raw_feature_weight", 0) and self.settings.raw_weight_grid:
-
-            def apply(weight: float) -> None:
-                tower.raw_feature_weight = weight
-
-            candidates = self._candidates("raw_feature_weight", self.settings.raw_weight_grid, apply)
-            chosen = {**chosen, **max(candidates, key=lambda c: c["selection_score"])}
-            apply(chosen["raw_feature_weight"])
-            self.encoder.spec = replace(self.encoder.spec, raw_feature_weight=chosen["raw_feature_weight"])
-        return {"epoch": self.best["epoch"], **(self.bridge or {}), **chosen}
-
-    def _choose_raw_transform(self, tower: ImageTower) -> str:
-        """How the raw block is made (`ImageTower`): the kind with the best mean over every val metric,
-        in-domain and out of domain, as the bridge is chosen (it moves image->image scores only)."""
-        mean = self._train_raw_mean()
-        scores = {}
-        for kind in self.settings.raw_transform_grid:
-            tower.use_raw_transform(kind, mean)
-            scores[kind] = float(np.mean(list(self.validate().values())))
-        best = max(scores, key=scores.get)
-        tower.use_raw_transform(best, mean)
-        self.encoder.spec = replace(self.encoder.spec, raw_transform=best)
-        return best
-
-    def _train_raw_mean(self) -> torch.Tensor:
-        """The mean rooted feature vector of the training views (undecodable images' zero rows left out)."""
-        pooled = self.pooled_train
-        if pooled is None:
-            pooled = self._top_outputs(self.cache.train.flatten(0, 1))
-        rows = pooled.reshape(-1, pooled.shape[-1]).float()
-        rows = rows[rows.abs().sum(dim=-1) > 0]
-        return rooted(rows).mean(dim=0).to(self.device)
-
-
-IN_DOMAIN_VAL = ("val_text_to_image_recall_at_10", "val_image_to_image_recall_at_10")
-OOD_PENALTY = 10.0

@@ -1,0 +1,227 @@
+"""Model selection on validation: the val metrics of the model as it stands, and every choice made
+on them - the class-name bridge before training, the epoch and interpolation after each epoch, the raw
+block's transform and weight at the end. The score mirrors the promotion gate (`validate_and_select`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import partial
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from imagesearch.evaluation.metrics import recall_at_k
+from imagesearch.evaluation.ranking import rank_corpus, score_rankings
+from imagesearch.evaluation.sets import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, EvalSets
+from imagesearch.models.encoders import Encoder
+from imagesearch.models.towers import AnchoredProjection, ImageTower, rooted, set_interpolation
+from imagesearch.settings import TrainingSettings
+from imagesearch.training.features import FeatureCache
+from imagesearch.training.parts import LearnedParts, ranked_ids, top_outputs
+from imagesearch.training.validation import ValidationSet
+
+IN_DOMAIN_VAL = ("val_text_to_image_recall_at_10", "val_image_to_image_recall_at_10")
+OOD_PENALTY = 10.0
+
+
+class ModelSelection:
+    """What training keeps: validated on the val split and each outside collection's val rows."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        parts: LearnedParts,
+        cache: FeatureCache,
+        validation: ValidationSet,
+        texts: list[str],
+        settings: TrainingSettings,
+        outside: dict[str, EvalSets],
+    ):
+        self.encoder, self.parts, self.cache, self.validation = encoder, parts, cache, validation
+        self.texts = texts  # every text the cache embeds, in its order (the val queries among them)
+        self.settings, self.outside, self.device = settings, outside, encoder.device
+        self.best: dict | None = None  # the selected epoch: its metrics, interpolation and parts
+        self.reference: dict[str, float] | None = None  # epoch 0's val metrics
+        self.bridge: dict[str, float] | None = None  # anchored: the class-name bridge chosen at epoch 0
+
+    def state(self) -> dict:
+        return {"best": self.best, "reference": self.reference, "bridge": self.bridge}
+
+    def load(self, state: dict) -> None:
+        self.best, self.reference = state.get("best"), state.get("reference")
+        if state.get("bridge"):
+            self._set_bridge(state["bridge"])
+
+    @torch.inference_mode()
+    def validate(self) -> dict[str, float]:
+        """recall@10 on the val split (tag text -> image, image -> image of the same category) and
+        nDCG@10 on each out-of-domain collection's val rows; image vectors as served (with raw features)."""
+        metrics = {}
+        val = self.validation
+        if val.image_ids:
+            images = self._served_vectors(self.cache.val)
+            if val.query_texts:
+                texts = self._text_vectors(val.query_texts, images.shape[1])
+                ranked = ranked_ids(texts @ images.T, val.image_ids, exclude_self=False)
+                metrics["val_text_to_image_recall_at_10"] = recall_at_k(ranked, val.text_relevant, 10)
+            ranked = ranked_ids(images @ images.T, val.image_ids, exclude_self=True)
+            category = np.array(val.categories)
+            relevant = [
+                {val.image_ids[j] for j in np.flatnonzero(category == c) if j != i}
+                for i, c in enumerate(category)
+            ]
+            metrics["val_image_to_image_recall_at_10"] = recall_at_k(ranked, relevant, 10)
+        for name, sets in self.outside.items():
+            vectors = self._served_vectors(self.cache.outside[name])
+            embed = partial(self._text_numpy, width=vectors.shape[1])
+            scores = score_rankings(sets, rank_corpus(sets, vectors.numpy(), embed))
+            for kind in (IMAGE_TO_IMAGE, TEXT_TO_IMAGE):
+                found = scores.get(kind, {})
+                metrics[f"val_{name}_{kind}_ndcg_at_10"] = found.get("ndcg_at_10", 0.0)
+        return metrics
+
+    def _served_vectors(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = top_outputs(self.parts.top, features, self.device).to(self.device)
+        return self.encoder.image_model.from_features(pooled).float().cpu()
+
+    def _text_numpy(self, texts: list[str], width: int) -> np.ndarray:
+        return self._text_vectors(texts, width).numpy()
+
+    def _text_vectors(self, texts: list[str], width: int) -> torch.Tensor:
+        positions = [self.texts.index(text) for text in texts]
+        shared = self.parts.texts(self.cache.texts[positions].to(self.device)).float().cpu()
+        return F.pad(shared, (0, width - shared.shape[1]))
+
+    def anchored(self) -> bool:
+        return isinstance(self.parts.image_projection, AnchoredProjection)
+
+    @torch.inference_mode()
+    def _raw_feature_metrics(self) -> dict[str, float]:
+        """Out-of-domain image->image val nDCG of the raw pretrained features: what "more like this"
+        must not fall below (text->image is held to the untrained model, v0 for the anchored head)."""
+        metrics = {}
+        for name, sets in self.outside.items():
+            features = top_outputs(self.parts.top, self.cache.outside[name], self.device)
+            raw = F.normalize(features.float(), dim=-1).numpy()
+            scores = score_rankings(sets, rank_corpus(sets, raw, None))
+            metrics[f"val_{name}_{IMAGE_TO_IMAGE}_ndcg_at_10"] = scores[IMAGE_TO_IMAGE]["ndcg_at_10"]
+        return metrics
+
+    def _score(self, metrics: dict[str, float]) -> float:
+        inside = [metrics[k] for k in IN_DOMAIN_VAL if k in metrics]
+        score = float(np.mean(inside)) if inside else 0.0
+        tolerance = self.settings.selection_ood_tolerance
+        for key, value in metrics.items():
+            if key.startswith("val_") and key not in IN_DOMAIN_VAL and key in (self.reference or {}):
+                score -= OOD_PENALTY * max(0.0, self.reference[key] - tolerance - value)
+        return score
+
+    def _interpolate(self, weight: float) -> None:
+        set_interpolation(self.encoder.image_model, weight)
+        set_interpolation(self.encoder.text_model, weight)
+
+    def _candidates(self, key: str, grid: list[float], apply) -> list[dict[str, float]]:
+        out = []
+        for value in grid:
+            apply(value)
+            metrics = self.validate()
+            out.append({**metrics, key: value, "selection_score": self._score(metrics)})
+        return out
+
+    def choose_bridge(self) -> dict[str, float]:
+        """Anchored head, before training: the class-name bridge's top-k and softmax temperature with
+        the best mean over every val metric, in-domain and out of domain (v0 keeps its own, 10 and 1).
+        A softer mix of more classes describes pictures unlike ImageNet's photos better; the residual
+        then learns on top of the anchor chosen here, and selection holds it to that anchor."""
+        spec = self.encoder.spec
+        top_ks = self.settings.bridge_top_k_grid or [spec.zeroshot_top_k]
+        temperatures = self.settings.bridge_temperature_grid or [spec.bridge_temperature]
+        candidates = []
+        for top_k in top_ks:
+            for temperature in temperatures:
+                bridge = {"bridge_top_k": top_k, "bridge_temperature": temperature}
+                self._set_bridge(bridge)
+                metrics = self.validate()
+                candidates.append({**bridge, "score": float(np.mean(list(metrics.values())))})
+        best = max(candidates, key=lambda c: c["score"])
+        self._set_bridge(best)
+        return {key: best[key] for key in ("bridge_top_k", "bridge_temperature")}
+
+    def _set_bridge(self, bridge: dict[str, float]) -> None:
+        projection = self.parts.image_projection
+        projection.top_k, projection.temperature = int(bridge["bridge_top_k"]), bridge["bridge_temperature"]
+        self.bridge = {"bridge_top_k": projection.top_k, "bridge_temperature": projection.temperature}
+        self.encoder.spec = replace(
+            self.encoder.spec, zeroshot_top_k=projection.top_k, bridge_temperature=projection.temperature
+        )
+
+    def validate_and_select(self, epoch: int) -> dict[str, float]:
+        """Validate (at each interpolation of the grid, for the anchored head) and remember the best.
+
+        The selection score mirrors the promotion gate: the mean in-domain val metric, minus a steep
+        penalty for every out-of-domain val metric below its reference by more than
+        `selection_ood_tolerance` - text->image: the untrained model (v0 for the anchored head);
+        image->image: the raw pretrained features. An epoch that wins in-domain by
+        forgetting elsewhere is not the one kept.
+        """
+        if self.anchored() and epoch:
+            candidates = self._candidates(
+                "interpolation", self.settings.interpolation_grid, self._interpolate
+            )
+            self._interpolate(1.0)  # training always moves the full residuals
+        else:
+            bridge = self.choose_bridge() if self.anchored() else {}
+            metrics = self.validate()
+            self.reference = self.reference or (metrics | self._raw_feature_metrics())
+            candidates = [
+                {**metrics, **bridge, "interpolation": 1.0, "selection_score": self._score(metrics)}
+            ]
+        chosen = max(candidates, key=lambda c: c["selection_score"])
+        if self.best is None or chosen["selection_score"] > self.best["metrics"]["selection_score"]:
+            state = {k: v.detach().clone() for k, v in self.parts.state_dict().items()}
+            self.best = {"epoch": epoch, "metrics": chosen, "parts": state}
+        return chosen
+
+    def restore_best(self, pooled_train: torch.Tensor | None) -> dict[str, float]:
+        """Load the selected epoch's heads and interpolation, then choose the raw-feature weight (it
+        only moves image->image scores) on validation too; the metrics of the model as kept."""
+        if self.best is None:
+            return {}
+        self.parts.load_state_dict(self.best["parts"])
+        self._interpolate(self.best["metrics"]["interpolation"])
+        chosen = self.best["metrics"]
+        tower = self.encoder.image_model
+        if getattr(tower, "raw_feature_weight", 0) and self.settings.raw_transform_grid:
+            chosen = {**chosen, "raw_transform": self._choose_raw_transform(tower, pooled_train)}
+        if getattr(tower, "raw_feature_weight", 0) and self.settings.raw_weight_grid:
+
+            def apply(weight: float) -> None:
+                tower.raw_feature_weight = weight
+
+            candidates = self._candidates("raw_feature_weight", self.settings.raw_weight_grid, apply)
+            chosen = {**chosen, **max(candidates, key=lambda c: c["selection_score"])}
+            apply(chosen["raw_feature_weight"])
+            self.encoder.spec = replace(self.encoder.spec, raw_feature_weight=chosen["raw_feature_weight"])
+        return {"epoch": self.best["epoch"], **(self.bridge or {}), **chosen}
+
+    def _choose_raw_transform(self, tower: ImageTower, pooled_train: torch.Tensor | None) -> str:
+        """How the raw block is made (`ImageTower`): the kind with the best mean over every val metric,
+        in-domain and out of domain, as the bridge is chosen (it moves image->image scores only)."""
+        mean = self._train_raw_mean(pooled_train)
+        scores = {}
+        for kind in self.settings.raw_transform_grid:
+            tower.use_raw_transform(kind, mean)
+            scores[kind] = float(np.mean(list(self.validate().values())))
+        best = max(scores, key=scores.get)
+        tower.use_raw_transform(best, mean)
+        self.encoder.spec = replace(self.encoder.spec, raw_transform=best)
+        return best
+
+    def _train_raw_mean(self, pooled: torch.Tensor | None) -> torch.Tensor:
+        """The mean rooted feature vector of the training views (undecodable images' zero rows left out)."""
+        if pooled is None:
+            pooled = top_outputs(self.parts.top, self.cache.train.flatten(0, 1), self.device)
+        rows = pooled.reshape(-1, pooled.shape[-1]).float()
+        rows = rows[rows.abs().sum(dim=-1) > 0]
+        return rooted(rows).mean(dim=0).to(self.device)
