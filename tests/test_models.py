@@ -402,3 +402,28 @@ def test_the_sqrt_centered_raw_block_roots_centres_and_normalises(anchored, phot
         tower.use_raw_transform(SQRT_CENTERED)
     tower.use_raw_transform("plain")
     assert "raw_mean" not in dict(tower.named_buffers())
+
+
+def test_a_class_mix_residual_corrects_class_names_and_round_trips(photos, tmp_path):
+    """`MODEL__IMAGE_RESIDUAL=classes`: the image residual reads the bridge's top-k class mix; saved,
+    reloaded and exported to ONNX it gives the same vectors as the module it came from."""
+    encoder = build_trained_encoder(ModelSettings(image_residual="classes"), seed=0)
+    projection = encoder.image_model.projection
+    assert projection.residual.in_features == 1000
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        projection.residual.weight.copy_(torch.randn(projection.residual.weight.shape, generator=generator))
+    images = list(photos.values())
+    with torch.no_grad():
+        features = encoder.image_model.features(encoder.preprocess(images))
+        mix = projection.class_mix(features)
+        expected = projection.anchor(features) + mix @ projection.residual.weight.T
+        assert torch.allclose(projection(features), expected, atol=1e-5)
+    assert (mix > 0).sum(dim=-1).tolist() == [projection.top_k] * len(images)
+    encoder.export_onnx(encoder.save(tmp_path / "encoder"))
+    assert json.loads((tmp_path / "encoder" / "encoder.json").read_text())["image_residual"] == "classes"
+    for runtime in ("torch", "onnx"):
+        reloaded = Encoder.load(tmp_path / "encoder", "cpu", runtime=runtime)
+        assert_same_vectors(reloaded.encode_images(images), encoder.encode_images(images))
+    with pytest.raises(ValueError, match="'features' or 'classes'"):
+        ModelSettings(image_residual="pixels")

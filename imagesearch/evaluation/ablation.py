@@ -60,6 +60,10 @@ RECIPES: dict[str, tuple[dict, dict]] = {
         {"head": "anchored", "raw_feature_weight": 1.0},
         {"raw_transform_grid": ["plain"]},
     ),
+    "anchored, residual over the class mix": (
+        {"head": "anchored", "raw_feature_weight": 1.0, "image_residual": "classes"},
+        {},
+    ),
     "anchored, zero-shot distillation (ZSCL)": (
         {"head": "anchored", "raw_feature_weight": 1.0},
         {"distillation_weight": 1.0},

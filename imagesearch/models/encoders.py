@@ -36,6 +36,7 @@ from imagesearch.models.backbones import backbone_key, create_image_backbone, lo
 from imagesearch.models.onnx_runtime import FLOAT32, ONNX_FOLDER, OnnxTowers, export_towers, open_towers
 from imagesearch.models.preprocess import ImageInput, Preprocessor
 from imagesearch.models.towers import (
+    FEATURES,
     PLAIN,
     AnchoredProjection,
     ImageTower,
@@ -69,6 +70,7 @@ class EncoderSpec:
     text_residual: bool = False  # anchored: the text side learns a residual on MiniLM
     bridge_temperature: float = 1.0  # anchored: softmax temperature of the class-name bridge
     raw_transform: str = PLAIN  # trained kinds: how the raw block is made (ImageTower)
+    image_residual: str = FEATURES  # anchored: what the image residual reads (AnchoredProjection)
 
 
 class Encoder:
@@ -244,6 +246,7 @@ def _trained_towers(spec: EncoderSpec, backbone: nn.Module, hidden: int) -> tupl
             spec.zeroshot_top_k,
             shared,
             spec.bridge_temperature,
+            spec.image_residual,
         )
         text_head: nn.Module = ResidualText(hidden) if spec.text_residual else nn.Identity()
     elif spec.kind == TWO_TOWER:
@@ -334,6 +337,7 @@ def build_trained_encoder(settings: ModelSettings, seed: int = 0) -> Encoder:
         settings.zeroshot_top_k,
         raw_feature_weight=settings.raw_feature_weight,
         text_residual=settings.text_residual and settings.head == ANCHORED,
+        image_residual=settings.image_residual,
     )
     if settings.head == ANCHORED and getattr(backbone, "num_classes", 0) != 1000:
         raise ValueError(

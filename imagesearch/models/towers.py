@@ -10,6 +10,8 @@ from torch.nn import functional as F
 
 PLAIN, SQRT_CENTERED = "plain", "sqrt_centered"
 RAW_TRANSFORMS = (PLAIN, SQRT_CENTERED)
+FEATURES, CLASSES = "features", "classes"  # what an anchored image residual reads
+RESIDUAL_INPUTS = (FEATURES, CLASSES)
 
 
 class ImageTower(nn.Module):
@@ -72,7 +74,10 @@ def rooted(features: torch.Tensor) -> torch.Tensor:
 
 
 class AnchoredProjection(nn.Module):
-    """Pooled features -> v0's class-name bridge + interpolation x a learned residual (zero at start)."""
+    """Pooled features -> v0's class-name bridge + interpolation x a learned residual (zero at start).
+
+    The residual reads the pooled features (`FEATURES`), or the bridge's sparse class mix (`CLASSES`):
+    a learned correction of each class name's embedding, bounded by the mix whatever the picture."""
 
     def __init__(
         self,
@@ -81,26 +86,36 @@ class AnchoredProjection(nn.Module):
         top_k: int,
         dim: int,
         temperature: float = 1.0,
+        residual_input: str = FEATURES,
     ):
         super().__init__()
+        if residual_input not in RESIDUAL_INPUTS:
+            raise ValueError(f"unknown residual input {residual_input!r}; use one of {RESIDUAL_INPUTS}")
         self.classifier = classifier
         self.register_buffer("class_embeddings", class_embeddings)
         # a softer, wider mix of classes than v0's transfers better (chosen on validation in training)
         self.top_k, self.temperature = top_k, temperature
-        self.residual = nn.Linear(classifier.in_features, dim)
+        self.on_classes = residual_input == CLASSES
+        width = class_embeddings.shape[0] if self.on_classes else classifier.in_features
+        self.residual = nn.Linear(width, dim)
         nn.init.zeros_(self.residual.weight)
         nn.init.zeros_(self.residual.bias)
         self.register_buffer("interpolation", torch.tensor(1.0))
 
-    def anchor(self, features: torch.Tensor) -> torch.Tensor:
-        """The class-name bridge alone: what the untrained model (v0 with this bridge) embeds."""
+    def class_mix(self, features: torch.Tensor) -> torch.Tensor:
+        """The top-k class probabilities at the bridge's temperature, zero elsewhere."""
         probabilities = (self.classifier(features).float() / self.temperature).softmax(dim=-1)
         top = probabilities.topk(self.top_k, dim=-1)
-        sparse = torch.zeros_like(probabilities).scatter_(-1, top.indices, top.values)
-        return F.normalize(sparse @ self.class_embeddings, dim=-1)
+        return torch.zeros_like(probabilities).scatter_(-1, top.indices, top.values)
+
+    def anchor(self, features: torch.Tensor) -> torch.Tensor:
+        """The class-name bridge alone: what the untrained model (v0 with this bridge) embeds."""
+        return F.normalize(self.class_mix(features) @ self.class_embeddings, dim=-1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.anchor(features) + self.interpolation * self.residual(features).float()
+        mix = self.class_mix(features)
+        anchor = F.normalize(mix @ self.class_embeddings, dim=-1)
+        return anchor + self.interpolation * self.residual(mix if self.on_classes else features).float()
 
 
 class ResidualText(nn.Module):

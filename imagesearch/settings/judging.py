@@ -105,6 +105,7 @@ class AblationSettings(BaseModel):
             "anchored, bridge chosen, no training",
             "anchored, text tower locked (LiT)",
             "anchored, plain raw block",
+            "anchored, residual over the class mix",
             "anchored, zero-shot distillation (ZSCL)",
             "anchored (default)",
         ],

@@ -76,6 +76,11 @@ class ModelSettings(BaseModel):
         default=True,
         description="anchored head: the text side learns a residual too (False: MiniLM fully locked, LiT)",
     )
+    image_residual: Literal["features", "classes"] = Field(
+        default="features",
+        description="anchored head: what the image residual reads: the pooled backbone 'features', or "
+        "the bridge's top-k 'classes' mix (a learned correction of each class name's embedding)",
+    )
     embed_dim: int = Field(default=256, ge=8, description="shared space of the 'two_tower' head")
     raw_feature_weight: float = Field(
         default=2.0,
