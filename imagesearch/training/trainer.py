@@ -188,8 +188,9 @@ class Trainer:
 
     def _distillation(self, features: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """KL from the untrained anchor's image -> class-name distribution to the trained one's
-        (ZSCL-style): the residuals may learn the training corpus, but not by moving what an image
-        has in common with the ImageNet vocabulary, which is what carries to other collections."""
+        (ZSCL-style): the residuals may learn the training corpus, but not by moving what a training
+        image has in common with the ImageNet vocabulary. Measured, it does not keep the outside
+        collections' text->image (README, "What generalizes"), so its weight defaults to 0."""
         scale = self.parts.scale().detach()
         with torch.no_grad():
             names = F.normalize(self.class_texts, dim=-1)
