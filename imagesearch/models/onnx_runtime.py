@@ -119,7 +119,7 @@ def cpu_image_session(module: nn.Module, image_size: int) -> Callable[[np.ndarra
     return lambda pixels: session.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
 
-def session_options(threads: int = 0):
+def session_options(threads: int = 0, spinning: bool = False):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -127,8 +127,9 @@ def session_options(threads: int = 0):
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: the CUDA provider's memcpy notes are noise
     # idle threads sleep instead of spinning: on a few cores a spinning pool starves the event loop
-    # and the decoders (one short query: p50 3.5 -> 2.8 ms, p99 17 -> 11 ms on a busy 2-core machine)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # and the decoders (one short query: p50 3.5 -> 2.8 ms, p99 17 -> 11 ms on a busy 2-core machine;
+    # benchmarks/bench_text_threads.py)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return options
 
 
