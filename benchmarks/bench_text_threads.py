@@ -21,11 +21,12 @@ import numpy as np
 import onnxruntime
 
 from imagesearch.models.onnx_runtime import CPU, TEXT_GRAPH, quantize_text_graph, session_options
-from imagesearch.models.registry import load_encoder, pin_reference
-from imagesearch.settings import ModelSettings, Settings
+from imagesearch.models.registry import pin_reference
+from imagesearch.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_service import median_ms
+from eval_text_precision import torch_encoder
 
 QUERY = ["a red car"]
 REPEATS = 300
@@ -61,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     model = pin_reference(args.model, settings)
-    encoder = load_encoder(model, settings.model_copy(update={"model": ModelSettings(runtime="torch")}))
+    encoder = torch_encoder(model, settings)
     tokens = encoder.tokenizer(QUERY, return_tensors="np")
     feed = {name: tokens[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
     results: dict[str, dict[str, float]] = {}

@@ -39,6 +39,11 @@ def text_rows(results: dict) -> dict[str, dict[str, float]]:
     }
 
 
+def torch_encoder(reference: str, settings: Settings):
+    """The registered model `reference` on torch: the peer every text-graph timing is set against."""
+    return load_encoder(reference, settings.model_copy(update={"model": ModelSettings(runtime="torch")}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="champion")
@@ -47,8 +52,8 @@ def main() -> None:
     settings = Settings()
     model = pin_reference(args.model, settings)
     sets, outside = EvalSets.read(settings.evaluation_dir), read_outside_sets(settings)
-    torch_encoder = load_encoder(model, settings.model_copy(update={"model": ModelSettings(runtime="torch")}))
-    latency = {"torch": median_ms(lambda: torch_encoder.encode_texts(QUERY), REPEATS)}
+    peer = torch_encoder(model, settings)
+    latency = {"torch": median_ms(lambda: peer.encode_texts(QUERY), REPEATS)}
     metrics = {}
     for precision in PRECISIONS:
         options = settings.model.model_copy(update={"runtime": "onnx", "text_precision": precision})
