@@ -39,7 +39,7 @@ from imagesearch.index.store import index_fingerprint, load_index
 from imagesearch.serving.app import create_app
 from imagesearch.serving.query_syntax import parse_query
 from imagesearch.serving.ranking import combine
-from imagesearch.serving.types import BadQuery, Query, Term
+from imagesearch.serving.types import BadQuery, PageRequest, Query, Term
 from imagesearch.settings import IndexSettings, ServiceSettings, Settings
 from tests.conftest import noise_image, served_on_loopback
 from tests.test_serving import PROJECT_SCREENSHOT_DIR, chromium_driver
@@ -106,6 +106,14 @@ def test_reciprocal_rank_fusion_against_hand_computed_ranks():
     assert items.tolist() == [10, 12, 11, 13]
     assert scores.tolist() == pytest.approx([1 / 61 + 1 / 62, 1 / 63 + 1 / 61, 1 / 62, 1 / 63])
     assert reciprocal_rank_fusion([np.array([], np.int64)])[0].tolist() == []
+
+
+def test_reciprocal_rank_fusion_keeps_first_met_order_on_ties():
+    # 5 and 7 tie (rank 1 of one list, rank 2 of the other); 5 was met first; 9 and 8 tie too
+    items, _ = reciprocal_rank_fusion([np.array([5, 7, 9]), np.array([7, 5, 8])])
+    assert items.tolist() == [5, 7, 9, 8]
+    items, _ = reciprocal_rank_fusion([np.array([7, 5]), np.array([5, 7])])
+    assert items.tolist() == [7, 5]
 
 
 def test_a_hybrid_page_puts_an_exact_title_match_first():
@@ -390,6 +398,29 @@ def test_keyword_and_hybrid_modes(client):
         },
     )
     assert refused.status_code == 422 and "keyword mode" in refused.json()["detail"]
+
+
+def test_keywords_are_looked_up_beside_the_encode_and_give_the_same_page(client, monkeypatch):
+    """The worker encodes while the keyword lookup runs on its own thread; the page is the one a
+    lookup after the ANN search gives."""
+    service = client.app.state.service
+    threads = []
+    search_keywords = KeywordIndex.search
+
+    def recorded(self, *arguments):
+        threads.append(threading.current_thread().name)
+        return search_keywords(self, *arguments)
+
+    monkeypatch.setattr(KeywordIndex, "search", recorded)
+    over_http = search(client, text="rocket", mode="hybrid", k=8)
+    assert threads and all(name.startswith("keyword-lookup") for name in threads)
+    query = Query.of(text="rocket")
+    request = PageRequest(k=8, offset=0, diversity=service.config.diversity, dedup=True, mode="hybrid")
+    in_sequence = service.search_many(service.encode([query], {}), [request], {})[0]
+    assert [r["id"] for r in over_http["results"]] == [r.id for r in in_sequence.results]
+    assert threads[-1] == threading.current_thread().name  # without a lookup ahead: on the caller's
+    schema = client.get("/openapi.json").json()["paths"]["/search"]["post"]["responses"]["200"]
+    assert schema["content"]["application/json"]["schema"]["$ref"].endswith("/SearchResponse")
 
 
 @pytest.mark.parametrize(

@@ -538,16 +538,13 @@ class RecordingAnswerer:
         self.release = threading.Event()
         self.fail_on = fail_on
 
-    def encode(self, queries: list[Query], timings: dict[str, float]) -> np.ndarray:
+    def answer_batch(self, queries: list[Query], pages: list[PageRequest], timings: dict[str, float]):
         self.release.wait(5)
         texts = [q.keyword_text for q in queries]
         self.batches.append(texts)
         if self.fail_on in texts:
             raise ValueError(f"cannot encode {self.fail_on!r}")
-        return np.arange(len(queries), dtype=np.float32)[:, None]
-
-    def search_many(self, vectors: np.ndarray, pages: list[PageRequest], timings: dict[str, float]):
-        return [Answer([Result(f"id{int(v[0])}", float(v[0]), 1)], "m") for v in vectors]
+        return [Answer([Result(f"id{n}", float(n), 1)], "m") for n in range(len(queries))]
 
 
 PAGE = PageRequest(k=1, offset=0, diversity=1.0, dedup=False)

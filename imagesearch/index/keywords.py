@@ -95,12 +95,13 @@ class KeywordIndex:
 def reciprocal_rank_fusion(rankings: list[np.ndarray], k: int = RRF_K) -> tuple[np.ndarray, np.ndarray]:
     """(items, fused scores) best first: an item at rank r (from 1) of a ranking gains 1 / (k + r).
     Ties keep the order in which the items were first met."""
-    fused: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, item in enumerate(ranking, start=1):
-            fused[int(item)] = fused.get(int(item), 0.0) + 1.0 / (k + rank)
-    items = sorted(fused, key=lambda item: -fused[item])  # sorted() is stable
-    return np.array(items, np.int64), np.array([fused[item] for item in items], np.float64)
+    rankings = [np.asarray(ranking, np.int64) for ranking in rankings]
+    items = np.concatenate([np.empty(0, np.int64), *rankings])
+    gains = np.concatenate([np.empty(0), *(1.0 / (k + np.arange(1, len(r) + 1)) for r in rankings)])
+    unique, first_met, inverse = np.unique(items, return_index=True, return_inverse=True)
+    fused = np.bincount(inverse, weights=gains, minlength=len(unique))
+    order = np.lexsort((first_met, -fused))
+    return unique[order], fused[order]
 
 
 def hybrid_ranking(

@@ -145,7 +145,7 @@ def create_app(
         return page_html
 
     @app.post("/search", response_model=SearchResponse)
-    async def search(request: Request, service: Service) -> SearchResponse:
+    async def search(request: Request, service: Service) -> Response:
         """JSON body (SearchRequest), or multipart: image files plus a `query` field holding that
         JSON (terms name files by field: {"upload": "image"}), or one file `image` plus k/offset/..."""
         started = time.perf_counter()
@@ -171,7 +171,7 @@ def create_app(
         ]
         timings = answer.timings_ms
         timings["total"] = _ms(started)
-        return SearchResponse(
+        response = SearchResponse(
             query_id=query_id,
             model_version=answer.model_version,
             mode=parsed.query.mode or config.mode,
@@ -181,6 +181,9 @@ def create_app(
             facets=answer.facets,
             timings_ms=timings,
         )
+        # serialised here, once: a returned model would be validated against response_model again
+        # before FastAPI serialised it (response_model stays for the OpenAPI schema)
+        return Response(response.model_dump_json(), media_type="application/json")
 
     @app.post("/knn-service", response_model=list[KnnResult])
     async def knn_service(request: Request, service: Service) -> list[KnnResult]:

@@ -71,12 +71,13 @@ class Ranker:
         positions, candidates, scores = positions[passing], candidates[passing], scores[passing]
         picked = self._order(scores, candidates, positions, page)[page.offset : page.offset + page.k]
         ranks = {name: {int(p): r for r, p in enumerate(hits, start=1)} for name, hits in lists.items()}
+        asked = list(dict.fromkeys(words_of(query.keyword_text)))
         results = [
             Result(
                 str(self.row_ids[positions[i]]),
                 float(scores[i]),
                 page.offset + rank,
-                self.explain(query, candidates[i], int(positions[i]), ranks),
+                self.explain(query, candidates[i], int(positions[i]), ranks, asked),
             )
             for rank, i in enumerate(picked, start=1)
         ]
@@ -99,12 +100,13 @@ class Ranker:
             return mmr(scores, candidates, page.offset + page.k, page.diversity)
         return np.arange(len(positions))
 
-    def explain(self, query: Encoded, vector: np.ndarray, position: int, ranks: dict) -> dict:
-        """Why a result is here: each term's contribution (they sum to the score), the query words it
-        holds, and its rank in each list that was fused."""
+    def explain(
+        self, query: Encoded, vector: np.ndarray, position: int, ranks: dict, asked: list[str]
+    ) -> dict:
+        """Why a result is here: each term's contribution (they sum to the score), the query words
+        (`asked`) it holds, and its rank in each list that was fused."""
         similarities = query.term_vectors @ vector
         words = self.index.metadata.words(position)
-        asked = dict.fromkeys(words_of(query.keyword_text))
         terms = zip(query.labels, query.weights, similarities, strict=True)
         return {
             "terms": [

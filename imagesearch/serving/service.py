@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +58,9 @@ class SearchService:
         )
         self.fingerprint: str | None = None  # of the index folder it was loaded from (see from_index)
         self.ranker = Ranker(index, self.row_ids, config.dedup_threshold)
+        # keyword lookups need a query's words, not its vector: they run here while the worker
+        # encodes (SQLite and ONNX Runtime both release the GIL), one thread so one reader at a time
+        self.keyword_lookups = ThreadPoolExecutor(1, thread_name_prefix="keyword-lookup")
 
     @classmethod
     def from_index(cls, settings: Settings, index_dir: Path | None = None) -> SearchService:
@@ -142,6 +146,14 @@ class SearchService:
         """Encode, search and re-rank on the worker thread, batched with whatever else is waiting."""
         return self.worker.submit(query, page)
 
+    def answer_batch(
+        self, queries: list[Query], pages: list[PageRequest], timings: dict[str, float]
+    ) -> list[Answer | BadQuery]:
+        """What the worker runs per batch: the keyword candidates are looked up on their own thread
+        while the batch is encoded, then the vector candidates and the pages."""
+        keywords = self.keyword_lookups.submit(self._keyword_candidates, queries, pages)
+        return self.search_many(self.encode(queries, timings), pages, timings, keywords)
+
     def encode(self, queries: list[Query], timings: dict[str, float]) -> list[Encoded | BadQuery]:
         """Each query's unit vector, from its terms' vectors: every text term of the batch encoded
         in one call, every image term in another."""
@@ -178,27 +190,22 @@ class SearchService:
         return np.stack([found[text] for text in texts])
 
     def search_many(
-        self, queries: list[Encoded | BadQuery], pages: list[PageRequest], timings: dict[str, float]
+        self,
+        queries: list[Encoded | BadQuery],
+        pages: list[PageRequest],
+        timings: dict[str, float],
+        keywords: Future | None = None,
     ) -> list[Answer | BadQuery]:
         """Vector and keyword candidates of each query, then its page: queries of one depth and no
-        filter share one ANN call; a deep page or a filter costs its own query, not the batch's."""
+        filter share one ANN call; a deep page or a filter costs its own query, not the batch's.
+        `keywords`: the keyword candidates already asked for (`_keyword_candidates`), else looked up here."""
         started = time.perf_counter()
         ready = [i for i, q in enumerate(queries) if isinstance(q, Encoded)]
-        depths = {
-            i: min(max(self.config.candidates, (pages[i].offset + pages[i].k) * 2), self.index.ntotal)
-            for i in ready
-        }
+        depths = {i: self._depth(pages[i]) for i in ready}
         by_vector = self._vector_candidates(queries, pages, depths)
         timings["ann"] = _ms(started)
-        started = time.perf_counter()
-        by_keyword = {
-            i: self.index.keywords.search(
-                queries[i].keyword_text, depths[i], self.index.allowed(pages[i].mask)
-            )[0]
-            for i in ready
-            if pages[i].mode != VECTOR
-        }
-        timings["keywords"] = _ms(started)
+        lookup = keywords.result() if keywords else self._keyword_candidates(queries, pages)
+        by_keyword, timings["keywords"] = lookup
         started = time.perf_counter()
         answers = [
             query
@@ -208,6 +215,24 @@ class SearchService:
         ]
         timings["rerank"] = _ms(started)
         return answers
+
+    def _depth(self, page: PageRequest) -> int:
+        """How many candidates a page draws from each list: twice what it shows, at least the setting."""
+        return min(max(self.config.candidates, (page.offset + page.k) * 2), self.index.ntotal)
+
+    def _keyword_candidates(
+        self, queries: list[Query | Encoded | BadQuery], pages: list[PageRequest]
+    ) -> tuple[dict[int, np.ndarray], float]:
+        """(query -> keyword hits, ms spent) for the queries whose mode reads keywords."""
+        started = time.perf_counter()
+        found = {
+            i: self.index.keywords.search(
+                query.keyword_text, self._depth(pages[i]), self.index.allowed(pages[i].mask)
+            )[0]
+            for i, query in enumerate(queries)
+            if pages[i].mode != VECTOR and not isinstance(query, BadQuery)
+        }
+        return found, _ms(started)
 
     def _vector_candidates(
         self, queries: list, pages: list[PageRequest], depths: dict[int, int]
@@ -226,6 +251,7 @@ class SearchService:
     def close(self) -> None:
         """Stop the worker once its queue is answered (after a swap has replaced this pair)."""
         self.worker.close()
+        self.keyword_lookups.shutdown(wait=False)
         # Shard searcher actors are not killed here (queued jobs may still need them): Ray ends them
         # when this pair, the last holder of their handles, is collected.
 

@@ -20,16 +20,14 @@ from typing import Protocol
 from threadpoolctl import threadpool_limits
 
 from imagesearch.index.search import limit_search_threads
-from imagesearch.serving.types import Answer, BadQuery, Encoded, PageRequest, Query
+from imagesearch.serving.types import Answer, BadQuery, PageRequest, Query
 
 
 class BatchAnswerer(Protocol):
-    """What the worker needs of a service: encode a batch of queries, then search and re-rank them."""
+    """What the worker needs of a service: encode a batch of queries, search and re-rank them."""
 
-    def encode(self, queries: list[Query], timings: dict[str, float]) -> list[Encoded | BadQuery]: ...
-
-    def search_many(
-        self, queries: list[Encoded | BadQuery], pages: list[PageRequest], timings: dict[str, float]
+    def answer_batch(
+        self, queries: list[Query], pages: list[PageRequest], timings: dict[str, float]
     ) -> list[Answer | BadQuery]: ...
 
 
@@ -103,8 +101,8 @@ class QueryWorker:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         try:
-            encoded = self.service.encode([job.query for job in batch], timings)
-            answers = self.service.search_many(encoded, [job.page for job in batch], timings)
+            queries, pages = [job.query for job in batch], [job.page for job in batch]
+            answers = self.service.answer_batch(queries, pages, timings)
         except Exception as error:  # the callers get the error; the worker keeps serving
             for job in batch:
                 job.future.set_exception(error)
