@@ -18,13 +18,16 @@ clients). Open loop: open_loop.py, a separate process,
 sends a constant arrival rate, rising step by step, and the highest rate whose p99 stays <= 100 ms
 with no failure is the sustained capacity. Warm start: the first and the tenth text query of a
 freshly started server (the same text both times), with the server's own time for each;
-`--warm-starts N` measures only that, on N fresh servers over the workspace index. The server runs
+`--warm-starts N` measures only that, on N fresh servers over the workspace index. `--paired N`
+measures only one client's text queries on the workspace index, each in turn with a torch forward of
+the same text, so that the ratio holds on a machine whose speed drifts between runs. The server runs
 without its text-vector cache (`SERVICE__TEXT_CACHE_SIZE=0`): the query lists repeat, and every query
 should pay its encode.
 
     make demo   # once: the corpus, its embeddings and the workspace index
     .venv/bin/python benchmarks/bench_service.py [--sizes workspace,10000,100000,1000000] [--requests 200]
     .venv/bin/python benchmarks/bench_service.py --warm-starts 5 --out /tmp/warm.json
+    .venv/bin/python benchmarks/bench_service.py --paired 300 --out /tmp/paired.json
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import pandas as pd
 from imagesearch.catalog.build import read_catalog
 from imagesearch.index.build import build_tuned_index
 from imagesearch.index.store import MANIFEST_FILE, load_index
+from imagesearch.models.encoders import Encoder
 from imagesearch.models.registry import load_encoder
 from imagesearch.settings import PROJECT_ROOT, IndexSettings, ModelSettings, Settings
 
@@ -144,9 +148,13 @@ def prepared_request(**arguments) -> PreparedRequest:
     return PreparedRequest(request.read(), headers)
 
 
-def text_queries(settings: Settings, count: int = 200) -> list[PreparedRequest]:
+def sampled_titles(settings: Settings, count: int = 200) -> list[str]:
     titles = read_catalog(settings.catalog_path)["title"].dropna().drop_duplicates()
-    return [prepared_request(json={"text": title, "k": 10}) for title in titles.sample(count, random_state=0)]
+    return titles.sample(count, random_state=0).tolist()
+
+
+def text_queries(settings: Settings, count: int = 200) -> list[PreparedRequest]:
+    return [prepared_request(json={"text": title, "k": 10}) for title in sampled_titles(settings, count)]
 
 
 def image_queries(settings: Settings, count: int = 50) -> list[PreparedRequest]:
@@ -218,13 +226,56 @@ def torch_forward_ms(settings: Settings, repeats: int = 50) -> dict[str, float]:
     """The peer every ratio is taken against: a bare torch forward of the serving model's text tower
     for one short query and of its image tower for one preprocessed image (p50, this process, before
     any server starts, torch's default threads)."""
-    served = load_index(settings.search_index_dir).manifest.model
-    encoder = load_encoder(served, settings.model_copy(update={"model": ModelSettings(runtime="torch")}))
+    encoder = served_torch_encoder(settings)
     image = read_catalog(settings.catalog_path)["path"].iloc[0]
     pixels = encoder.preprocess([Path(image)])
     return {
         "text": median_ms(lambda: encoder.encode_texts(["a red car"]), repeats),
         "image": median_ms(lambda: encoder.encode_pixels(pixels), repeats),
+    }
+
+
+def served_torch_encoder(settings: Settings) -> Encoder:
+    """The workspace index's model, run by torch (the peer's runtime)."""
+    served = load_index(settings.search_index_dir).manifest.model
+    return load_encoder(served, settings.model_copy(update={"model": ModelSettings(runtime="torch")}))
+
+
+def paired_text(settings: Settings, pairs: int) -> dict:
+    """One client on the workspace index, each text query's HTTP latency taken in turn with a bare
+    torch forward of the same text in this process (torch, pause, HTTP, pause): on a machine whose
+    speed drifts from minute to minute, both sides of the ratio see the same minutes. The forward is
+    the peer's tight loop in small (the median of 3 after 2 untimed): a single forward after the
+    pause runs from cold caches and sleeping threads, ~1.5x slower, which would flatter the ratio."""
+    encoder = served_torch_encoder(settings)
+    titles = sampled_titles(settings)
+    requests = [prepared_request(json={"text": title, "k": 10}) for title in titles]
+    with tempfile.TemporaryDirectory() as scratch:
+        server, url = start_server(settings.search_index_dir, Path(scratch))
+        client = Client(url)
+        try:
+            torch_ms, http_ms, server_ms = [], [], []
+            for turn in range(pairs + 10):  # the first 10 turns warm both sides
+                title, request = titles[turn % len(titles)], requests[turn % len(requests)]
+                forward = median_ms(lambda text=title: encoder.encode_texts([text]), repeats=3, warm_up=2)
+                time.sleep(0.01)  # torch's idle threads stop spinning before the request
+                latency, split = client.search(request)
+                time.sleep(0.01)
+                if turn >= 10:
+                    torch_ms.append(forward), http_ms.append(latency), server_ms.append(split["total"])
+        finally:
+            client.close()
+            server.terminate()
+            server.wait(30)
+    torch_p50, http_p50 = float(np.median(torch_ms)), float(np.median(http_ms))
+    return {
+        "pairs": pairs,
+        "torch_p50": torch_p50,
+        "http_p50": http_p50,
+        "http_p99": float(np.percentile(http_ms, 99)),
+        "server_p50": float(np.median(server_ms)),
+        "ratio_of_p50s": http_p50 / torch_p50,
+        "median_pair_ratio": float(np.median(np.array(http_ms) / np.array(torch_ms))),
     }
 
 
@@ -346,8 +397,17 @@ def main() -> None:
     parser.add_argument(
         "--warm-starts", type=int, default=0, help="only the first / tenth text query of N fresh servers"
     )
+    parser.add_argument(
+        "--paired", type=int, default=0, help="only N text queries, each in turn with a torch forward"
+    )
     args = parser.parse_args()
     settings = Settings()
+    if args.paired:
+        paired = paired_text(settings, args.paired)
+        print(json.dumps(paired, indent=2))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"paired_text": paired}, indent=2))
+        return
     if args.warm_starts:
         measured = warm_starts(settings, text_queries(settings), args.warm_starts)
         args.out.parent.mkdir(parents=True, exist_ok=True)
