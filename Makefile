@@ -76,6 +76,7 @@ bench:  ## benchmarks that print ratios against a peer measured in the same run 
 	$(PY) benchmarks/bench_backfill.py
 	$(PY) benchmarks/bench_ann.py
 	$(PY) benchmarks/bench_service.py
+	$(PY) benchmarks/bench_service.py --paired 300 --out benchmarks/results/service-paired.json
 	$(PY) benchmarks/bench_live_update.py
 	$(PY) benchmarks/eval_modes.py
 	$(PY) benchmarks/eval_raw_transforms.py

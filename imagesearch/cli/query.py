@@ -183,6 +183,7 @@ def serve(
         host=host or settings.service.host,
         port=port or settings.service.port,
         log_level="info",
+        access_log=settings.service.access_log,
         limit_concurrency=settings.service.limit_concurrency,
     )
 
