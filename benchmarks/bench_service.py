@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from imagesearch.catalog.build import read_catalog
+from imagesearch.embeddings.store import model_key, read_model_embeddings
 from imagesearch.index.build import build_tuned_index
 from imagesearch.index.store import MANIFEST_FILE, load_index
 from imagesearch.models.encoders import Encoder
@@ -70,19 +71,31 @@ INDEX_LAYOUT = "refine"  # part of the cached index folder's name: a new layout 
 P99_GOAL_MS = 100.0
 
 
-def sized_index(size: int, settings: Settings) -> Path:
-    """The workspace index's vectors topped up to `size` with mixture draws; built once, then reused."""
+def real_vectors(settings: Settings, model: str | None) -> tuple[str, np.ndarray, pd.DataFrame]:
+    """(model, vectors, ids + paths) of the catalog: the workspace index's, or the embedding store's
+    for `model` (a registered model the backfill embedded the catalog with, e.g. v0's)."""
     real = load_index(settings.search_index_dir)
-    model = real.manifest.model.replace("/", "_").replace(":", "")
-    folder = RESULTS / f"service-index-{size}-{model}-{INDEX_LAYOUT}"
+    if model is None:
+        return real.manifest.model, np.asarray(real.vectors, dtype=np.float32), real.ids[["id", "path"]]
+    catalog = read_catalog(settings.catalog_path)
+    vectors, missing = read_model_embeddings(settings.embeddings_dir / model_key(model), catalog["id"])
+    if not len(vectors):
+        raise SystemExit(f"no embeddings of {model} in {settings.embeddings_dir}: backfill it first")
+    return model, vectors, catalog.loc[~catalog["id"].isin(missing), ["id", "path"]].reset_index(drop=True)
+
+
+def sized_index(size: int, settings: Settings, model: str | None = None) -> Path:
+    """The catalog's real vectors (the workspace index's, or `model`'s) topped up to `size` with
+    mixture draws; built once, then reused."""
+    model, vectors, ids = real_vectors(settings, model)
+    folder = RESULTS / f"service-index-{size}-{model.replace('/', '_').replace(':', '')}-{INDEX_LAYOUT}"
     if (folder / MANIFEST_FILE).is_file():
         return folder
-    vectors = np.asarray(real.vectors, dtype=np.float32)[:size]
-    ids = real.ids[["id", "path"]].iloc[:size]
+    vectors, ids = vectors[:size], ids.iloc[:size]
     extra = size - len(vectors)
     if extra > 0:
         synthetic = sample_mixture(fitted_mixture(vectors), extra, seed=size)
-        paths = real.ids["path"].to_numpy()
+        paths = ids["path"].to_numpy()
         ids = pd.concat(
             [
                 ids,
@@ -96,7 +109,7 @@ def sized_index(size: int, settings: Settings) -> Path:
     print(f"  building the {size:,}-vector index in {folder} ...", flush=True)
     budget_mb = size * vectors.shape[1] * 4 / 8 / 2**20  # RAM tier 1/8 of float32, re-rank tier 1/4
     config = IndexSettings(memory_budget_mb=budget_mb, rerank_budget_mb=2 * budget_mb)
-    build_tuned_index(vectors, ids, folder, model=real.manifest.model, config=config)
+    build_tuned_index(vectors, ids, folder, model=model, config=config)
     return folder
 
 
@@ -222,11 +235,11 @@ def load(url: str, queries: list[PreparedRequest], requests: int, clients: int) 
     }
 
 
-def torch_forward_ms(settings: Settings, repeats: int = 50) -> dict[str, float]:
+def torch_forward_ms(settings: Settings, model: str | None = None, repeats: int = 50) -> dict[str, float]:
     """The peer every ratio is taken against: a bare torch forward of the serving model's text tower
     for one short query and of its image tower for one preprocessed image (p50, this process, before
     any server starts, torch's default threads)."""
-    encoder = served_torch_encoder(settings)
+    encoder = served_torch_encoder(settings, model)
     image = read_catalog(settings.catalog_path)["path"].iloc[0]
     pixels = encoder.preprocess([Path(image)])
     return {
@@ -235,9 +248,9 @@ def torch_forward_ms(settings: Settings, repeats: int = 50) -> dict[str, float]:
     }
 
 
-def served_torch_encoder(settings: Settings) -> Encoder:
-    """The workspace index's model, run by torch (the peer's runtime)."""
-    served = load_index(settings.search_index_dir).manifest.model
+def served_torch_encoder(settings: Settings, model: str | None = None) -> Encoder:
+    """`model` (default: the workspace index's), run by torch (the peer's runtime)."""
+    served = model or load_index(settings.search_index_dir).manifest.model
     return load_encoder(served, settings.model_copy(update={"model": ModelSettings(runtime="torch")}))
 
 
@@ -398,9 +411,16 @@ def main() -> None:
         "--warm-starts", type=int, default=0, help="only the first / tenth text query of N fresh servers"
     )
     parser.add_argument(
+        "--vectors-of",
+        help="sized indexes from this registered model's catalog embeddings (e.g. models:/imagesearch/1) "
+        "instead of the workspace index's",
+    )
+    parser.add_argument(
         "--paired", type=int, default=0, help="only N text queries, each in turn with a torch forward"
     )
     args = parser.parse_args()
+    if args.vectors_of and "workspace" in args.sizes.split(","):
+        parser.error("--vectors-of is also the peer's model: give it sized indexes only (--sizes 1000000)")
     settings = Settings()
     if args.paired:
         paired = paired_text(settings, args.paired)
@@ -414,11 +434,15 @@ def main() -> None:
         args.out.write_text(json.dumps({"warm_starts": measured}, indent=2))
         return
     queries = {"text": text_queries(settings), "image": image_queries(settings)}
-    peer = torch_forward_ms(settings)
+    peer = torch_forward_ms(settings, args.vectors_of)  # the model the sized indexes serve
     rates = {"text": args.text_rates, "image": args.image_rates}
     rows, capacity = [], []
     for name in args.sizes.split(","):
-        index = settings.search_index_dir if name == "workspace" else sized_index(int(name), settings)
+        index = (
+            settings.search_index_dir
+            if name == "workspace"
+            else sized_index(int(name), settings, args.vectors_of)
+        )
         manifest = load_index(index).manifest
         size = manifest.count
         with tempfile.TemporaryDirectory() as scratch:
