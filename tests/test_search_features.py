@@ -421,6 +421,8 @@ def test_keywords_are_looked_up_beside_the_encode_and_give_the_same_page(client,
     assert threads[-1] == threading.current_thread().name  # without a lookup ahead: on the caller's
     schema = client.get("/openapi.json").json()["paths"]["/search"]["post"]["responses"]["200"]
     assert schema["content"]["application/json"]["schema"]["$ref"].endswith("/SearchResponse")
+    service.close()  # a swap replaced the pair: a request that picked it just before is still answered
+    assert [r.id for r in service.answer(query, request).results] == [r.id for r in in_sequence.results]
 
 
 @pytest.mark.parametrize(

@@ -251,7 +251,8 @@ class SearchService:
     def close(self) -> None:
         """Stop the worker once its queue is answered (after a swap has replaced this pair)."""
         self.worker.close()
-        self.keyword_lookups.shutdown(wait=False)
+        # the keyword thread is not shut down: a request that picked this pair just before the swap
+        # is still answered by it; the thread ends when this pair is collected
         # Shard searcher actors are not killed here (queued jobs may still need them): Ray ends them
         # when this pair, the last holder of their handles, is collected.
 
