@@ -40,11 +40,13 @@ class SearchService:
                 f"index holds {index.vectors.shape[1]}-d vectors, the model makes {encoder.dim}-d"
             )
         config = settings.service
-        self.encoder, self.index, self.paths, self.config = encoder, index, paths, config
+        self.encoder, self.index, self.config = encoder, index, config
         self.model_version = index.manifest.model
         # id -> row, built once: "more like this" must not scan every id per request
         self.positions = pd.Index(index.ids["id"].to_numpy())
         self.row_ids = index.ids["id"].to_numpy()  # row -> id, as a plain array for the answer loop
+        # row -> path, a plain array: a pandas lookup per result cost ~40 us (ten per page) at 1M ids
+        self.row_paths = paths.reindex(self.row_ids).to_numpy()
         limits = decode_limits(settings.catalog, max_file_bytes=config.max_upload_bytes)
         self.limits = replace(limits, max_image_pixels=min(limits.max_image_pixels, config.max_upload_pixels))
         # each decode may hold a few full-size copies: only so many at once, whatever clients send
@@ -260,21 +262,25 @@ class SearchService:
         """The file of a catalog image, or None: only catalog ids resolve, never a client path, and
         only to a file inside the index's image roots as it is now (a source file since replaced by
         a symlink to elsewhere is not served)."""
-        path = self.paths.get(image_id)
+        try:
+            path = self.row_paths[self.positions.get_loc(image_id)]
+        except KeyError:
+            return None
         if not isinstance(path, str):
             return None
         real = Path(path).resolve()
         return real if any(real.is_relative_to(root) for root in self.roots) else None
 
     def caption_of(self, image_id: str) -> str:
-        """A readable caption: the catalog's caption, else its title, else the file name."""
+        """A readable caption: the catalog's caption, else its title, else the file's name (as the
+        index holds it: a caption needs no look at the file system, ~45 us a result)."""
         position = self.positions.get_loc(image_id)
         metadata = self.index.metadata
         known = metadata.caption[position] or metadata.title[position]
         if known:
             return known
-        path = self.path_of(image_id)
-        return path.stem.replace("_", " ") if path else ""
+        path = self.row_paths[position]
+        return Path(path).stem.replace("_", " ") if isinstance(path, str) else ""
 
     def shown_metadata(self, image_id: str) -> dict:
         """What a result shows besides its caption: category, tags and catalogue time."""
