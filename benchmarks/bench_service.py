@@ -248,10 +248,14 @@ def torch_forward_ms(settings: Settings, model: str | None = None, repeats: int 
     }
 
 
+def torch_encoder(reference: str, settings: Settings) -> Encoder:
+    """The registered model `reference` on torch: the peer every query-time ratio is set against."""
+    return load_encoder(reference, settings.model_copy(update={"model": ModelSettings(runtime="torch")}))
+
+
 def served_torch_encoder(settings: Settings, model: str | None = None) -> Encoder:
     """`model` (default: the workspace index's), run by torch (the peer's runtime)."""
-    served = model or load_index(settings.search_index_dir).manifest.model
-    return load_encoder(served, settings.model_copy(update={"model": ModelSettings(runtime="torch")}))
+    return torch_encoder(model or load_index(settings.search_index_dir).manifest.model, settings)
 
 
 def paired_text(settings: Settings, pairs: int) -> dict:

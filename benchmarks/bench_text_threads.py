@@ -25,8 +25,7 @@ from imagesearch.models.registry import pin_reference
 from imagesearch.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_service import median_ms
-from eval_text_precision import torch_encoder
+from bench_service import median_ms, torch_encoder
 
 QUERY = ["a red car"]
 REPEATS = 300

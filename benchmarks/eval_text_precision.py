@@ -17,10 +17,10 @@ from pathlib import Path
 from imagesearch.evaluation.sets import EvalSets
 from imagesearch.evaluation.step import evaluate_everywhere, read_outside_sets
 from imagesearch.models.registry import load_encoder, pin_reference
-from imagesearch.settings import ModelSettings, Settings
+from imagesearch.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_service import median_ms
+from bench_service import median_ms, torch_encoder
 
 PRECISIONS = ("float32", "int8")
 METRICS = ("ndcg_at_10", "recall_at_10")
@@ -37,11 +37,6 @@ def text_rows(results: dict) -> dict[str, dict[str, float]]:
         for key, metrics in found.items()
         if "text_to_image" in key
     }
-
-
-def torch_encoder(reference: str, settings: Settings):
-    """The registered model `reference` on torch: the peer every text-graph timing is set against."""
-    return load_encoder(reference, settings.model_copy(update={"model": ModelSettings(runtime="torch")}))
 
 
 def main() -> None:

@@ -110,12 +110,15 @@ class AnchoredProjection(nn.Module):
 
     def anchor(self, features: torch.Tensor) -> torch.Tensor:
         """The class-name bridge alone: what the untrained model (v0 with this bridge) embeds."""
-        return F.normalize(self.class_mix(features) @ self.class_embeddings, dim=-1)
+        return self._bridged(self.class_mix(features))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         mix = self.class_mix(features)
-        anchor = F.normalize(mix @ self.class_embeddings, dim=-1)
-        return anchor + self.interpolation * self.residual(mix if self.on_classes else features).float()
+        correction = self.residual(mix if self.on_classes else features).float()
+        return self._bridged(mix) + self.interpolation * correction
+
+    def _bridged(self, mix: torch.Tensor) -> torch.Tensor:
+        return F.normalize(mix @ self.class_embeddings, dim=-1)
 
 
 class ResidualText(nn.Module):
