@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     webserver.add_argument("--host", default="127.0.0.1")
     webserver.add_argument("--port", default="3000")
     commands.add_parser("daemon", help="the daemon alone: sensors, schedules and the run queue")
+    commands.add_parser("migrate", help="create or migrate the instance's storage (before its servers start)")
     run = commands.add_parser("materialize", help="materialize assets, recorded in the workspace instance")
     run.add_argument("--select", required=True, help="asset selection, e.g. image_catalog")
     run.add_argument("--partition-range", help="partitions to run as one run, e.g. 0...f")
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "daemon":
         dagster = str(Path(sys.executable).parent / "dagster-daemon")
         command = [dagster, "run", "-w", "workspace.yaml"]
+    elif args.command == "migrate":
+        command = [dagster, "instance", "migrate"]
     else:
         command = [
             dagster,

@@ -193,11 +193,12 @@ def serve(
 def up() -> None:
     """Start the Dagster webserver + daemon (index sensors on), the MLflow UI and the search service on
     loopback under one supervisor; logs per process in <home>/logs; Ctrl-C stops them all."""
-    from imagesearch.common.supervise import exec_supervisor, programs, write_config
+    from imagesearch.common.supervise import exec_supervisor, prepare_dagster_storage, programs, write_config
 
     settings = Settings()
     load_index(settings.search_index_dir)  # the service needs an index: run `make demo` first
     config = write_config(settings)
+    prepare_dagster_storage()
     for program in programs(settings):
         shown = program.url or "(no port)"
         console.print(f"  {program.name:<18} {shown:<28} log: {settings.logs_dir / program.name}.log")

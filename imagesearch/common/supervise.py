@@ -10,6 +10,7 @@ Ctrl-C stops supervisord, which stops every process (their whole process groups)
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,16 @@ def write_config(settings: Settings) -> Path:
     path = settings.home / "up" / "supervisord.conf"
     path.write_text(supervisor_config(settings))
     return path
+
+
+def prepare_dagster_storage() -> None:
+    """Create (or migrate) Dagster's sqlite storage in one process before its servers start: the
+    webserver and the daemon each create it when missing, and started together on a fresh workspace
+    they race on its schema; the daemon, which runs the sensors, can die of it."""
+    migrate = [sys.executable, "-m", "dagster_project.run", "migrate"]
+    done = subprocess.run(migrate, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"preparing Dagster's storage failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
 
 def exec_supervisor(config: Path) -> None:
