@@ -105,6 +105,9 @@ def test_make_up_serves_a_champion_moved_in_the_mlflow_ui_without_a_failed_reque
         wait_for(urls["search"], "/health", supervisor, settings.logs_dir)
         wait_for(urls["mlflow"], "/health", supervisor, settings.logs_dir)
         wait_for(urls["dagster-webserver"], "/server_info", supervisor, settings.logs_dir)
+        for dagster_log in ("dagster-webserver.log", "dagster-daemon.log"):  # no race on its storage
+            log = (settings.logs_dir / dagster_log).read_text()
+            assert "CommandError" not in log, _tails(settings.logs_dir)
         assert httpx.get(f"{urls['search']}/health").json()["model_version"] == "models:/imagesearch/1"
         traffic.start()
         # what the registry page's "add alias" does: the REST call, through the MLflow server
