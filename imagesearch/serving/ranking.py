@@ -66,10 +66,13 @@ class Ranker:
             positions, candidates, scores = positions[order], candidates[order], scores[order]
         passing = np.flatnonzero(scores >= (-np.inf if page.min_score is None else page.min_score))
         cut_reached = len(passing) < len(scores)
-        if page.dedup:
-            passing = passing[collapse_near_duplicates(candidates[passing], self.dedup_threshold)]
         positions, candidates, scores = positions[passing], candidates[passing], scores[passing]
-        picked = self._order(scores, candidates, positions, page)[page.offset : page.offset + page.k]
+        similarity = candidates @ candidates.T if page.dedup or _diversifies(page) else None
+        if page.dedup:
+            kept = collapse_near_duplicates(similarity, self.dedup_threshold)
+            positions, candidates, scores = positions[kept], candidates[kept], scores[kept]
+            similarity = similarity[np.ix_(kept, kept)]
+        picked = self._order(scores, similarity, positions, page)[page.offset : page.offset + page.k]
         ranks = {name: {int(p): r for r, p in enumerate(hits, start=1)} for name, hits in lists.items()}
         asked = list(dict.fromkeys(words_of(query.keyword_text)))
         results = [
@@ -91,13 +94,15 @@ class Ranker:
             facets=self.index.metadata.facets(positions),
         )
 
-    def _order(self, scores: np.ndarray, candidates: np.ndarray, positions: np.ndarray, page: PageRequest):
+    def _order(
+        self, scores: np.ndarray, similarity: np.ndarray | None, positions: np.ndarray, page: PageRequest
+    ):
         """Candidate indexes in page order: newest first, relevance (with MMR diversity), or the
         keyword / fused order as it came."""
         if page.sort == "date":
             return np.argsort(-self.index.metadata.added_ns[positions], kind="stable")
         if page.mode == VECTOR:
-            return mmr(scores, candidates, page.offset + page.k, page.diversity)
+            return mmr(scores, similarity, page.offset + page.k, page.diversity)
         return np.arange(len(positions))
 
     def explain(
@@ -121,3 +126,8 @@ class Ranker:
             "keywords": [word for word in asked if word in words or word.rstrip("s") in words],
             "ranks": {name: found.get(position) for name, found in ranks.items()},
         }
+
+
+def _diversifies(page: PageRequest) -> bool:
+    """Whether the page is ordered by MMR (which reads the candidates' cosine matrix)."""
+    return page.sort != "date" and page.mode == VECTOR and page.diversity < 1.0
