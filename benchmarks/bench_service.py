@@ -19,8 +19,9 @@ sends a constant arrival rate, rising step by step, and the highest rate whose p
 with no failure is the sustained capacity. Warm start: the first and the tenth text query of a
 freshly started server (the same text both times), with the server's own time for each;
 `--warm-starts N` measures only that, on N fresh servers over the workspace index. `--paired N`
-measures only one client's text queries on the workspace index, each in turn with a torch forward of
-the same text, so that the ratio holds on a machine whose speed drifts between runs. The server runs
+measures only one client's text queries and image uploads on the workspace index, each in turn with a
+torch forward of the same text or image, so that the ratio holds on a machine whose speed drifts
+between runs. The server runs
 without its text-vector cache (`SERVICE__TEXT_CACHE_SIZE=0`): the query lists repeat, and every query
 should pay its encode.
 
@@ -170,11 +171,14 @@ def text_queries(settings: Settings, count: int = 200) -> list[PreparedRequest]:
     return [prepared_request(json={"text": title, "k": 10}) for title in sampled_titles(settings, count)]
 
 
+def sampled_images(settings: Settings, count: int = 50) -> list[Path]:
+    return [Path(p) for p in read_catalog(settings.catalog_path).sample(count, random_state=1)["path"]]
+
+
 def image_queries(settings: Settings, count: int = 50) -> list[PreparedRequest]:
-    catalog = read_catalog(settings.catalog_path).sample(count, random_state=1)
     return [
-        prepared_request(files={"image": (Path(p).name, Path(p).read_bytes())}, data={"k": "10"})
-        for p in catalog["path"]
+        prepared_request(files={"image": (path.name, path.read_bytes())}, data={"k": "10"})
+        for path in sampled_images(settings, count)
     ]
 
 
@@ -258,25 +262,32 @@ def served_torch_encoder(settings: Settings, model: str | None = None) -> Encode
     return torch_encoder(model or load_index(settings.search_index_dir).manifest.model, settings)
 
 
-def paired_text(settings: Settings, pairs: int) -> dict:
-    """One client on the workspace index, each text query's HTTP latency taken in turn with a bare
-    torch forward of the same text in this process (torch, pause, HTTP, pause): on a machine whose
-    speed drifts from minute to minute, both sides of the ratio see the same minutes. The forward is
-    the peer's tight loop in small (the median of 3 after 2 untimed): a single forward after the
-    pause runs from cold caches and sleeping threads, ~1.5x slower, which would flatter the ratio."""
+def paired(settings: Settings, pairs: int, kind: str) -> dict:
+    """One client on the workspace index, each query's HTTP latency taken in turn with a bare torch
+    forward of the same query in this process (torch, pause, HTTP, pause): on a machine whose speed
+    drifts from minute to minute, both sides of the ratio see the same minutes. `kind` 'text': a
+    title, against the text tower's forward; 'image': a catalog file uploaded, against the image
+    tower's forward of its preprocessed pixels (the peer does not decode). The forward is the peer's
+    tight loop in small (the median of 3 after 2 untimed): a single forward after the pause runs from
+    cold caches and sleeping threads, ~1.5x slower, which would flatter the ratio."""
     encoder = served_torch_encoder(settings)
-    titles = sampled_titles(settings)
-    requests = [prepared_request(json={"text": title, "k": 10}) for title in titles]
+    if kind == "text":
+        titles = sampled_titles(settings)
+        requests = [prepared_request(json={"text": title, "k": 10}) for title in titles]
+        forwards = [lambda text=title: encoder.encode_texts([text]) for title in titles]
+    else:
+        requests = image_queries(settings)
+        pixels = [encoder.preprocess([path]) for path in sampled_images(settings)]
+        forwards = [lambda image=image: encoder.encode_pixels(image) for image in pixels]
     with tempfile.TemporaryDirectory() as scratch:
         server, url = start_server(settings.search_index_dir, Path(scratch))
         client = Client(url)
         try:
             torch_ms, http_ms, server_ms = [], [], []
             for turn in range(pairs + 10):  # the first 10 turns warm both sides
-                title, request = titles[turn % len(titles)], requests[turn % len(requests)]
-                forward = median_ms(lambda text=title: encoder.encode_texts([text]), repeats=3, warm_up=2)
+                forward = median_ms(forwards[turn % len(forwards)], repeats=3, warm_up=2)
                 time.sleep(0.01)  # torch's idle threads stop spinning before the request
-                latency, split = client.search(request)
+                latency, split = client.search(requests[turn % len(requests)])
                 time.sleep(0.01)
                 if turn >= 10:
                     torch_ms.append(forward), http_ms.append(latency), server_ms.append(split["total"])
@@ -420,17 +431,19 @@ def main() -> None:
         "instead of the workspace index's",
     )
     parser.add_argument(
-        "--paired", type=int, default=0, help="only N text queries, each in turn with a torch forward"
+        "--paired", type=int, default=0, help="only N queries of each kind, each in turn with a torch forward"
     )
+    parser.add_argument("--paired-kinds", default="text,image", help="what --paired measures")
     args = parser.parse_args()
     if args.vectors_of and "workspace" in args.sizes.split(","):
         parser.error("--vectors-of is also the peer's model: give it sized indexes only (--sizes 1000000)")
     settings = Settings()
     if args.paired:
-        paired = paired_text(settings, args.paired)
-        print(json.dumps(paired, indent=2))
+        kinds = args.paired_kinds.split(",")
+        measured = {f"paired_{kind}": paired(settings, args.paired, kind) for kind in kinds}
+        print(json.dumps(measured, indent=2))
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"paired_text": paired}, indent=2))
+        args.out.write_text(json.dumps(measured, indent=2))
         return
     if args.warm_starts:
         measured = warm_starts(settings, text_queries(settings), args.warm_starts)
