@@ -73,6 +73,7 @@ bench:  ## benchmarks that print ratios against a peer measured in the same run 
 	$(PY) benchmarks/bench_catalog.py
 	$(PY) benchmarks/bench_encoders.py
 	$(PY) benchmarks/bench_text_threads.py
+	$(PY) benchmarks/bench_page.py
 	$(PY) benchmarks/bench_backfill.py
 	$(PY) benchmarks/bench_ann.py
 	$(PY) benchmarks/bench_service.py
