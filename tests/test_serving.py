@@ -539,13 +539,36 @@ class RecordingAnswerer:
         self.release = threading.Event()
         self.fail_on = fail_on
 
-    def answer_batch(self, queries: list[Query], pages: list[PageRequest], timings: dict[str, float]):
+    def encode_batch(self, queries: list[Query], pages: list[PageRequest], timings: dict[str, float]):
         self.release.wait(5)
         texts = [q.keyword_text for q in queries]
         self.batches.append(texts)
         if self.fail_on in texts:
             raise ValueError(f"cannot encode {self.fail_on!r}")
-        return [Answer([Result(f"id{n}", float(n), 1)], "m") for n in range(len(queries))]
+        return texts
+
+    def search_batch(self, encoded: list[str], pages: list[PageRequest], timings: dict[str, float]):
+        return [Answer([Result(f"id{n}", float(n), 1)], "m") for n in range(len(encoded))]
+
+
+class OverlapAnswerer(RecordingAnswerer):
+    """Its search of the first batch finishes only once the second batch has been encoded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release.set()
+        self.second_encoded = threading.Event()
+
+    def encode_batch(self, queries: list[Query], pages: list[PageRequest], timings: dict[str, float]):
+        texts = super().encode_batch(queries, pages, timings)
+        if texts == ["second"]:
+            self.second_encoded.set()
+        return texts
+
+    def search_batch(self, encoded: list[str], pages: list[PageRequest], timings: dict[str, float]):
+        if encoded == ["first"] and not self.second_encoded.wait(5):
+            raise RuntimeError("the second batch was not encoded while the first was searched")
+        return super().search_batch(encoded, pages, timings)
 
 
 PAGE = PageRequest(k=1, offset=0, diversity=1.0, dedup=False)
@@ -567,6 +590,24 @@ def test_worker_batches_what_waits_and_answers_each_caller_its_own_result():
     worker.close()
 
 
+def test_worker_encodes_the_next_batch_while_the_last_one_is_searched():
+    answerer = OverlapAnswerer()
+    worker = QueryWorker(answerer, max_batch=8)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(worker.submit, Query.of(text="first"), PAGE)
+        while not answerer.batches:  # the first batch has been encoded: it is being searched
+            time.sleep(0.01)
+        second = pool.submit(worker.submit, Query.of(text="second"), PAGE)
+        assert first.result(10).results[0].id == "id0"
+        assert second.result(10).results[0].id == "id0"
+    assert answerer.batches == [["first"], ["second"]]
+    assert [thread.name for thread in worker.threads] == ["query-encoder", "query-searcher"]
+    worker.close()
+    for thread in worker.threads:
+        thread.join(5)
+        assert not thread.is_alive()  # close() stops both stages once their queues are answered
+
+
 def test_worker_hands_an_error_to_its_callers_and_keeps_serving():
     answerer = RecordingAnswerer(fail_on="bad")
     answerer.release.set()
@@ -586,9 +627,9 @@ def test_a_loaded_service_is_warmed_up_through_its_worker_before_serving(indexed
         Settings(home=tmp_path / "ws", service=ServiceSettings(warm_up=False)), root / "index"
     )
     try:
-        assert warmed.worker.thread is not None and warmed.worker.thread.is_alive()
+        assert warmed.worker.threads and all(thread.is_alive() for thread in warmed.worker.threads)
         assert len(warmed.text_vectors) == 0  # the warm-up query is not a user's: not kept
-        assert cold.worker.thread is None
+        assert not cold.worker.threads
     finally:
         warmed.close()
         cold.close()

@@ -80,7 +80,7 @@ class KeywordIndex:
         return np.array([r for r, _ in found], np.int64), np.array([s for _, s in found], np.float32)
 
     def _connection(self, path: Path) -> sqlite3.Connection:
-        # one reader per file, used by the service's worker thread only; immutable: no locking
+        # one reader per file, used by the service's keyword-lookup thread only; immutable: no locking
         if path not in self._connections:
             uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
             self._connections[path] = sqlite3.connect(uri, uri=True, check_same_thread=False)

@@ -54,7 +54,7 @@ class SearchService:
         self.roots = image_roots(index, settings)
         self.worker = QueryWorker(self, max_batch=config.max_batch, timeout_s=config.answer_timeout_s)
         # text -> vector of this pair's model (a swap brings a new service, so a new cache); only the
-        # worker thread touches it
+        # worker's encoder thread touches it
         self.text_vectors: LRUCache | None = (
             LRUCache(config.text_cache_size) if config.text_cache_size else None
         )
@@ -145,16 +145,26 @@ class SearchService:
 
     # --- answering ------------------------------------------------------------------------------
     def answer(self, query: Query, page: PageRequest) -> Answer:
-        """Encode, search and re-rank on the worker thread, batched with whatever else is waiting."""
+        """Encode, then search and re-rank, on the worker's two threads, batched with whatever else waits."""
         return self.worker.submit(query, page)
 
-    def answer_batch(
+    def encode_batch(
         self, queries: list[Query], pages: list[PageRequest], timings: dict[str, float]
-    ) -> list[Answer | BadQuery]:
-        """What the worker runs per batch: the keyword candidates are looked up on their own thread
-        while the batch is encoded, then the vector candidates and the pages."""
+    ) -> tuple[list[Encoded | BadQuery], Future]:
+        """The worker's first stage: the batch's keyword candidates asked for on their own thread,
+        then its vectors encoded meanwhile."""
         keywords = self.keyword_lookups.submit(self._keyword_candidates, queries, pages)
-        return self.search_many(self.encode(queries, timings), pages, timings, keywords)
+        return self.encode(queries, timings), keywords
+
+    def search_batch(
+        self,
+        encoded: tuple[list[Encoded | BadQuery], Future],
+        pages: list[PageRequest],
+        timings: dict[str, float],
+    ) -> list[Answer | BadQuery]:
+        """The worker's second stage: vector candidates, the keyword ones joined, and the pages."""
+        queries, keywords = encoded
+        return self.search_many(queries, pages, timings, keywords)
 
     def encode(self, queries: list[Query], timings: dict[str, float]) -> list[Encoded | BadQuery]:
         """Each query's unit vector, from its terms' vectors: every text term of the batch encoded
