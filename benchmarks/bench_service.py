@@ -175,11 +175,12 @@ def sampled_images(settings: Settings, count: int = 50) -> list[Path]:
     return [Path(p) for p in read_catalog(settings.catalog_path).sample(count, random_state=1)["path"]]
 
 
+def image_request(path: Path) -> PreparedRequest:
+    return prepared_request(files={"image": (path.name, path.read_bytes())}, data={"k": "10"})
+
+
 def image_queries(settings: Settings, count: int = 50) -> list[PreparedRequest]:
-    return [
-        prepared_request(files={"image": (path.name, path.read_bytes())}, data={"k": "10"})
-        for path in sampled_images(settings, count)
-    ]
+    return [image_request(path) for path in sampled_images(settings, count)]
 
 
 class Client:
@@ -276,8 +277,9 @@ def paired(settings: Settings, pairs: int, kind: str) -> dict:
         requests = [prepared_request(json={"text": title, "k": 10}) for title in titles]
         forwards = [lambda text=title: encoder.encode_texts([text]) for title in titles]
     else:
-        requests = image_queries(settings)
-        pixels = [encoder.preprocess([path]) for path in sampled_images(settings)]
+        paths = sampled_images(settings)
+        requests = [image_request(path) for path in paths]
+        pixels = [encoder.preprocess([path]) for path in paths]
         forwards = [lambda image=image: encoder.encode_pixels(image) for image in pixels]
     with tempfile.TemporaryDirectory() as scratch:
         server, url = start_server(settings.search_index_dir, Path(scratch))
