@@ -16,6 +16,7 @@ from imagesearch.index.choose import (
     fastscan_subquantizers,
     ivf_list_count,
 )
+from imagesearch.index.near_duplicates import near_duplicate_table
 from imagesearch.index.search import exact_neighbours, gpu_available, recall_at, search
 from imagesearch.index.store import IndexManifest, load_index, save_index_atomic
 from imagesearch.index.tune import recall_against_exact, tune
@@ -252,3 +253,30 @@ def test_an_index_built_in_pieces_and_kept_in_shards_answers_like_the_whole(tmp_
     assert sharded.index is None and sharded.ntotal == 3000
     expected, got = whole.search(vectors[:40], 10), sharded.search(vectors[:40], 10)
     assert (got[1] == expected[1]).all() and np.allclose(got[0], expected[0], atol=1e-5)
+
+
+def test_the_near_duplicate_table_holds_the_pairs_of_the_cosine_matrix():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(40, 64))
+    vectors = (centres[rng.integers(0, 40, 500)] + 0.03 * rng.normal(size=(500, 64))).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(64)
+    index.add(vectors)
+    table = near_duplicate_table(index, 0.97, max_rows=500)
+    cosine = vectors @ vectors.T
+    near = cosine > 0.97
+    np.fill_diagonal(near, False)
+    assert 1_000 < near.sum() < 20_000  # groups of near-duplicates, and pairs that are not
+    # candidates in any order, some past the covered rows (as rows added since the build are)
+    positions = rng.permutation(600)[:150]
+    covered = positions < 500
+    expected = np.zeros((150, 150), dtype=bool)
+    expected[np.ix_(covered, covered)] = near[np.ix_(positions[covered], positions[covered])]
+    found = table.pairs_among(positions)
+    on_the_edge = np.zeros_like(expected)  # cosines within rounding of the threshold may go either way
+    on_the_edge[np.ix_(covered, covered)] = (
+        np.abs(cosine - 0.97)[np.ix_(positions[covered], positions[covered])] < 1e-5
+    )
+    assert (found == expected)[~on_the_edge].all() and found.sum() > 10
+    assert near_duplicate_table(index, 0.97, max_rows=499) is None  # too many rows to pair at load
+    assert near_duplicate_table(faiss.IndexFlatL2(64), 0.97, max_rows=500) is None

@@ -507,7 +507,29 @@ def unit(*rows):
 )
 def test_collapse_keeps_the_best_of_each_group(threshold, kept):
     vectors = unit([1, 0], [1, 0.01], [0, 1])  # 0 and 1 are near-duplicates
-    assert collapse_near_duplicates(vectors @ vectors.T, threshold).tolist() == kept
+    assert collapse_near_duplicates(vectors @ vectors.T > threshold).tolist() == kept
+
+
+def test_the_near_duplicate_table_gives_a_page_the_pairs_it_would_compare(
+    indexed, zeroshot_encoder, tmp_path
+):
+    root, _ = indexed
+    loaded = load_index(root / "index")
+    paths = loaded.ids.set_index("id")["path"]
+    looked_up = SearchService(zeroshot_encoder, loaded, paths, Settings(home=tmp_path / "a"))
+    compared = SearchService(
+        zeroshot_encoder,
+        loaded,
+        paths,
+        Settings(home=tmp_path / "b", service=ServiceSettings(near_duplicate_table_rows=0)),
+    )
+    assert looked_up.ranker.table is not None and compared.ranker.table is None
+    positions = np.arange(loaded.ntotal)[::-1]
+    candidates = loaded.candidate_vectors(positions)
+    near = looked_up.ranker.near_duplicates(positions, candidates)
+    coffee = loaded.ids["path"].str.contains("coffee").to_numpy()[positions]
+    assert near.sum() == 2 and near[np.ix_(coffee, coffee)].sum() == 2  # the copy and its original
+    assert (near == compared.ranker.near_duplicates(positions, candidates)).all()
 
 
 def test_mmr_with_lambda_one_is_the_relevance_order():
@@ -519,15 +541,14 @@ def test_mmr_promotes_a_different_result_over_a_copy():
     # candidates 0 and 1 are the same picture; 2 is different and slightly less relevant
     scores = np.array([0.90, 0.89, 0.80])
     vectors = unit([1, 0], [1, 0], [0, 1])
-    similarity = vectors @ vectors.T
-    assert mmr(scores, similarity, 2, 1.0).tolist() == [0, 1]
+    assert mmr(scores, vectors, 2, 1.0).tolist() == [0, 1]
     # λ=0.7: after 0, candidate 1 is worth 0.7*0.89 - 0.3*1 = 0.323, candidate 2 is 0.7*0.80 - 0 = 0.56
-    assert mmr(scores, similarity, 2, 0.7).tolist() == [0, 2]
+    assert mmr(scores, vectors, 2, 0.7).tolist() == [0, 2]
 
 
 def test_mmr_never_returns_more_than_there_is():
     assert mmr(np.array([0.5]), np.ones((1, 1)), 10, 0.5).tolist() == [0]
-    assert mmr(np.array([]), np.zeros((0, 0)), 10, 0.5).tolist() == []
+    assert mmr(np.array([]), np.zeros((0, 2)), 10, 0.5).tolist() == []
 
 
 # --- the query worker ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 
 from imagesearch.index.keywords import hybrid_ranking
 from imagesearch.index.metadata import words_of
+from imagesearch.index.near_duplicates import near_duplicate_table
 from imagesearch.index.store import LoadedIndex
 from imagesearch.serving.rerank import collapse_near_duplicates, mmr
 from imagesearch.serving.types import Answer, BadQuery, Encoded, PageRequest, Query, Result
@@ -38,8 +39,11 @@ def combine(query: Query, term_vectors: np.ndarray) -> Encoded | BadQuery:
 class Ranker:
     """Pages of one served index (the service's model + index pair)."""
 
-    def __init__(self, index: LoadedIndex, row_ids: np.ndarray, dedup_threshold: float) -> None:
+    def __init__(
+        self, index: LoadedIndex, row_ids: np.ndarray, dedup_threshold: float, table_rows: int = 0
+    ) -> None:
         self.index, self.row_ids, self.dedup_threshold = index, row_ids, dedup_threshold
+        self.table = near_duplicate_table(index.index, dedup_threshold, table_rows)
 
     def page(
         self,
@@ -67,12 +71,10 @@ class Ranker:
         passing = np.flatnonzero(scores >= (-np.inf if page.min_score is None else page.min_score))
         cut_reached = len(passing) < len(scores)
         positions, candidates, scores = positions[passing], candidates[passing], scores[passing]
-        similarity = candidates @ candidates.T if page.dedup or _diversifies(page) else None
         if page.dedup:
-            kept = collapse_near_duplicates(similarity, self.dedup_threshold)
+            kept = collapse_near_duplicates(self.near_duplicates(positions, candidates))
             positions, candidates, scores = positions[kept], candidates[kept], scores[kept]
-            similarity = similarity[np.ix_(kept, kept)]
-        picked = self._order(scores, similarity, positions, page)[page.offset : page.offset + page.k]
+        picked = self._order(scores, candidates, positions, page)[page.offset : page.offset + page.k]
         ranks = {name: {int(p): r for r, p in enumerate(hits, start=1)} for name, hits in lists.items()}
         asked = list(dict.fromkeys(words_of(query.keyword_text)))
         results = [
@@ -94,15 +96,23 @@ class Ranker:
             facets=self.index.metadata.facets(positions),
         )
 
-    def _order(
-        self, scores: np.ndarray, similarity: np.ndarray | None, positions: np.ndarray, page: PageRequest
-    ):
+    def near_duplicates(self, positions: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """near[i, j]: candidates i and j are near-duplicates. Pairs of rows the index's table covers
+        are looked up; a row it does not cover (all of them without a table) is compared here."""
+        near = self.table.pairs_among(positions) if self.table else np.zeros((len(positions),) * 2, bool)
+        uncovered = np.flatnonzero(positions >= (self.table.covered if self.table else 0))
+        if len(uncovered):
+            near[uncovered] = candidates[uncovered] @ candidates.T > self.dedup_threshold
+            near[uncovered, uncovered] = False  # a row is not its own near-duplicate
+        return near
+
+    def _order(self, scores: np.ndarray, candidates: np.ndarray, positions: np.ndarray, page: PageRequest):
         """Candidate indexes in page order: newest first, relevance (with MMR diversity), or the
         keyword / fused order as it came."""
         if page.sort == "date":
             return np.argsort(-self.index.metadata.added_ns[positions], kind="stable")
         if page.mode == VECTOR:
-            return mmr(scores, similarity, page.offset + page.k, page.diversity)
+            return mmr(scores, candidates, page.offset + page.k, page.diversity)
         return np.arange(len(positions))
 
     def explain(
@@ -126,8 +136,3 @@ class Ranker:
             "keywords": [word for word in asked if word in words or word.rstrip("s") in words],
             "ranks": {name: found.get(position) for name, found in ranks.items()},
         }
-
-
-def _diversifies(page: PageRequest) -> bool:
-    """Whether the page is ordered by MMR (which reads the candidates' cosine matrix)."""
-    return page.sort != "date" and page.mode == VECTOR and page.diversity < 1.0

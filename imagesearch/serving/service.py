@@ -59,7 +59,7 @@ class SearchService:
             LRUCache(config.text_cache_size) if config.text_cache_size else None
         )
         self.fingerprint: str | None = None  # of the index folder it was loaded from (see from_index)
-        self.ranker = Ranker(index, self.row_ids, config.dedup_threshold)
+        self.ranker = Ranker(index, self.row_ids, config.dedup_threshold, config.near_duplicate_table_rows)
         # keyword lookups need a query's words, not its vector: they run here while the worker
         # encodes (SQLite and ONNX Runtime both release the GIL), one thread so one reader at a time
         self.keyword_lookups = ThreadPoolExecutor(1, thread_name_prefix="keyword-lookup")

@@ -321,6 +321,12 @@ class ServiceSettings(BaseModel):
     dedup_threshold: float = Field(
         default=0.97, gt=0, le=1, description="cosine above which results collapse"
     )
+    near_duplicate_table_rows: int = Field(
+        default=20_000,
+        ge=0,
+        description="an exact index of up to this many rows has its near-duplicate pairs found at load "
+        "(seconds; grows with the square of the rows) instead of compared per page; 0 = never",
+    )
     diversity: float = Field(default=0.85, ge=0, le=1, description="MMR lambda; 1.0 = relevance order only")
     mode: Literal["vector", "keyword", "hybrid"] = Field(
         default="hybrid",
