@@ -321,32 +321,38 @@ def median_ms(function: Callable[[], object], repeats: int, warm_up: int = 5) ->
     return float(np.median(samples))
 
 
-def first_and_tenth(url: str, queries: list[PreparedRequest]) -> dict[str, float]:
-    """Latency of the first and the tenth text query a freshly started server answers: the same
-    query both times (query costs differ by more than warming does), encoded both times (no cache);
-    with the server's own time for each, so a difference can be placed inside or outside it."""
+def first_and_tenth(url: str, queries: list[PreparedRequest], swapped: bool = False) -> dict[str, float]:
+    """Latency of the first and the tenth text query a freshly started server answers, each encoded
+    (no cache), with the server's own time for each (a difference can be placed inside or outside
+    it). The tenth is a text the server has not seen: repeating the first would find its keyword
+    postings and index lists in caches no start-up warm-up fills for every query. `swapped` puts
+    the tenth's text first and the first's tenth, so over alternate starts each text is measured in
+    both places (query costs differ by more than warming does)."""
+    first, tenth = (queries[9], queries[0]) if swapped else (queries[0], queries[9])
     client = Client(url)
     try:
-        answered = [client.search(query) for query in [*queries[:9], queries[0]]]
+        answered = [client.search(query) for query in [first, *queries[1:9], tenth]]
     finally:
         client.close()
-    (first, first_split), (tenth, tenth_split) = answered[0], answered[9]
+    (first_ms, first_split), (tenth_ms, tenth_split) = answered[0], answered[9]
     return {
-        "first_ms": first,
-        "tenth_ms": tenth,
+        "first_ms": first_ms,
+        "tenth_ms": tenth_ms,
         "first_server_ms": first_split["total"],
         "tenth_server_ms": tenth_split["total"],
+        "swapped": swapped,
     }
 
 
-def warm_starts(settings: Settings, queries: list[PreparedRequest], starts: int) -> list[dict[str, float]]:
-    """First and tenth text query of `starts` freshly started servers on the workspace index."""
+def warm_starts(index: Path, queries: list[PreparedRequest], starts: int) -> list[dict[str, float]]:
+    """First and tenth text query of `starts` freshly started servers on `index`, the two texts
+    swapped on every other start."""
     measured = []
     for start in range(starts):
         with tempfile.TemporaryDirectory() as scratch:
-            server, url = start_server(settings.search_index_dir, Path(scratch))
+            server, url = start_server(index, Path(scratch))
             try:
-                measured.append(first_and_tenth(url, queries))
+                measured.append(first_and_tenth(url, queries, swapped=start % 2 == 1))
             finally:
                 server.terminate()
                 server.wait(30)
@@ -358,6 +364,7 @@ def _warm_line(warm: dict[str, float]) -> str:
     return (
         f"first {warm['first_ms']:.1f} ms (server {warm['first_server_ms']:.1f}), "
         f"tenth {warm['tenth_ms']:.1f} ms (server {warm['tenth_server_ms']:.1f})"
+        + (", texts swapped" if warm["swapped"] else "")
     )
 
 
@@ -425,7 +432,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each open-loop step")
     parser.add_argument("--out", type=Path, default=RESULTS / "service.json", help="raw results (JSON)")
     parser.add_argument(
-        "--warm-starts", type=int, default=0, help="only the first / tenth text query of N fresh servers"
+        "--warm-starts",
+        type=int,
+        default=0,
+        help="only the first / tenth text query of N fresh servers (on the one index --sizes names)",
     )
     parser.add_argument(
         "--vectors-of",
@@ -448,7 +458,13 @@ def main() -> None:
         args.out.write_text(json.dumps(measured, indent=2))
         return
     if args.warm_starts:
-        measured = warm_starts(settings, text_queries(settings), args.warm_starts)
+        (size,) = args.sizes.split(",")  # one index
+        index = (
+            settings.search_index_dir
+            if size == "workspace"
+            else sized_index(int(size), settings, args.vectors_of)
+        )
+        measured = warm_starts(index, text_queries(settings), args.warm_starts)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"warm_starts": measured}, indent=2))
         return
