@@ -1,4 +1,5 @@
-"""MLflow: the only module that talks to the tracking store and the model registry.
+"""Registered encoders: logging one as a pyfunc model and registering its version, the v0 baseline,
+aliases, and loading an encoder from any reference (v0, a folder, a version, an alias).
 
 An encoder is logged as a pyfunc model (input: a DataFrame with a ``text`` column, or an ``image``
 column of encoded image bytes, or an ``image_path`` column; output: L2-normalised float32 vectors),
@@ -8,14 +9,8 @@ registered under one name, and addressed by alias (``models:/imagesearch@champio
 from __future__ import annotations
 
 import base64
-import math
-import os
 import tempfile
-import time
-import uuid
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -29,13 +24,21 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 from imagesearch.models.encoders import Encoder, build_zeroshot_encoder
+from imagesearch.models.registry.store import RegistryError, connect, tracked_run
 from imagesearch.settings import Settings
 
-EXPERIMENT = "imagesearch"
 CHAMPION = "champion"
+
+
 CHALLENGER = "challenger"
+
+
 V0 = "v0"
+
+
 ONNX_TAG = "onnx"  # "true" when the registered model carries ONNX graphs of both towers
+
+
 RUNTIME_PACKAGES = (
     "torch",
     "torchvision",
@@ -48,10 +51,6 @@ RUNTIME_PACKAGES = (
     "pillow",
     "onnxruntime",
 )
-
-
-class RegistryError(RuntimeError):
-    """A model reference that cannot be resolved; the message says what exists."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,35 +87,6 @@ def _as_bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else base64.b64decode(value)
 
 
-def connect(settings: Settings) -> MlflowClient:
-    """Point MLflow at the workspace's sqlite store; create the experiment with its artifact folder."""
-    settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
-    _create_store_whole(settings.mlflow_dir / "mlflow.db")
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
-    client = MlflowClient()
-    if client.get_experiment_by_name(EXPERIMENT) is None:
-        client.create_experiment(EXPERIMENT, artifact_location=settings.mlflow_artifacts_dir.as_uri())
-    mlflow.set_experiment(EXPERIMENT)
-    return client
-
-
-def _create_store_whole(database: Path) -> None:
-    """MLflow creates its sqlite schema with a chain of migrations; a process killed half-way leaves a
-    database every later run fails on (found by the kill matrix of `make reliability`). So a new
-    store is migrated under a temporary name and renamed into place only when complete."""
-    if database.exists():
-        return
-    database.parent.mkdir(parents=True, exist_ok=True)
-    for stale in database.parent.glob(f".{database.name}.new-*"):  # attempts that died
-        if time.time() - stale.stat().st_mtime > 3600:
-            stale.unlink(missing_ok=True)
-    # a fresh name per attempt: MLflow caches its store by URI
-    staging = database.with_name(f".{database.name}.new-{uuid.uuid4().hex}")
-    MlflowClient(tracking_uri=f"sqlite:///{staging}").search_experiments()  # runs the migrations
-    os.replace(staging, database)
-
-
 def signature(dim: int) -> ModelSignature:
     """One of the three input columns per call; image bytes travel base64-encoded."""
     inputs = Schema([ColSpec("string", column, required=False) for column in ("text", "image", "image_path")])
@@ -141,39 +111,6 @@ def log_encoder(
     with tracked_run(settings, run_name=run_name, params=params, tags=tags):
         mlflow.log_metrics(metrics or {})
         return register_encoder(encoder, settings, alias=alias)
-
-
-@contextmanager
-def tracked_run(
-    settings: Settings,
-    *,
-    run_name: str,
-    params: dict | None = None,
-    tags: dict | None = None,
-    resume_run_id: str | None = None,
-) -> Iterator[str]:
-    """An MLflow run (a resumed one when `resume_run_id` names one that exists); yields its id."""
-    client = connect(settings)
-    if resume_run_id:
-        try:
-            client.get_run(resume_run_id)
-        except MlflowException:
-            resume_run_id = None
-    with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name) as run:
-        if not resume_run_id:
-            mlflow.log_params(params or {})
-            mlflow.set_tags(tags or {})
-        yield run.info.run_id
-
-
-def log_step_metrics(metrics: dict[str, float], step: int) -> None:
-    """Metrics of one epoch into the active run (finite values only: MLflow refuses NaN in some stores)."""
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)}, step=step)
-
-
-def log_artifacts(paths: list[Path], folder: str | None = None) -> None:
-    for path in paths:
-        mlflow.log_artifact(str(path), artifact_path=folder)
 
 
 def register_encoder(encoder: Encoder, settings: Settings, *, alias: str | None = None) -> RegisteredEncoder:
@@ -349,97 +286,7 @@ def _model_uri(reference: str, settings: Settings) -> str:
     return f"models:/{settings.model.registered_name}{'/' if reference.isdigit() else '@'}{reference}"
 
 
-def log_evaluation(
-    settings: Settings,
-    results: dict[str, dict[str, dict[str, float]]],
-    plots: list[str],
-    challenger: str | None,
-) -> str | None:
-    """Metrics of every evaluated model, prefixed by its label, and the plots, on the challenger's run."""
-    if challenger is None:
-        return None
-    client = connect(settings)
-    version = client.get_model_version(settings.model.registered_name, challenger.rsplit("/", 1)[1])
-    flat = {
-        f"eval.{label}.{query_type}.{name}".replace(" ", "_").replace("/", "."): value
-        for label, by_type in results.items()
-        for query_type, metrics in by_type.items()
-        for name, value in metrics.items()
-        if value is not None and math.isfinite(value)
-    }
-    with mlflow.start_run(run_id=version.run_id):
-        mlflow.log_metrics(flat)
-        log_artifacts([Path(p) for p in plots], "evaluation")
-    return version.run_id
-
-
-def log_nested_run(run_name: str, *, params: dict, metrics: dict[str, float]) -> None:
-    """A child run of the active run (one ablation variant, say)."""
-    with mlflow.start_run(run_name=run_name, nested=True):
-        mlflow.log_params(params)
-        log_step_metrics(metrics, 0)
-
-
-def record_promotion(
-    settings: Settings, challenger: str, *, promote: bool, reason: str, tags: dict[str, str] | None = None
-) -> None:
-    """Tag the challenger's version with the decision, its reason and its numbers; move `champion`
-    when promoted (the champion it replaced and the time are tags too: what a rollback needs)."""
-    client = connect(settings)
-    name, version = settings.model.registered_name, challenger.rsplit("/", 1)[1]
-    previous = alias_version(settings, CHAMPION)
-    decided = {
-        **(tags or {}),
-        "promotion.decision": "promoted" if promote else "kept",
-        "promotion.reason": reason,
-    }
-    if promote:
-        decided |= {"promotion.previous_champion": previous or "", "promotion.at": f"{time.time():.3f}"}
-    for key, value in decided.items():
-        client.set_model_version_tag(name, version, key, value)
-    if promote:
-        client.set_registered_model_alias(name, CHAMPION, version)
-
-
 def pinned_alias(settings: Settings, alias: str) -> str | None:
     """`models:/<name>/<version>` the alias points at now, or None."""
     version = alias_version(settings, alias)
     return f"models:/{settings.model.registered_name}/{version}" if version else None
-
-
-@dataclass(frozen=True, slots=True)
-class PromotionRecord:
-    champion: str  # models:/<name>/<version>, as the service logs it
-    previous: str
-    promoted_at: float  # unix seconds
-
-
-def promotion_record(settings: Settings) -> PromotionRecord | None:
-    """How the current champion got the alias: the champion before it and when (None: the rule did
-    not promote it, e.g. v0 by default, or a person moved the alias by hand)."""
-    version = alias_version(settings, CHAMPION)
-    if version is None:
-        return None
-    name = settings.model.registered_name
-    tags = connect(settings).get_model_version(name, version).tags
-    previous, at = tags.get("promotion.previous_champion"), tags.get("promotion.at")
-    if not previous or not at or tags.get("promotion.decision") != "promoted":
-        return None
-    return PromotionRecord(f"models:/{name}/{version}", f"models:/{name}/{previous}", float(at))
-
-
-def rollback_reason(settings: Settings, reference: str) -> str | None:
-    """Why the version was rolled back, or None when it never was."""
-    name, version = settings.model.registered_name, reference.rsplit("/", 1)[1]
-    return connect(settings).get_model_version(name, version).tags.get("rollback.reason")
-
-
-def roll_back(settings: Settings, record: PromotionRecord, reason: str) -> None:
-    """Move `champion` back to the version before, and record why on the version rolled back."""
-    client = connect(settings)
-    name = settings.model.registered_name
-    version, previous = record.champion.rsplit("/", 1)[1], record.previous.rsplit("/", 1)[1]
-    client.set_model_version_tag(name, version, "promotion.decision", "rolled back")
-    client.set_model_version_tag(name, version, "rollback.reason", reason)
-    client.set_model_version_tag(name, version, "rollback.at", f"{time.time():.3f}")
-    client.set_registered_model_alias(name, CHAMPION, previous)
