@@ -13,11 +13,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from imagesearch.feedback.clicklog import ClickLog
+from imagesearch.index.delta import write_delta
 from imagesearch.index.folder import build_folder_index
 from imagesearch.index.store import load_index
 from imagesearch.serving import app as app_module
@@ -530,6 +532,27 @@ def test_the_near_duplicate_table_gives_a_page_the_pairs_it_would_compare(
     coffee = loaded.ids["path"].str.contains("coffee").to_numpy()[positions]
     assert near.sum() == 2 and near[np.ix_(coffee, coffee)].sum() == 2  # the copy and its original
     assert (near == compared.ranker.near_duplicates(positions, candidates)).all()
+
+
+def test_a_row_added_live_is_compared_on_the_page_beside_the_table(indexed, zeroshot_encoder, tmp_path):
+    root, images = indexed
+    served = tmp_path / "index"
+    shutil.copytree(root / "index", served)
+    base = load_index(served)
+    coffee = images / "photos" / "coffee.png"
+    added = pd.DataFrame({"id": ["c0ffeec0ffeec0ff"], "path": [str(coffee)], "title": ["coffee again"]})
+    write_delta(served, added, zeroshot_encoder.encode_images([coffee]), [], base.ntotal)
+    loaded = load_index(served)
+    service = SearchService(
+        zeroshot_encoder, loaded, loaded.ids.set_index("id")["path"], Settings(home=tmp_path)
+    )
+    assert service.ranker.table is not None and service.ranker.table.covered == loaded.ntotal - 1
+    positions = np.arange(loaded.ntotal)  # the added row last: not in the table
+    near = service.ranker.near_duplicates(positions, loaded.candidate_vectors(positions))
+    coffees = loaded.ids["path"].str.contains("coffee").to_numpy()
+    assert coffees.sum() == 3 and near[-1, np.flatnonzero(coffees)[:-1]].all()  # near both coffees
+    kept = collapse_near_duplicates(near)
+    assert coffees[kept].sum() == 1
 
 
 def test_mmr_with_lambda_one_is_the_relevance_order():
