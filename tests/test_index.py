@@ -280,3 +280,7 @@ def test_the_near_duplicate_table_holds_the_pairs_of_the_cosine_matrix():
     assert (found == expected)[~on_the_edge].all() and found.sum() > 10
     assert near_duplicate_table(index, 0.97, max_rows=499) is None  # too many rows to pair at load
     assert near_duplicate_table(faiss.IndexFlatL2(64), 0.97, max_rows=500) is None
+    copies = faiss.IndexFlatIP(64)
+    copies.add(np.repeat(vectors[:1], 100, axis=0))  # 9,900 pairs
+    assert near_duplicate_table(copies, 0.97, max_rows=500, max_pairs=5_000) is None
+    assert near_duplicate_table(copies, 0.97, max_rows=500, max_pairs=10_000).neighbours.size == 9_900

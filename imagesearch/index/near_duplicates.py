@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-BUILD_BATCH = 2048  # rows range-searched at once: bounds the memory of one batch's results
+BUILD_BATCH = 512  # rows range-searched at once: bounds the memory of one batch's results
+# a collection of many copies has pairs in the square of its rows: past this many (~160 MB), no table
+MAX_PAIRS = 10_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +53,11 @@ class NearDuplicateTable:
 
 
 def near_duplicate_table(
-    index: faiss.Index | None, threshold: float, max_rows: int
+    index: faiss.Index | None, threshold: float, max_rows: int, max_pairs: int = MAX_PAIRS
 ) -> NearDuplicateTable | None:
     """Every row's neighbours above `threshold` (inner product) among all rows of `index`, when it is
     an exact inner-product index of 1 to `max_rows` rows (~1.4 s for 6,882 x 1,664 on 2 cores; the
-    cost grows with the square of the rows); else None."""
+    cost grows with the square of the rows) with at most `max_pairs` such pairs; else None."""
     exact = isinstance(index, faiss.IndexFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT
     if not exact or not 0 < index.ntotal <= max_rows:
         return None
@@ -69,6 +71,8 @@ def near_duplicate_table(
         counts = np.bincount(owner[others] - first, minlength=len(rows))
         starts.append(starts[-1][-1] + np.cumsum(counts))
         neighbours.append(found[others])
+        if starts[-1][-1] > max_pairs:
+            return None
     return NearDuplicateTable(
         threshold,
         np.concatenate(starts).astype(np.int64),
