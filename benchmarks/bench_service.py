@@ -114,6 +114,11 @@ def sized_index(size: int, settings: Settings, model: str | None = None) -> Path
     return folder
 
 
+def served_index(size: str, settings: Settings, model: str | None) -> Path:
+    """The index a `--sizes` entry names: 'workspace' (what `make demo` built) or a vector count."""
+    return settings.search_index_dir if size == "workspace" else sized_index(int(size), settings, model)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -458,12 +463,10 @@ def main() -> None:
         args.out.write_text(json.dumps(measured, indent=2))
         return
     if args.warm_starts:
-        (size,) = args.sizes.split(",")  # one index
-        index = (
-            settings.search_index_dir
-            if size == "workspace"
-            else sized_index(int(size), settings, args.vectors_of)
-        )
+        sizes = args.sizes.split(",")
+        if len(sizes) != 1:
+            parser.error("--warm-starts runs on one index: give --sizes workspace or e.g. --sizes 1000000")
+        index = served_index(sizes[0], settings, args.vectors_of)
         measured = warm_starts(index, text_queries(settings), args.warm_starts)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"warm_starts": measured}, indent=2))
@@ -473,11 +476,7 @@ def main() -> None:
     rates = {"text": args.text_rates, "image": args.image_rates}
     rows, capacity = [], []
     for name in args.sizes.split(","):
-        index = (
-            settings.search_index_dir
-            if name == "workspace"
-            else sized_index(int(name), settings, args.vectors_of)
-        )
+        index = served_index(name, settings, args.vectors_of)
         manifest = load_index(index).manifest
         size = manifest.count
         with tempfile.TemporaryDirectory() as scratch:

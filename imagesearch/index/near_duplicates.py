@@ -73,8 +73,4 @@ def near_duplicate_table(
         neighbours.append(found[others])
         if starts[-1][-1] > max_pairs:
             return None
-    return NearDuplicateTable(
-        threshold,
-        np.concatenate(starts).astype(np.int64),
-        np.concatenate(neighbours).astype(np.int64) if neighbours else np.zeros(0, np.int64),
-    )
+    return NearDuplicateTable(threshold, np.concatenate(starts), np.concatenate(neighbours).astype(np.int64))
