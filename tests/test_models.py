@@ -256,8 +256,15 @@ def test_load_by_alias_in_a_fresh_process_gives_identical_embeddings(registered,
     assert_same_vectors(np.float32(loaded["images"]), zeroshot_encoder.encode_images([image]))
 
 
+def float_graphs(settings: Settings) -> Settings:
+    """`settings` with the float32 text graph: the one exported graphs must match torch with."""
+    float32 = settings.model.model_copy(update={"text_precision": "float32"})
+    return settings.model_copy(update={"model": float32})
+
+
 def test_load_encoder_resolves_alias_version_and_uri(registered, zeroshot_encoder):
     settings, record = registered
+    settings = float_graphs(settings)
     for reference in (CHAMPION, record.version, record.uri):
         encoder = load_encoder(reference, settings)
         assert encoder.runtime == "onnx:CPUExecutionProvider"
@@ -273,7 +280,7 @@ def test_registered_model_runs_its_onnx_graphs_like_torch_on_real_photos(
     registered, zeroshot_encoder, photos
 ):
     settings, _ = registered
-    served = load_encoder(CHAMPION, settings)
+    served = load_encoder(CHAMPION, float_graphs(settings))
     assert served.onnx is not None
     images = list(photos.values())
     assert_same_vectors(served.encode_images(images), zeroshot_encoder.encode_images(images))
@@ -284,16 +291,16 @@ def test_registered_model_runs_its_onnx_graphs_like_torch_on_real_photos(
 
 
 def test_an_int8_text_graph_stays_near_the_float_one_and_ranks_the_same(registered, photos):
-    """`model.text_precision=int8` quantizes the registered text graph at load (ONNX Runtime, CPU)."""
+    """The default `model.text_precision` (int8) quantizes the registered text graph at load (CPU)."""
     settings, _ = registered
-    int8 = settings.model_copy(update={"model": settings.model.model_copy(update={"text_precision": "int8"})})
-    quantized, floating = load_encoder(CHAMPION, int8), load_encoder(CHAMPION, settings)
+    assert settings.model.text_precision == "int8"
+    quantized, floating = load_encoder(CHAMPION, settings), load_encoder(CHAMPION, float_graphs(settings))
     assert quantized.runtime == "onnx:CPUExecutionProvider (text int8)"
     texts = [*CAPTIONS.values(), "a great blue heron standing in shallow water at dawn", "sneaker"]
     got, want = quantized.encode_texts(texts), floating.encode_texts(texts)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     cosines = (got * want).sum(axis=1)
-    assert cosines.min() >= 0.97 and cosines.min() < 0.99999, cosines  # close, and really quantized
+    assert cosines.min() >= 0.995 and cosines.min() < 0.99999, cosines  # close, and really quantized
     images = floating.encode_images(list(photos.values()))
     captions = quantized.encode_texts([CAPTIONS[name] for name in photos])
     assert list((images @ captions.T).argmax(axis=1)) == list(range(len(photos)))
