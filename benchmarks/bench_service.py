@@ -345,6 +345,8 @@ def first_and_tenth(url: str, queries: list[PreparedRequest], swapped: bool = Fa
         "tenth_ms": tenth_ms,
         "first_server_ms": first_split["total"],
         "tenth_server_ms": tenth_split["total"],
+        "first_split_ms": first_split,
+        "tenth_split_ms": tenth_split,
         "swapped": swapped,
     }
 
