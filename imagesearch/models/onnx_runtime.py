@@ -158,10 +158,10 @@ def quantize_text_graph(graph: Path, folder: Path) -> Path:
     `MatMulNBits` with one scale per block of 32 weights, computed in int8 with the activations
     quantized per block too (`accuracy_level` 4). Dynamic quantization (one activation scale per
     call, one weight scale per output channel) left short queries at cosine 0.960 of the float
-    vectors; blocks of 32 keep them at >= 0.998, and the int8 kernels run faster still (README,
-    "Encoders"). Attention's value projections stay float: quantized one at a time, they moved the
-    vectors most (a third of the error, for a sixth of the weights). The word-embedding table is
-    gathered, not multiplied, and stays float."""
+    vectors; blocks of 32 keep them at >= 0.998 (README, "Encoders"). Attention's value
+    projections stay float: quantized one at a time, they moved the vectors most (half the error,
+    for a twelfth of the weights). The word-embedding table is gathered, not multiplied, and stays
+    float."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
