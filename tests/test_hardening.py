@@ -35,7 +35,7 @@ from imagesearch.models.registry import load_encoder, log_encoder
 from imagesearch.serving.app import create_app
 from imagesearch.serving.service import SearchService
 from imagesearch.serving.types import PageRequest, Query
-from imagesearch.settings import ServiceSettings, Settings
+from imagesearch.settings import ModelSettings, ServiceSettings, Settings
 from tests.conftest import noise_image
 
 LOOPBACK = "http://127.0.0.1"
@@ -413,7 +413,8 @@ def test_an_unsound_new_index_is_refused_before_it_replaces_the_served_one(small
 
 # --- 10: the registry's pickle is never what loads the model ---------------------------------------
 def test_a_registered_encoder_loads_without_unpickling_its_pyfunc(zeroshot_encoder, tmp_path):
-    settings = Settings(home=tmp_path / "ws")
+    # the float text graph, so that the vectors can be held to torch's up to rounding
+    settings = Settings(home=tmp_path / "ws", model=ModelSettings(text_precision="float32"))
     record = log_encoder(zeroshot_encoder, settings, run_name="pickle-free")
     pickles = list(settings.mlflow_artifacts_dir.rglob("python_model.pkl"))
     assert pickles
