@@ -20,6 +20,10 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from skimage import data
 
+from imagesearch.feedback.clicklog import ClickLog
+from imagesearch.feedback.simulation import simulate_workspace_clicks
+from imagesearch.index.folder import build_folder_index
+from imagesearch.index.store import load_index
 from imagesearch.models.backbones import WeightsNotFound, create_image_backbone, load_text_model
 from imagesearch.models.encoders import Encoder, build_trained_encoder, imagenet_class_names
 from imagesearch.models.onnx_runtime import OnnxUnavailable
@@ -304,6 +308,43 @@ def test_an_int8_text_graph_stays_near_the_float_one_and_ranks_the_same(register
     images = floating.encode_images(list(photos.values()))
     captions = quantized.encode_texts([CAPTIONS[name] for name in photos])
     assert list((images @ captions.T).argmax(axis=1)) == list(range(len(photos)))
+
+
+def test_simulated_clicks_rank_with_the_float_graph_whatever_the_served_precision(
+    registered, photos, tmp_path
+):
+    """Simulated clicks become training pairs: the service's int8 setting must not change them."""
+    settings, _ = registered
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, photo in photos.items():
+        photo.save(images / f"{name}.png")
+    for seed in range(6):
+        noise_image(seed).save(images / f"noise{seed}.png")
+    build_folder_index(
+        load_encoder(CHAMPION, float_graphs(settings)),
+        images,
+        settings.search_index_dir,
+        model=CHAMPION,
+        settings=settings,
+    )
+    ids = load_index(settings.search_index_dir).ids["id"]
+    catalog = pd.DataFrame(
+        {"id": ids, "tags": [["photo"] if i % 2 else ["photo", "pattern"] for i in ids.index]}
+    )
+    scores = {}
+    for precision in ("float32", "int8"):
+        served = settings.model_copy(
+            update={"model": settings.model.model_copy(update={"text_precision": precision})}
+        )
+        log = ClickLog(f"sqlite:///{tmp_path}/clicks-{precision}.db")
+        assert simulate_workspace_clicks(served, log, catalog) > 0
+        tables = log.read()
+        shown = tables.impressions.merge(tables.queries[["query_id", "query_text"]], on="query_id")
+        scores[precision] = shown.sort_values(["query_text", "rank", "score"])[["image_id", "score"]]
+    assert len(scores["int8"]) == len(scores["float32"]) > 0
+    assert list(scores["int8"]["image_id"]) == list(scores["float32"]["image_id"])
+    np.testing.assert_array_equal(scores["int8"]["score"].to_numpy(), scores["float32"]["score"].to_numpy())
 
 
 def test_trained_towers_export_to_onnx_with_the_same_vectors(anchored, photos, tmp_path):

@@ -16,6 +16,7 @@ import pandas as pd
 from imagesearch.feedback.clicklog import ClickLog
 from imagesearch.index.store import load_index
 from imagesearch.models import registry
+from imagesearch.models.onnx_runtime import FLOAT32
 from imagesearch.settings import Settings
 from imagesearch.training_data.examples import (
     tag_text,
@@ -93,9 +94,13 @@ def tag_queries(catalog: pd.DataFrame, *, count: int, seed: int, min_images: int
 
 
 def simulate_workspace_clicks(settings: Settings, log: ClickLog, catalog: pd.DataFrame) -> int:
-    """Position-biased simulated clicks on the workspace's real index (relevance: shared tags)."""
+    """Position-biased simulated clicks on the workspace's real index (relevance: shared tags).
+
+    The queries are encoded with the float text graph whatever the service's `text_precision`: these
+    clicks become training pairs, and a serving knob must not change what a model is trained on (an
+    int8 default once gave a fresh demo other clicks and a challenger that lost its in-domain gain)."""
     loaded = load_index(settings.search_index_dir)
-    encoder = registry.load_encoder(loaded.manifest.model, settings)
+    encoder = registry.load_encoder(loaded.manifest.model, settings, text_precision=FLOAT32)
     config = settings.training_data
 
     def ranker(text: str) -> list[tuple[str, float]]:

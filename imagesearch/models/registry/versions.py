@@ -224,11 +224,15 @@ def _is_missing_alias(error: MlflowException) -> bool:
     return error.error_code == "INVALID_PARAMETER_VALUE" and "alias" in message and "not found" in message
 
 
-def load_encoder(reference: str, settings: Settings) -> Encoder:
+def load_encoder(reference: str, settings: Settings, text_precision: str | None = None) -> Encoder:
     """An encoder from 'v0' (built from offline weights), a saved encoder folder, or an MLflow model URI.
 
     A bare alias ('champion') or version number means that model of the registered name.
+    `text_precision` overrides `settings.model.text_precision` (a serving knob) for this encoder.
     """
+    if text_precision is not None:
+        model = settings.model.model_copy(update={"text_precision": text_precision})
+        settings = settings.model_copy(update={"model": model})
     if reference == V0:
         return build_zeroshot_encoder(settings.model)
     folder = Path(reference).expanduser()
