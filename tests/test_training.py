@@ -456,3 +456,29 @@ def test_zero_shot_distillation_is_trained_against_when_switched_on(tmp_path, tr
     distilled = [row["loss_distillation"] for row in histories[200.0][1:]]
     assert distilled[0] > 0.0
     assert distilled[-1] < distilled[0], distilled
+
+
+def test_residual_decay_holds_the_anchored_residuals_near_the_pretrained_start(tmp_path, training_folder):
+    """`residual_weight_decay` decays the two residuals only (their own optimizer group), towards zero,
+    where the anchored model is the untrained anchor: trained alike, they end smaller with it."""
+    catalog, examples = tiny_training_data(tmp_path, training_folder)
+    norms = {}
+    for decay in (None, 50.0):
+        settings = TrainingSettings(
+            frozen_epochs=3,
+            batch_size=16,
+            learning_rate=0.005,
+            selection="last",
+            interpolation_grid=[1.0],
+            bridge_top_k_grid=[],
+            bridge_temperature_grid=[],
+            raw_weight_grid=[],
+            residual_weight_decay=decay,
+        )
+        encoder = build_trained_encoder(ModelSettings(head="anchored", raw_feature_weight=0))
+        kwargs = {"work_dir": tmp_path / f"work-{decay}", "limits": DEFAULT_LIMITS, "progress": False}
+        train_towers(encoder, examples, catalog, settings, **kwargs)
+        residuals = [encoder.image_model.projection.residual, encoder.text_model.head().residual]
+        norms[decay] = [float(module.weight.norm()) for module in residuals]
+    assert all(norm > 0 for norm in norms[None])  # both residuals learned
+    assert all(held < free / 2 for held, free in zip(norms[50.0], norms[None], strict=True)), norms

@@ -68,6 +68,22 @@ RECIPES: dict[str, tuple[dict, dict]] = {
         {"head": "anchored", "raw_feature_weight": 1.0},
         {"distillation_weight": 1.0},
     ),
+    "anchored, finer interpolation grid": (
+        {"head": "anchored", "raw_feature_weight": 1.0},
+        {"interpolation_grid": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0]},
+    ),
+    "anchored, residual decay 1 (L2-SP)": (
+        {"head": "anchored", "raw_feature_weight": 1.0},
+        {"residual_weight_decay": 1.0},
+    ),
+    "anchored, residual decay 5 (L2-SP)": (
+        {"head": "anchored", "raw_feature_weight": 1.0},
+        {"residual_weight_decay": 5.0},
+    ),
+    "anchored, learning rate 5e-4": (
+        {"head": "anchored", "raw_feature_weight": 1.0},
+        {"learning_rate": 5e-4},
+    ),
     "anchored (default)": ({"head": "anchored", "raw_feature_weight": 1.0}, {}),
 }
 

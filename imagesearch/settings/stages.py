@@ -243,6 +243,12 @@ class TrainingSettings(BaseModel):
     learning_rate: float = Field(default=2e-3, gt=0, description="projection heads and temperature")
     backbone_learning_rate: float = Field(default=1e-4, gt=0, description="unfrozen backbone stages")
     weight_decay: float = Field(default=0.05, ge=0)
+    residual_weight_decay: float | None = Field(
+        default=None,
+        ge=0,
+        description="anchored head: decoupled weight decay of the two residuals only, pulling them back "
+        "towards zero (the pretrained anchor) at every step; None = weight_decay",
+    )
     warmup_fraction: float = Field(default=0.1, ge=0, lt=1, description="share of steps with linear warm-up")
     temperature: float = Field(default=0.07, gt=0, description="initial softmax temperature")
     learn_temperature: bool = True

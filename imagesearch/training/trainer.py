@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from imagesearch.evaluation.sets import EvalSets
 from imagesearch.models.encoders import Encoder
-from imagesearch.models.towers import AnchoredProjection
+from imagesearch.models.towers import AnchoredProjection, ResidualText
 from imagesearch.settings import TrainingSettings
 from imagesearch.training import losses
 from imagesearch.training.examples import IndexedExamples, positive_sets
@@ -42,10 +42,9 @@ class Trainer:
             encoder, self.parts, cache, validation, data.texts, settings, outside or {}
         )
         self.parts.top.eval()  # batch-norm statistics stay those of pretraining
-        head_params = [*self.parts.image_projection.parameters(), *self.parts.text_projection.parameters()]
         self.optimizer = torch.optim.AdamW(
             [
-                {"params": [*head_params, self.parts.logit_scale], "lr": settings.learning_rate},
+                *head_groups(self.parts, settings),
                 {"params": list(self.parts.top.parameters()), "lr": settings.backbone_learning_rate},
             ],
             weight_decay=settings.weight_decay,
@@ -248,3 +247,25 @@ class Trainer:
                 for i in range(0, len(images), 512)
             ]
         )
+
+
+def head_groups(parts: LearnedParts, settings: TrainingSettings) -> list[dict]:
+    """The heads' optimizer groups. The anchored head's residuals start at zero, where the model is
+    the pretrained anchor: `residual_weight_decay` pulls them back there at every step (decoupled
+    weight decay towards the starting point, the L2-SP idea with a zero start), so they cannot grow
+    past what the data keeps asking for."""
+    heads = [parts.image_projection, parts.text_projection]
+    params = [p for head in heads for p in head.parameters()]
+    decay = settings.residual_weight_decay
+    residual = [m.residual for m in heads if isinstance(m, AnchoredProjection | ResidualText)]
+    held = {id(p) for module in residual for p in module.parameters()} if decay is not None else set()
+    groups = [
+        {
+            "params": [*(p for p in params if id(p) not in held), parts.logit_scale],
+            "lr": settings.learning_rate,
+        }
+    ]
+    if held:
+        kept = [p for p in params if id(p) in held]
+        groups.append({"params": kept, "lr": settings.learning_rate, "weight_decay": decay})
+    return groups
