@@ -36,7 +36,7 @@ from imagesearch.index.store import load_index
 from imagesearch.models.encoders import build_trained_encoder
 from imagesearch.models.registry import CHALLENGER, CHAMPION, alias_version, connect, load_encoder
 from imagesearch.settings import ModelSettings, Settings, TrainingSettings
-from imagesearch.training.loop import train_towers
+from imagesearch.training.loop import fingerprint, train_towers
 from imagesearch.training.losses import info_nce, triplet
 from imagesearch.training.step import model_for_training
 from imagesearch.training.validation import ValidationSet
@@ -482,3 +482,17 @@ def test_residual_decay_holds_the_anchored_residuals_near_the_pretrained_start(t
         norms[decay] = [float(module.weight.norm()) for module in residuals]
     assert all(norm > 0 for norm in norms[None])  # both residuals learned
     assert all(held < free / 2 for held, free in zip(norms[50.0], norms[None], strict=True)), norms
+
+
+def test_other_validation_rows_do_not_resume_a_checkpoint_selected_on_the_old_ones(tmp_path):
+    """A checkpoint holds the epoch chosen on the out-of-domain val rows: changing those rows (their
+    manifest) changes the work folder, so training starts again instead of replaying the old choice."""
+    examples, manifest = tmp_path / "examples.parquet", tmp_path / "manifest.csv"
+    examples.write_bytes(b"examples")
+    manifest.write_text("path,split\na.png,val\n")
+    settings, model = TrainingSettings(), ModelSettings().model_dump(mode="json")
+    before = fingerprint(settings, model, examples, [manifest])
+    assert fingerprint(settings, model, examples, [manifest]) == before
+    manifest.write_text("path,split\na.png,val\nb.png,val\n")
+    assert fingerprint(settings, model, examples, [manifest]) != before
+    assert fingerprint(settings, model, examples, [tmp_path / "not-fetched.csv"]) != before

@@ -22,7 +22,7 @@ from imagesearch.common.io import write_parquet_atomic
 from imagesearch.common.progress import Progress
 from imagesearch.embeddings.backbone_cache import cache_folder
 from imagesearch.evaluation.ranking import metrics_table
-from imagesearch.evaluation.sets import EvalSets, outside_split
+from imagesearch.evaluation.sets import EvalSets, outside_manifests, outside_split
 from imagesearch.evaluation.step import evaluate_everywhere, pretrained_results, read_outside_sets
 from imagesearch.models import registry
 from imagesearch.models.encoders import build_trained_encoder, build_zeroshot_encoder
@@ -151,7 +151,10 @@ def ablation_step(
             write_parquet_atomic(examples, path)
             model, training = variant_settings(variant, settings, budget)
             encoder = build_trained_encoder(model, seed=budget.seed)
-            work_dir = folder / "work" / fingerprint(training, model.model_dump(mode="json"), path)
+            selection_rows = outside_manifests(settings)
+            work_dir = (
+                folder / "work" / fingerprint(training, model.model_dump(mode="json"), path, selection_rows)
+            )
             trained = train_towers(
                 encoder,
                 examples,

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from imagesearch.catalog.corpus import COMPLETE_MARKER
-from imagesearch.catalog.ood_collections import fetch_collections, read_manifest
+from imagesearch.catalog.ood_collections import MANIFEST, fetch_collections, read_manifest
 from imagesearch.settings import Settings
 from imagesearch.training_data.examples import tag_text
 
@@ -251,6 +251,11 @@ def outside_sets(
             )
         out[name] = collection_sets(read_manifest(folder), folder, split, max_image_queries=max_image_queries)
     return out
+
+
+def outside_manifests(settings: Settings) -> list[Path]:
+    """The manifest of every configured out-of-domain collection (fetched or not)."""
+    return [settings.ood_corpus_dir / name / MANIFEST for name in settings.evaluation.ood_collections]
 
 
 def outside_split(settings: Settings, split: str) -> dict[str, EvalSets]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -63,11 +63,19 @@ class TrainResult:
         return self.selected or (self.history[-1] if self.history else {})
 
 
-def fingerprint(settings: TrainingSettings, model: dict, examples_path: Path) -> str:
-    """Identifies a training run's inputs: the same fingerprint may resume the same checkpoint."""
+def fingerprint(
+    settings: TrainingSettings, model: dict, examples_path: Path, validation: Sequence[Path] = ()
+) -> str:
+    """Identifies a training run's inputs: the same fingerprint may resume the same checkpoint.
+
+    `validation`: files that define the validation rows model selection reads (the out-of-domain
+    collections' manifests): a checkpoint holds the epoch selected on them, so other rows must not
+    resume it."""
     digest = hashlib.blake2b(digest_size=8)
     digest.update(json.dumps([settings.model_dump(mode="json"), model], sort_keys=True).encode())
     digest.update(examples_path.read_bytes())
+    for path in validation:
+        digest.update(path.read_bytes() if path.is_file() else b"-")
     return digest.hexdigest()
 
 

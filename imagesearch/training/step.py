@@ -21,7 +21,7 @@ from imagesearch.common.progress import Progress
 from imagesearch.common.versioning import StageVersion, code_version
 from imagesearch.common.workspace import init_workspace, one_writer
 from imagesearch.embeddings.backbone_cache import cache_folder, encode_files
-from imagesearch.evaluation.sets import outside_split
+from imagesearch.evaluation.sets import outside_manifests, outside_split
 from imagesearch.models import registry
 from imagesearch.models.encoders import build_trained_encoder
 from imagesearch.settings import PROJECT_ROOT, ModelSettings, Settings
@@ -57,10 +57,12 @@ def train_step(
     problems = leakage_problems(examples, catalog, eval_queries=held_out_queries(settings))
     if problems:
         raise ValueError(f"refusing to train on leaking examples: {'; '.join(problems)}")
+    outside = outside_split(settings, "val")  # fetched first: their manifests are in the fingerprint
+    model = settings.model.model_dump(mode="json")
     work_dir = (
         settings.training_dir
         / "work"
-        / fingerprint(settings.training, settings.model.model_dump(mode="json"), settings.examples_path)
+        / fingerprint(settings.training, model, settings.examples_path, outside_manifests(settings))
     )
     work_dir.mkdir(parents=True, exist_ok=True)
     run_file = work_dir / "mlflow_run_id"
@@ -89,7 +91,7 @@ def train_step(
             limits=decode_limits(settings.catalog),
             on_epoch=log_epoch,
             progress=progress,
-            outside=outside_split(settings, "val"),
+            outside=outside,
             backbone_features=cache_folder(settings),
         )
         registry.log_step_metrics({k: v for k, v in result.history[0].items() if k != "epoch"}, 0)
