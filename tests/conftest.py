@@ -114,8 +114,8 @@ def idx_gz(array: np.ndarray) -> bytes:
 def write_outside_collection(settings: Settings, per_class: int = 3) -> Path:
     """A small 'fashion-mnist' collection in the workspace, through the real converter: 28x28 noise
     images, `per_class` test and 2 val images in each of the 10 classes."""
-    from imagesearch.catalog.corpus import COMPLETE_MARKER
-    from imagesearch.catalog.ood_collections import FASHION_TREE, convert_fashion_mnist
+    from imagesearch.catalog.corpus import COMPLETE_MARKER, marker_text
+    from imagesearch.catalog.ood_collections import FASHION_LAYOUT, FASHION_TREE, convert_fashion_mnist
 
     unpacked = settings.home / "scratch-deb"
     tree = unpacked / FASHION_TREE
@@ -129,7 +129,7 @@ def write_outside_collection(settings: Settings, per_class: int = 3) -> Path:
     folder = settings.ood_corpus_dir / "fashion-mnist"
     folder.mkdir(parents=True, exist_ok=True)
     convert_fashion_mnist(unpacked, folder)
-    (folder / COMPLETE_MARKER).write_text("test\n")
+    (folder / COMPLETE_MARKER).write_text(marker_text("test", FASHION_LAYOUT))
     shutil.rmtree(unpacked)
     return folder
 

@@ -252,6 +252,20 @@ def test_the_fashion_collection_is_a_labelled_folder_split_into_val_and_test(wor
         outside_sets(workspace_settings.ood_corpus_dir, ["gcompris"], "test")
 
 
+def test_a_collection_converted_to_an_older_layout_is_not_complete(workspace_settings):
+    """A converter that now writes other rows (fashion's val grew to 500 a class) names a new layout:
+    a folder fetched before it is converted again instead of being read with the old rows."""
+    from imagesearch.catalog.corpus import COMPLETE_MARKER, is_complete
+    from imagesearch.catalog.ood_collections import FASHION_LAYOUT
+
+    folder = write_outside_collection(workspace_settings, per_class=3)
+    assert is_complete(folder, FASHION_LAYOUT) and is_complete(folder)
+    (folder / COMPLETE_MARKER).write_text("dataset-fashion-mnist_1.0_all.deb\n")  # before layouts
+    assert not is_complete(folder, FASHION_LAYOUT) and is_complete(folder)
+    (folder / COMPLETE_MARKER).unlink()
+    assert not is_complete(folder)
+
+
 def test_a_rebuild_that_loses_most_of_the_catalog_stops_and_writes_nothing(workspace_settings, tiny_folder):
     build(workspace_settings)
     before = workspace_settings.catalog_path.read_bytes()

@@ -36,13 +36,17 @@ def fetch_openclipart(destination: Path, *, package: str = OPENCLIPART_PACKAGE) 
     return fetch_debian_package(package, destination, move_tree)
 
 
-def fetch_debian_package(package: str, destination: Path, convert: Callable[[Path, Path], None]) -> Path:
+def fetch_debian_package(
+    package: str, destination: Path, convert: Callable[[Path, Path], None], layout: str = ""
+) -> Path:
     """Download `package`, unpack it, and let `convert(unpacked_root, staging)` fill `destination`.
 
-    Does nothing when `destination` is already complete. The folder appears whole or not at all:
-    an interrupted fetch leaves no partial collection behind.
+    Does nothing when `destination` is already complete with this `layout` (the marker's second
+    line: a converter that now writes other rows names a new layout, and an older folder is
+    converted again). The folder appears whole or not at all: an interrupted fetch leaves no partial
+    collection behind.
     """
-    if (destination / COMPLETE_MARKER).exists():
+    if is_complete(destination, layout):
         return destination
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
@@ -56,8 +60,20 @@ def fetch_debian_package(package: str, destination: Path, convert: Callable[[Pat
         _run(["dpkg-deb", "-x", str(deb), str(unpacked)])
         with folder_atomic(destination) as staging:
             convert(unpacked, staging)
-            (staging / COMPLETE_MARKER).write_text(deb.name + "\n")
+            (staging / COMPLETE_MARKER).write_text(marker_text(deb.name, layout))
     return destination
+
+
+def marker_text(package_file: str, layout: str = "") -> str:
+    return f"{package_file}\n{layout}\n" if layout else f"{package_file}\n"
+
+
+def is_complete(destination: Path, layout: str = "") -> bool:
+    marker = destination / COMPLETE_MARKER
+    if not marker.is_file():
+        return False
+    lines = marker.read_text().splitlines()
+    return not layout or lines[1:2] == [layout]
 
 
 def _download(package: str, folder: Path) -> Path:

@@ -80,9 +80,9 @@ RECIPES: dict[str, tuple[dict, dict]] = {
         {"head": "anchored", "raw_feature_weight": 1.0},
         {"residual_weight_decay": 5.0},
     ),
-    "anchored, learning rate 5e-4": (
+    "anchored, learning rate 2e-3 (the default before)": (
         {"head": "anchored", "raw_feature_weight": 1.0},
-        {"learning_rate": 5e-4},
+        {"learning_rate": 2e-3},
     ),
     "anchored (default)": ({"head": "anchored", "raw_feature_weight": 1.0}, {}),
 }
