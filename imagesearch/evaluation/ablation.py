@@ -120,6 +120,7 @@ def ablation_step(
     sets = EvalSets.read(settings.evaluation_dir)
     outside = read_outside_sets(settings)
     validation_sets = outside_split(settings, "val")
+    manifests = outside_manifests(settings)  # what selection reads: in each variant's checkpoint key
     catalog = read_catalog(settings.catalog_path)
     frames = {
         s: pd.read_parquet(settings.source_path(s))
@@ -151,10 +152,7 @@ def ablation_step(
             write_parquet_atomic(examples, path)
             model, training = variant_settings(variant, settings, budget)
             encoder = build_trained_encoder(model, seed=budget.seed)
-            selection_rows = outside_manifests(settings)
-            work_dir = (
-                folder / "work" / fingerprint(training, model.model_dump(mode="json"), path, selection_rows)
-            )
+            work_dir = folder / "work" / fingerprint(training, model.model_dump(mode="json"), path, manifests)
             trained = train_towers(
                 encoder,
                 examples,
