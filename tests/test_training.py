@@ -33,7 +33,7 @@ from imagesearch.common.images import DEFAULT_LIMITS
 from imagesearch.evaluation.report import EvaluationReport
 from imagesearch.evaluation.step import evaluation_step
 from imagesearch.index.store import load_index
-from imagesearch.models.encoders import build_trained_encoder
+from imagesearch.models.encoders import Encoder, build_trained_encoder
 from imagesearch.models.registry import CHALLENGER, CHAMPION, alias_version, connect, load_encoder
 from imagesearch.settings import ModelSettings, Settings, TrainingSettings
 from imagesearch.training.loop import fingerprint, train_towers
@@ -431,6 +431,27 @@ def test_the_frozen_trunk_runs_on_onnx_runtime_with_torchs_features():
     assert torch.allclose(trunk_runner(encoder, staged)(pixels), unpooled, atol=1e-4)
 
 
+def train_anchored_briefly(
+    tmp_path: Path, catalog: pd.DataFrame, examples: pd.DataFrame, name: str, epochs: int, **overrides
+) -> tuple[Encoder, list[dict]]:
+    """An anchored model trained a few epochs at a high rate, the last epoch kept, nothing chosen on
+    validation: what a test of one training term needs."""
+    settings = TrainingSettings(
+        frozen_epochs=epochs,
+        batch_size=16,
+        learning_rate=0.005,
+        selection="last",
+        interpolation_grid=[1.0],
+        bridge_top_k_grid=[],
+        bridge_temperature_grid=[],
+        raw_weight_grid=[],
+        **overrides,
+    )
+    encoder = build_trained_encoder(ModelSettings(head="anchored", raw_feature_weight=0))
+    kwargs = {"work_dir": tmp_path / f"work-{name}", "limits": DEFAULT_LIMITS, "progress": False}
+    return encoder, train_towers(encoder, examples, catalog, settings, **kwargs).history
+
+
 def test_zero_shot_distillation_is_trained_against_when_switched_on(tmp_path, training_folder):
     """The distillation term (KL from the untrained anchor's image -> class-name distribution) is
     recorded per epoch and falls when it dominates the loss; switched off, it is never computed.
@@ -438,20 +459,9 @@ def test_zero_shot_distillation_is_trained_against_when_switched_on(tmp_path, tr
     catalog, examples = tiny_training_data(tmp_path, training_folder)
     histories = {}
     for weight in (0.0, 200.0):
-        settings = TrainingSettings(
-            frozen_epochs=4,
-            batch_size=16,
-            learning_rate=0.005,
-            selection="last",
-            interpolation_grid=[1.0],
-            bridge_top_k_grid=[],
-            bridge_temperature_grid=[],
-            raw_weight_grid=[],
-            distillation_weight=weight,
+        _, histories[weight] = train_anchored_briefly(
+            tmp_path, catalog, examples, f"distill-{weight}", 4, distillation_weight=weight
         )
-        encoder = build_trained_encoder(ModelSettings(head="anchored", raw_feature_weight=0))
-        kwargs = {"work_dir": tmp_path / f"work-{weight}", "limits": DEFAULT_LIMITS, "progress": False}
-        histories[weight] = train_towers(encoder, examples, catalog, settings, **kwargs).history
     assert all(row.get("loss_distillation", 0.0) == 0.0 for row in histories[0.0])
     distilled = [row["loss_distillation"] for row in histories[200.0][1:]]
     assert distilled[0] > 0.0
@@ -464,20 +474,9 @@ def test_residual_decay_holds_the_anchored_residuals_near_the_pretrained_start(t
     catalog, examples = tiny_training_data(tmp_path, training_folder)
     norms = {}
     for decay in (None, 50.0):
-        settings = TrainingSettings(
-            frozen_epochs=3,
-            batch_size=16,
-            learning_rate=0.005,
-            selection="last",
-            interpolation_grid=[1.0],
-            bridge_top_k_grid=[],
-            bridge_temperature_grid=[],
-            raw_weight_grid=[],
-            residual_weight_decay=decay,
+        encoder, _ = train_anchored_briefly(
+            tmp_path, catalog, examples, f"decay-{decay}", 3, residual_weight_decay=decay
         )
-        encoder = build_trained_encoder(ModelSettings(head="anchored", raw_feature_weight=0))
-        kwargs = {"work_dir": tmp_path / f"work-{decay}", "limits": DEFAULT_LIMITS, "progress": False}
-        train_towers(encoder, examples, catalog, settings, **kwargs)
         residuals = [encoder.image_model.projection.residual, encoder.text_model.head().residual]
         norms[decay] = [float(module.weight.norm()) for module in residuals]
     assert all(norm > 0 for norm in norms[None])  # both residuals learned
