@@ -266,6 +266,10 @@ def test_title_queries_lose_the_author_names_that_end_them():
     assert authors == {"dan", "gerhards"}
     assert strip_authors("red apple dan gerhards", authors) == "red apple"
     assert strip_authors("dan the man", authors) == "dan the man"  # only from the end
+    test_split = catalog.assign(id=[f"i{n}" for n in range(6)], path="x.png", split="test")
+    for drop, hammer in ((True, "hammer"), (False, "hammer dan gerhards")):  # round one kept them
+        titles = build_eval_sets(test_split, drop_authors=drop).text_qrels.query("origin == 'title'")
+        assert hammer in set(titles["query"])
 
 
 def test_collection_sets_judge_by_label_and_caption(tmp_path):

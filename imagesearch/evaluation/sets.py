@@ -79,7 +79,10 @@ def build_eval_sets(
     max_image_queries: int = 500,
     tag_max_share: float = 0.3,
     seed: int = 0,
+    drop_authors: bool = True,
 ) -> EvalSets:
+    """The test split's held-out sets. `drop_authors` False keeps the author tokens in the title
+    queries, as round one measured them (a model that learned an author's style profits)."""
     test = catalog[catalog["split"] == "test"].sort_values("id")
     corpus = test[["id", "path", "category"]].reset_index(drop=True)
     tags = test[["id", "tags"]].explode("tags").dropna(subset=["tags"]).astype({"tags": str})
@@ -89,7 +92,7 @@ def build_eval_sets(
         pd.concat(
             [
                 _tag_qrels(tags, len(test), tag_max_share),
-                _title_qrels(test, author_tokens(catalog)),
+                _title_qrels(test, author_tokens(catalog) if drop_authors else frozenset()),
                 _judged_qrels(judgments_eval, test),
             ],
             ignore_index=True,
