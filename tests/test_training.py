@@ -478,7 +478,7 @@ def test_residual_decay_holds_the_anchored_residuals_near_the_pretrained_start(t
             tmp_path, catalog, examples, f"decay-{decay}", 3, residual_weight_decay=decay
         )
         residuals = [encoder.image_model.projection.residual, encoder.text_model.head().residual]
-        norms[decay] = [float(module.weight.norm()) for module in residuals]
+        norms[decay] = [float(module.weight.detach().norm()) for module in residuals]
     assert all(norm > 0 for norm in norms[None])  # both residuals learned
     assert all(held < free / 2 for held, free in zip(norms[50.0], norms[None], strict=True)), norms
 
