@@ -23,10 +23,10 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     catalog = read_catalog(settings.catalog_path)
-    for drop_authors in (True, False):
-        sets = build_eval_sets(catalog, drop_authors=drop_authors)
-        for reference in args.models:
-            encoder = load_encoder(reference, settings)
+    both = {drop: build_eval_sets(catalog, drop_authors=drop) for drop in (True, False)}
+    for reference in args.models:
+        encoder = load_encoder(reference, settings)
+        for drop_authors, sets in both.items():
             _, results = evaluate_everywhere(encoder, sets, {}, features=cache_folder(settings))
             found = {
                 k: round(v["ndcg_at_10"], 4) for k, v in results.items() if k.startswith("text_to_image")
