@@ -250,15 +250,35 @@ def test_unchanged_rerun_adds_no_version(workspace_settings):
 
 def test_dvc_status_is_clean_after_recording(workspace_settings):
     catalog_step(workspace_settings, progress=False)
-    dvc = str(workspace_settings.dvc_command)
+    status = dvc_status(workspace_settings, CATALOG_STAGE)
+    assert "up to date" in status.lower() or status.strip() == "", status
+
+
+def dvc_status(settings, stage: str) -> str:
     status = subprocess.run(
-        [dvc, "status", CATALOG_STAGE],
-        cwd=workspace_settings.home,
+        [str(settings.dvc_command), "status", stage],
+        cwd=settings.home,
         capture_output=True,
         text=True,
-        env={"IMAGESEARCH_HOME": str(workspace_settings.home), "PATH": "/usr/bin:/bin"},
+        env={"IMAGESEARCH_HOME": str(settings.home), "PATH": "/usr/bin:/bin"},
     )
-    assert "up to date" in status.stdout.lower() or status.stdout.strip() == "", status.stdout
+    assert status.returncode == 0, status.stderr
+    return status.stdout
+
+
+def test_a_changed_outside_collection_makes_the_eval_sets_stage_stale(workspace_settings):
+    """The stages that read the out-of-domain collections (eval_sets: their test rows; train: their
+    val rows) list them: `dvc repro` reruns them when a collection changes, not only the catalog."""
+    from imagesearch.evaluation.step import EVAL_SETS_STAGE, eval_sets_step
+    from imagesearch.training_data.step import source_step
+    from tests.conftest import write_outside_collection
+
+    catalog_step(workspace_settings, progress=False)
+    source_step(workspace_settings, "judgments", progress=False)  # writes the held-out qrels it reads
+    eval_sets_step(workspace_settings)  # none configured: the folder is made, empty, and hashed
+    assert "corpus/ood" not in dvc_status(workspace_settings, EVAL_SETS_STAGE)
+    write_outside_collection(workspace_settings, per_class=1)
+    assert "corpus/ood" in dvc_status(workspace_settings, EVAL_SETS_STAGE)
 
 
 def test_restoring_an_unknown_revision_is_a_clear_error(workspace_settings):

@@ -262,8 +262,10 @@ def outside_manifests(settings: Settings) -> list[Path]:
 
 
 def outside_split(settings: Settings, split: str) -> dict[str, EvalSets]:
-    """One split of every configured out-of-domain collection, fetching those not there yet."""
+    """One split of every configured out-of-domain collection, fetching those not there yet. Their
+    folder exists afterwards, even with none configured: the DVC stages that read it list it."""
     names = settings.evaluation.ood_collections
+    settings.ood_corpus_dir.mkdir(parents=True, exist_ok=True)
     fetch_collections(names, settings.ood_corpus_dir)
     return outside_sets(settings.ood_corpus_dir, names, split, settings.evaluation.max_image_queries)
 
