@@ -19,7 +19,7 @@ from imagesearch.catalog.step import CATALOG_STAGE, catalog_step
 from imagesearch.common.images import DecodeLimits, ImageRejected, RejectReason, open_rgb
 from imagesearch.common.versioning import VersioningError
 from imagesearch.common.workspace import data_repo, init_workspace
-from imagesearch.settings import SourceSettings
+from imagesearch.settings import Settings, SourceSettings
 from tests.conftest import TEST_CATALOG, noise_image, png_bytes
 
 # --- images --------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def test_dvc_status_is_clean_after_recording(workspace_settings):
     assert "up to date" in status.lower() or status.strip() == "", status
 
 
-def dvc_status(settings, stage: str) -> str:
+def dvc_status(settings: Settings, stage: str) -> str:
     status = subprocess.run(
         [str(settings.dvc_command), "status", stage],
         cwd=settings.home,
