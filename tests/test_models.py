@@ -37,7 +37,7 @@ from imagesearch.models.registry import (
     log_encoder,
     version_of_run,
 )
-from imagesearch.models.towers import SQRT_CENTERED
+from imagesearch.models.towers import SQRT_CENTERED, set_specialist_weight
 from imagesearch.settings import ModelSettings, Settings
 from tests.conftest import noise_image, png_bytes
 
@@ -475,3 +475,33 @@ def test_a_class_mix_residual_corrects_class_names_and_round_trips(photos, tmp_p
         assert_same_vectors(reloaded.encode_images(images), encoder.encode_images(images))
     with pytest.raises(ValueError, match="'features' or 'classes'"):
         ModelSettings(image_residual="pixels")
+
+
+def test_a_shut_domain_gate_leaves_the_anchored_ranking_and_an_open_one_adds_the_specialist(
+    photos, tmp_path
+):
+    """The specialist block counts only where the domain gate opens: shut, every text->image score is
+    the anchored model's times one constant (the same ranking); open, the block's own scores add in.
+    Saved, reloaded and exported to ONNX, the gate and the block give the same vectors."""
+    plain = build_trained_encoder(ModelSettings(head="anchored", raw_feature_weight=1.0))
+    gated = build_trained_encoder(ModelSettings(head="anchored", raw_feature_weight=1.0, specialist_dim=16))
+    assert gated.dim == plain.dim + 17  # the block and its filler column
+    specialist = gated.image_model.projection.specialist
+    set_specialist_weight(gated.image_model, 1.0)
+    set_specialist_weight(gated.text_model, 1.0)
+    images, texts = list(photos.values()), list(CAPTIONS.values())
+    shut = gated.encode_texts(texts) @ gated.encode_images(images).T
+    ratio = shut / (plain.encode_texts(texts) @ plain.encode_images(images).T)
+    np.testing.assert_allclose(ratio, ratio[0, 0], rtol=1e-4)
+    features = torch.from_numpy(gated.pooled_features(gated.preprocess(images)))
+    threshold = specialist.gate.fit(features[:2], features, quantile=0.1, seed=0)
+    assert 0 < threshold < 1
+    assert (specialist.gate(features[:2]) > 0.5).all()  # the images it was fitted on are inside
+    opened = gated.encode_texts(texts) @ gated.encode_images(images).T
+    assert not np.allclose(opened / (plain.encode_texts(texts) @ plain.encode_images(images).T), ratio[0, 0])
+    gated.export_onnx(gated.save(tmp_path / "gated"))
+    reloaded = Encoder.load(tmp_path / "gated", "cpu", runtime="torch")
+    exported = Encoder.load(tmp_path / "gated", "cpu", runtime="onnx")
+    for loaded in (reloaded, exported):
+        assert_same_vectors(loaded.encode_images(images), gated.encode_images(images))
+        assert_same_vectors(loaded.encode_texts(texts), gated.encode_texts(texts))

@@ -495,3 +495,37 @@ def test_other_validation_rows_do_not_resume_a_checkpoint_selected_on_the_old_on
     manifest.write_text("path,split\na.png,val\nb.png,val\n")
     assert fingerprint(settings, model, examples, [manifest]) != before
     assert fingerprint(settings, model, examples, [tmp_path / "not-fetched.csv"]) != before
+
+
+def test_the_specialist_block_learns_behind_its_gate_and_its_weight_is_chosen_on_validation(
+    tmp_path, training_folder
+):
+    """Untrained, the block is off (weight 0) and its gate is fitted on the training views and the
+    val images; every trained epoch moves the block and tries each weight of the grid with each
+    interpolation, and the model kept carries the weight chosen with its epoch (here epoch 0: the
+    tiny val split is solved by the untrained model)."""
+    catalog, examples = tiny_training_data(tmp_path, training_folder)
+    settings = TrainingSettings(
+        frozen_epochs=2,
+        batch_size=16,
+        learning_rate=0.005,
+        interpolation_grid=[0.0, 1.0],
+        specialist_weight_grid=[0.5, 1.0],
+        bridge_top_k_grid=[],
+        bridge_temperature_grid=[],
+        raw_weight_grid=[],
+    )
+    encoder = build_trained_encoder(ModelSettings(head="anchored", raw_feature_weight=0, specialist_dim=8))
+    specialist = encoder.image_model.projection.specialist
+    start = specialist.projection.weight.detach().clone()
+    kwargs = {"work_dir": tmp_path / "work-specialist", "limits": DEFAULT_LIMITS, "progress": False}
+    result = train_towers(encoder, examples, catalog, settings, **kwargs)
+    untrained, *trained = result.history
+    assert untrained["specialist_weight"] == 0.0
+    assert 0 < untrained["gate_threshold"] < 1
+    assert untrained["gate_threshold"] == pytest.approx(float(specialist.gate.threshold))
+    assert [row["specialist_weight"] in (0.5, 1.0) for row in trained] == [True, True]
+    last = torch.load(kwargs["work_dir"] / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert not torch.equal(last["parts"]["image_projection.specialist.projection.weight"], start)
+    assert float(specialist.weight) == result.selected["specialist_weight"]
+    assert float(encoder.text_model.head().specialist.weight) == result.selected["specialist_weight"]

@@ -84,6 +84,10 @@ RECIPES: dict[str, tuple[dict, dict]] = {
         {"head": "anchored", "raw_feature_weight": 1.0},
         {"learning_rate": 2e-3},
     ),
+    "anchored + domain-gated specialist": (
+        {"head": "anchored", "raw_feature_weight": 1.0, "specialist_dim": 256},
+        {"interpolation_grid": [0.0, 0.02, 0.05, 0.1]},
+    ),
     "anchored (default)": ({"head": "anchored", "raw_feature_weight": 1.0}, {}),
 }
 

@@ -71,6 +71,7 @@ class EncoderSpec:
     bridge_temperature: float = 1.0  # anchored: softmax temperature of the class-name bridge
     raw_transform: str = PLAIN  # trained kinds: how the raw block is made (ImageTower)
     image_residual: str = FEATURES  # anchored: what the image residual reads (AnchoredProjection)
+    specialist_dim: int = 0  # anchored: width of the domain-gated specialist block (0 = none)
 
 
 class Encoder:
@@ -244,11 +245,14 @@ def _trained_towers(spec: EncoderSpec, backbone: nn.Module, hidden: int) -> tupl
             backbone.get_classifier(),
             torch.zeros(backbone.num_classes, hidden),
             spec.zeroshot_top_k,
-            shared,
+            hidden,
             spec.bridge_temperature,
             spec.image_residual,
+            spec.specialist_dim,
         )
-        text_head: nn.Module = ResidualText(hidden) if spec.text_residual else nn.Identity()
+        text_head: nn.Module = (
+            ResidualText(hidden, spec.specialist_dim) if spec.text_residual else nn.Identity()
+        )
     elif spec.kind == TWO_TOWER:
         projection = nn.Linear(backbone.num_features, shared)
         text_head = nn.Linear(hidden, shared)
@@ -324,7 +328,11 @@ def build_trained_encoder(settings: ModelSettings, seed: int = 0) -> Encoder:
     transformer, tokenizer = load_text_model(settings.text_model)
     preprocessor = Preprocessor.for_backbone(backbone, settings.image_size)
     hidden = transformer.config.hidden_size
-    shared = hidden if settings.head == ANCHORED else settings.embed_dim
+    anchored = settings.head == ANCHORED
+    if settings.specialist_dim and not (anchored and settings.text_residual):
+        raise ValueError("the specialist block needs the anchored head with its text residual on")
+    specialist = settings.specialist_dim + 1 if settings.specialist_dim else 0  # + the filler column
+    shared = hidden + specialist if anchored else settings.embed_dim
     raw_width = backbone.num_features if settings.raw_feature_weight else 0
     spec = EncoderSpec(
         settings.head,
@@ -336,17 +344,18 @@ def build_trained_encoder(settings: ModelSettings, seed: int = 0) -> Encoder:
         settings.text_max_length,
         settings.zeroshot_top_k,
         raw_feature_weight=settings.raw_feature_weight,
-        text_residual=settings.text_residual and settings.head == ANCHORED,
+        text_residual=settings.text_residual and anchored,
         image_residual=settings.image_residual,
+        specialist_dim=settings.specialist_dim,
     )
-    if settings.head == ANCHORED and getattr(backbone, "num_classes", 0) != 1000:
+    if anchored and getattr(backbone, "num_classes", 0) != 1000:
         raise ValueError(
             f"the anchored head needs an ImageNet-1k classifier; {settings.image_backbone} has none"
         )
     image_model, text_head = _trained_towers(spec, backbone, hidden)
     text_tower = TextTower(transformer, ZeroPadded(text_head, raw_width))
     encoder = Encoder(spec, image_model, text_tower, tokenizer, resolve_device(settings.device))
-    if settings.head == ANCHORED:
+    if anchored:
         names = prompt_embeddings(encoder, imagenet_class_names(), settings.zeroshot_prompts)
         image_model.projection.class_embeddings.copy_(torch.from_numpy(names[:, :hidden]))
     return encoder

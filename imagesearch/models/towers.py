@@ -12,6 +12,9 @@ PLAIN, SQRT_CENTERED = "plain", "sqrt_centered"
 RAW_TRANSFORMS = (PLAIN, SQRT_CENTERED)
 FEATURES, CLASSES = "features", "classes"  # what an anchored image residual reads
 RESIDUAL_INPUTS = (FEATURES, CLASSES)
+GATE_PROTOTYPES = 1024  # training views a domain gate compares an image with
+GATE_NEIGHBOURS = 5  # ... through its mean cosine to the nearest of them
+GATE_SHARPNESS = 25.0  # sigmoid slope: the gate goes from 0.08 to 0.92 within 0.1 of cosine
 
 
 class ImageTower(nn.Module):
@@ -87,6 +90,7 @@ class AnchoredProjection(nn.Module):
         dim: int,
         temperature: float = 1.0,
         residual_input: str = FEATURES,
+        specialist_dim: int = 0,
     ):
         super().__init__()
         if residual_input not in RESIDUAL_INPUTS:
@@ -101,6 +105,7 @@ class AnchoredProjection(nn.Module):
         nn.init.zeros_(self.residual.weight)
         nn.init.zeros_(self.residual.bias)
         self.register_buffer("interpolation", torch.tensor(1.0))
+        self.specialist = SpecialistImage(classifier.in_features, specialist_dim) if specialist_dim else None
 
     def class_mix(self, features: torch.Tensor) -> torch.Tensor:
         """The top-k class probabilities at the bridge's temperature, zero elsewhere."""
@@ -115,7 +120,10 @@ class AnchoredProjection(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         mix = self.class_mix(features)
         correction = self.residual(mix if self.on_classes else features).float()
-        return self._bridged(mix) + self.interpolation * correction
+        anchored = self._bridged(mix) + self.interpolation * correction
+        if self.specialist is None:
+            return anchored
+        return torch.cat([F.normalize(anchored, dim=-1), self.specialist(features)], dim=-1)
 
     def _bridged(self, mix: torch.Tensor) -> torch.Tensor:
         return F.normalize(mix @ self.class_embeddings, dim=-1)
@@ -125,15 +133,95 @@ class ResidualText(nn.Module):
     """The locked text embedding + interpolation x a learned residual (zero at start): the text side of
     the anchored head, so both towers can adapt while both start, and can be pulled back, at v0."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, specialist_dim: int = 0):
         super().__init__()
         self.residual = nn.Linear(hidden, hidden)
         nn.init.zeros_(self.residual.weight)
         nn.init.zeros_(self.residual.bias)
         self.register_buffer("interpolation", torch.tensor(1.0))
+        self.specialist = SpecialistText(hidden, specialist_dim) if specialist_dim else None
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return pooled + self.interpolation * self.residual(pooled)
+        anchored = pooled + self.interpolation * self.residual(pooled)
+        if self.specialist is None:
+            return anchored
+        return torch.cat([F.normalize(anchored, dim=-1), self.specialist(pooled)], dim=-1)
+
+
+class DomainGate(nn.Module):
+    """How much an image looks like the training corpus, in [0, 1]: the mean cosine of its rooted,
+    centred features to its nearest stored training views, through a sigmoid centred on `threshold`
+    (closed until `fit`). It decides where the specialist block may speak: a user's collection
+    unlike the training corpus gets the anchored model's scores, untouched."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.register_buffer("prototypes", torch.zeros(GATE_PROTOTYPES, width))
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("threshold", torch.tensor(2.0))  # above any cosine: closed
+
+    def similarity(self, features: torch.Tensor) -> torch.Tensor:
+        centred = F.normalize(rooted(features) - self.mean, dim=-1)
+        nearest = (centred @ self.prototypes.T).topk(GATE_NEIGHBOURS, dim=-1).values
+        return nearest.mean(dim=-1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid((self.similarity(features) - self.threshold) * GATE_SHARPNESS)
+
+    @torch.no_grad()
+    def fit(self, train: torch.Tensor, held_out: torch.Tensor, quantile: float, seed: int) -> float:
+        """Prototypes: training views drawn at random; threshold: the `quantile` of the held-out
+        in-domain images' similarity (val images, never trained on: how new pictures of the training
+        corpus look), so that share of them is more than half inside. Returns the threshold."""
+        train = train.float()
+        generator = torch.Generator().manual_seed(seed)
+        drawn = (
+            torch.randperm(len(train), generator=generator)[:GATE_PROTOTYPES]
+            if len(train) >= GATE_PROTOTYPES
+            else torch.randint(len(train), (GATE_PROTOTYPES,), generator=generator)
+        )
+        self.mean.copy_(rooted(train).mean(dim=0))
+        self.prototypes.copy_(F.normalize(rooted(train[drawn]) - self.mean, dim=-1))
+        self.threshold.fill_(float(self.similarity(held_out.float()).quantile(quantile)))
+        return float(self.threshold)
+
+
+class SpecialistImage(nn.Module):
+    """The image side of the specialist block: a freely trained projection, counted as much as the
+    domain gate lets it, then a filler column that keeps every image vector's norm the same, so an
+    image the gate shuts out ranks by the anchored part alone. Scaled by `weight` (0 = off)."""
+
+    def __init__(self, width: int, dim: int):
+        super().__init__()
+        self.projection = nn.Linear(width, dim)
+        self.gate = DomainGate(width)
+        self.register_buffer("weight", torch.tensor(0.0))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        inside = self.gate(features.float()).unsqueeze(-1)
+        projected = inside * F.normalize(self.projection(features).float(), dim=-1)
+        return self.weight * torch.cat([projected, (1 - inside * inside).clamp(min=0).sqrt()], dim=-1)
+
+
+class SpecialistText(nn.Module):
+    """The text side of the specialist block: a freely trained projection of the pooled text, and a
+    zero where images carry their filler column. Scaled by `weight` as the image side is."""
+
+    def __init__(self, hidden: int, dim: int):
+        super().__init__()
+        self.projection = nn.Linear(hidden, dim)
+        self.register_buffer("weight", torch.tensor(0.0))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        projected = F.normalize(self.projection(pooled).float(), dim=-1)
+        return self.weight * F.pad(projected, (0, 1))
+
+
+def set_specialist_weight(module: nn.Module, weight: float) -> None:
+    """Scale both sides of an encoder's specialist block (0 = the anchored model alone)."""
+    for part in module.modules():
+        if isinstance(part, SpecialistImage | SpecialistText):
+            part.weight.fill_(weight)
 
 
 def set_interpolation(module: nn.Module, weight: float) -> None:

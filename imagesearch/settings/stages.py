@@ -82,6 +82,12 @@ class ModelSettings(BaseModel):
         "the bridge's top-k 'classes' mix (a learned correction of each class name's embedding)",
     )
     embed_dim: int = Field(default=256, ge=8, description="shared space of the 'two_tower' head")
+    specialist_dim: int = Field(
+        default=0,
+        ge=0,
+        description="anchored head: width of a domain-gated specialist block (0 = none): freely trained "
+        "projections whose scores count only for images that look like the training corpus",
+    )
     raw_feature_weight: float = Field(
         default=2.0,
         ge=0,
@@ -284,6 +290,18 @@ class TrainingSettings(BaseModel):
     interpolation_grid: list[float] = Field(
         default=[0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0],
         description="anchored head: residual scales tried at each validation (0 = v0, 1 = fine-tuned)",
+    )
+    specialist_weight_grid: list[float] = Field(
+        default=[0.25, 0.5, 1.0, 2.0],
+        description="specialist block (model.specialist_dim): its weights tried at each validation, "
+        "with every interpolation",
+    )
+    gate_quantile: float = Field(
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="specialist block: the domain gate is half open at this quantile of the in-domain "
+        "val images' similarity to the training images",
     )
     bridge_top_k_grid: list[int] = Field(
         default=[10, 30, 100],

@@ -15,7 +15,14 @@ from imagesearch.evaluation.metrics import recall_at_k
 from imagesearch.evaluation.ranking import rank_corpus, score_rankings
 from imagesearch.evaluation.sets import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, EvalSets
 from imagesearch.models.encoders import Encoder
-from imagesearch.models.towers import AnchoredProjection, ImageTower, rooted, set_interpolation
+from imagesearch.models.towers import (
+    AnchoredProjection,
+    ImageTower,
+    SpecialistImage,
+    rooted,
+    set_interpolation,
+    set_specialist_weight,
+)
 from imagesearch.settings import TrainingSettings
 from imagesearch.training.features import FeatureCache
 from imagesearch.training.parts import LearnedParts, ranked_ids, top_outputs
@@ -96,6 +103,9 @@ class ModelSelection:
     def anchored(self) -> bool:
         return isinstance(self.parts.image_projection, AnchoredProjection)
 
+    def specialist(self) -> SpecialistImage | None:
+        return getattr(self.parts.image_projection, "specialist", None)
+
     @torch.inference_mode()
     def _raw_feature_metrics(self) -> dict[str, float]:
         """Out-of-domain image->image val nDCG of the raw pretrained features: what "more like this"
@@ -120,6 +130,36 @@ class ModelSelection:
     def _interpolate(self, weight: float) -> None:
         set_interpolation(self.encoder.image_model, weight)
         set_interpolation(self.encoder.text_model, weight)
+
+    def _weigh_specialist(self, weight: float) -> None:
+        set_specialist_weight(self.encoder.image_model, weight)
+        set_specialist_weight(self.encoder.text_model, weight)
+
+    def _residual_candidates(self) -> list[dict[str, float]]:
+        """Every interpolation of the grid, with every specialist weight when there is a block."""
+        weights = self.settings.specialist_weight_grid if self.specialist() else []
+        out = []
+        for interpolation in self.settings.interpolation_grid:
+            self._interpolate(interpolation)
+            for weight in weights or [None]:
+                chosen = {"interpolation": interpolation}
+                if weight is not None:
+                    self._weigh_specialist(weight)
+                    chosen["specialist_weight"] = weight
+                metrics = self.validate()
+                out.append({**metrics, **chosen, "selection_score": self._score(metrics)})
+        return out
+
+    @torch.inference_mode()
+    def fit_gate(self) -> dict[str, float]:
+        """The specialist's domain gate, from the training views and the in-domain val images."""
+        specialist = self.specialist()
+        if specialist is None:
+            return {}
+        train = top_outputs(self.parts.top, self.cache.train[:, 0], self.device)
+        held_out = top_outputs(self.parts.top, self.cache.val, self.device) if len(self.cache.val) else train
+        threshold = specialist.gate.fit(train, held_out, self.settings.gate_quantile, self.settings.seed)
+        return {"gate_threshold": threshold}
 
     def _candidates(self, key: str, grid: list[float], apply) -> list[dict[str, float]]:
         out = []
@@ -165,18 +205,18 @@ class ModelSelection:
         image->image: the raw pretrained features. An epoch that wins in-domain by
         forgetting elsewhere is not the one kept.
         """
+        off = {"specialist_weight": 0.0} if self.specialist() else {}
         if self.anchored() and epoch:
-            candidates = self._candidates(
-                "interpolation", self.settings.interpolation_grid, self._interpolate
-            )
-            self._interpolate(1.0)  # training always moves the full residuals
-        else:
-            bridge = self.choose_bridge() if self.anchored() else {}
+            candidates = self._residual_candidates()
+        else:  # untrained: the specialist block, random yet, stays off
+            bridge = (self.choose_bridge() | self.fit_gate()) if self.anchored() else {}
             metrics = self.validate()
             self.reference = self.reference or (metrics | self._raw_feature_metrics())
             candidates = [
-                {**metrics, **bridge, "interpolation": 1.0, "selection_score": self._score(metrics)}
+                {**metrics, **bridge, "interpolation": 1.0, **off, "selection_score": self._score(metrics)}
             ]
+        self._interpolate(1.0)  # training always moves the full residuals and the whole block
+        self._weigh_specialist(1.0)
         chosen = max(candidates, key=lambda c: c["selection_score"])
         if self.best is None or chosen["selection_score"] > self.best["metrics"]["selection_score"]:
             state = {k: v.detach().clone() for k, v in self.parts.state_dict().items()}
@@ -190,6 +230,7 @@ class ModelSelection:
             return {}
         self.parts.load_state_dict(self.best["parts"])
         self._interpolate(self.best["metrics"]["interpolation"])
+        self._weigh_specialist(self.best["metrics"].get("specialist_weight", 0.0))
         chosen = self.best["metrics"]
         tower = self.encoder.image_model
         if getattr(tower, "raw_feature_weight", 0) and self.settings.raw_transform_grid:
