@@ -477,9 +477,7 @@ def test_a_class_mix_residual_corrects_class_names_and_round_trips(photos, tmp_p
         ModelSettings(image_residual="pixels")
 
 
-def test_a_shut_domain_gate_leaves_the_anchored_ranking_and_an_open_one_adds_the_specialist(
-    photos, tmp_path
-):
+def test_a_shut_domain_gate_leaves_the_anchored_ranking_and_an_open_one_adds_the_specialist(photos, tmp_path):
     """The specialist block counts only where the domain gate opens: shut, every text->image score is
     the anchored model's times one constant (the same ranking); open, the block's own scores add in.
     Saved, reloaded and exported to ONNX, the gate and the block give the same vectors."""
