@@ -497,13 +497,16 @@ def test_other_validation_rows_do_not_resume_a_checkpoint_selected_on_the_old_on
     assert fingerprint(settings, model, examples, [tmp_path / "not-fetched.csv"]) != before
 
 
+GRID = {(weight, quantile) for weight in (0.5, 1.0) for quantile in (0.2, 0.6)}
+
+
 def test_the_specialist_block_learns_behind_its_gate_and_its_weight_is_chosen_on_validation(
     tmp_path, training_folder
 ):
-    """Untrained, the block is off (weight 0) and its gate is fitted on the training views and the
-    val images; every trained epoch moves the block and tries each weight of the grid with each
-    interpolation, and the model kept carries the weight chosen with its epoch (here epoch 0: the
-    tiny val split is solved by the untrained model)."""
+    """Untrained, the block is off (weight 0); its gate's prototypes are training views and its
+    thresholds quantiles of the val images' similarity to them. Every trained epoch moves the block
+    and tries each weight with each threshold and interpolation; the model kept carries the weight
+    chosen with its epoch (here epoch 0: the tiny val split is solved by the untrained model)."""
     catalog, examples = tiny_training_data(tmp_path, training_folder)
     settings = TrainingSettings(
         frozen_epochs=2,
@@ -511,6 +514,7 @@ def test_the_specialist_block_learns_behind_its_gate_and_its_weight_is_chosen_on
         learning_rate=0.005,
         interpolation_grid=[0.0, 1.0],
         specialist_weight_grid=[0.5, 1.0],
+        gate_quantile_grid=[0.2, 0.6],
         bridge_top_k_grid=[],
         bridge_temperature_grid=[],
         raw_weight_grid=[],
@@ -522,10 +526,10 @@ def test_the_specialist_block_learns_behind_its_gate_and_its_weight_is_chosen_on
     result = train_towers(encoder, examples, catalog, settings, **kwargs)
     untrained, *trained = result.history
     assert untrained["specialist_weight"] == 0.0
-    assert 0 < untrained["gate_threshold"] < 1
-    assert untrained["gate_threshold"] == pytest.approx(float(specialist.gate.threshold))
-    assert [row["specialist_weight"] in (0.5, 1.0) for row in trained] == [True, True]
+    assert [(row["specialist_weight"], row["gate_quantile"]) in GRID for row in trained] == [True, True]
     last = torch.load(kwargs["work_dir"] / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert not torch.equal(last["parts"]["image_projection.specialist.projection.weight"], start)
+    low, high = last["gate_thresholds"][0.2], last["gate_thresholds"][0.6]
+    assert 0 < low < high < 1  # a higher quantile of the val images' similarity: a stricter gate
     assert float(specialist.weight) == result.selected["specialist_weight"]
     assert float(encoder.text_model.head().specialist.weight) == result.selected["specialist_weight"]

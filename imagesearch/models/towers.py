@@ -14,7 +14,7 @@ FEATURES, CLASSES = "features", "classes"  # what an anchored image residual rea
 RESIDUAL_INPUTS = (FEATURES, CLASSES)
 GATE_PROTOTYPES = 1024  # training views a domain gate compares an image with
 GATE_NEIGHBOURS = 5  # ... through its mean cosine to the nearest of them
-GATE_SHARPNESS = 25.0  # sigmoid slope: the gate goes from 0.08 to 0.92 within 0.1 of cosine
+GATE_SHARPNESS = 50.0  # sigmoid slope: the gate goes from 0.08 to 0.92 within 0.05 of cosine
 
 
 class ImageTower(nn.Module):
@@ -151,7 +151,7 @@ class ResidualText(nn.Module):
 class DomainGate(nn.Module):
     """How much an image looks like the training corpus, in [0, 1]: the mean cosine of its rooted,
     centred features to its nearest stored training views, through a sigmoid centred on `threshold`
-    (closed until `fit`). It decides where the specialist block may speak: a user's collection
+    (closed until set: training sets it from held-out in-domain images, `ModelSelection.fit_gate`). It decides where the specialist block may speak: a user's collection
     unlike the training corpus gets the anchored model's scores, untouched."""
 
     def __init__(self, width: int):
@@ -169,10 +169,8 @@ class DomainGate(nn.Module):
         return torch.sigmoid((self.similarity(features) - self.threshold) * GATE_SHARPNESS)
 
     @torch.no_grad()
-    def fit(self, train: torch.Tensor, held_out: torch.Tensor, quantile: float, seed: int) -> float:
-        """Prototypes: training views drawn at random; threshold: the `quantile` of the held-out
-        in-domain images' similarity (val images, never trained on: how new pictures of the training
-        corpus look), so that share of them is more than half inside. Returns the threshold."""
+    def fit(self, train: torch.Tensor, seed: int) -> None:
+        """The prototypes: training views drawn at random (with replacement when there are fewer)."""
         train = train.float()
         generator = torch.Generator().manual_seed(seed)
         drawn = (
@@ -182,8 +180,6 @@ class DomainGate(nn.Module):
         )
         self.mean.copy_(rooted(train).mean(dim=0))
         self.prototypes.copy_(F.normalize(rooted(train[drawn]) - self.mean, dim=-1))
-        self.threshold.fill_(float(self.similarity(held_out.float()).quantile(quantile)))
-        return float(self.threshold)
 
 
 class SpecialistImage(nn.Module):

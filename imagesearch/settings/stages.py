@@ -292,16 +292,14 @@ class TrainingSettings(BaseModel):
         description="anchored head: residual scales tried at each validation (0 = v0, 1 = fine-tuned)",
     )
     specialist_weight_grid: list[float] = Field(
-        default=[0.25, 0.5, 1.0, 2.0],
+        default=[0.125, 0.25, 0.5, 1.0],
         description="specialist block (model.specialist_dim): its weights tried at each validation, "
         "with every interpolation",
     )
-    gate_quantile: float = Field(
-        default=0.1,
-        gt=0,
-        lt=1,
-        description="specialist block: the domain gate is half open at this quantile of the in-domain "
-        "val images' similarity to the training images",
+    gate_quantile_grid: list[float] = Field(
+        default=[0.1, 0.3, 0.5],
+        description="specialist block: the domain gate is half open at a quantile of the in-domain val "
+        "images' similarity to the training images; these quantiles are tried with every weight",
     )
     bridge_top_k_grid: list[int] = Field(
         default=[10, 30, 100],

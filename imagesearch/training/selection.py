@@ -51,12 +51,19 @@ class ModelSelection:
         self.best: dict | None = None  # the selected epoch: its metrics, interpolation and parts
         self.reference: dict[str, float] | None = None  # epoch 0's val metrics
         self.bridge: dict[str, float] | None = None  # anchored: the class-name bridge chosen at epoch 0
+        self.gate_thresholds: dict[float, float] = {}  # specialist: gate quantile -> its threshold
 
     def state(self) -> dict:
-        return {"best": self.best, "reference": self.reference, "bridge": self.bridge}
+        return {
+            "best": self.best,
+            "reference": self.reference,
+            "bridge": self.bridge,
+            "gate_thresholds": self.gate_thresholds,
+        }
 
     def load(self, state: dict) -> None:
         self.best, self.reference = state.get("best"), state.get("reference")
+        self.gate_thresholds = state.get("gate_thresholds") or {}
         if state.get("bridge"):
             self._set_bridge(state["bridge"])
 
@@ -136,30 +143,45 @@ class ModelSelection:
         set_specialist_weight(self.encoder.text_model, weight)
 
     def _residual_candidates(self) -> list[dict[str, float]]:
-        """Every interpolation of the grid, with every specialist weight when there is a block."""
-        weights = self.settings.specialist_weight_grid if self.specialist() else []
+        """Every interpolation of the grid; with a specialist block, with each of its weights at each
+        gate threshold."""
         out = []
         for interpolation in self.settings.interpolation_grid:
             self._interpolate(interpolation)
-            for weight in weights or [None]:
-                chosen = {"interpolation": interpolation}
-                if weight is not None:
-                    self._weigh_specialist(weight)
-                    chosen["specialist_weight"] = weight
+            for block in self._specialist_settings():
+                self._set_specialist(block)
                 metrics = self.validate()
+                chosen = {"interpolation": interpolation, **block}
                 out.append({**metrics, **chosen, "selection_score": self._score(metrics)})
         return out
 
+    def _specialist_settings(self) -> list[dict[str, float]]:
+        if self.specialist() is None:
+            return [{}]
+        return [
+            {"specialist_weight": weight, "gate_quantile": quantile}
+            for weight in self.settings.specialist_weight_grid
+            for quantile in self.gate_thresholds
+        ]
+
+    def _set_specialist(self, block: dict[str, float]) -> None:
+        if block:
+            self._weigh_specialist(block["specialist_weight"])
+            self.specialist().gate.threshold.fill_(self.gate_thresholds[block["gate_quantile"]])
+
     @torch.inference_mode()
-    def fit_gate(self) -> dict[str, float]:
-        """The specialist's domain gate, from the training views and the in-domain val images."""
+    def fit_gate(self) -> None:
+        """The specialist's domain gate: prototypes from the training views, and a threshold for each
+        quantile of the grid from the in-domain val images' similarity to them (never trained on:
+        how new pictures of the training corpus look)."""
         specialist = self.specialist()
         if specialist is None:
-            return {}
+            return
         train = top_outputs(self.parts.top, self.cache.train[:, 0], self.device)
+        specialist.gate.fit(train, self.settings.seed)
         held_out = top_outputs(self.parts.top, self.cache.val, self.device) if len(self.cache.val) else train
-        threshold = specialist.gate.fit(train, held_out, self.settings.gate_quantile, self.settings.seed)
-        return {"gate_threshold": threshold}
+        similarity = specialist.gate.similarity(held_out.float())
+        self.gate_thresholds = {q: float(similarity.quantile(q)) for q in self.settings.gate_quantile_grid}
 
     def _candidates(self, key: str, grid: list[float], apply) -> list[dict[str, float]]:
         out = []
@@ -209,14 +231,16 @@ class ModelSelection:
         if self.anchored() and epoch:
             candidates = self._residual_candidates()
         else:  # untrained: the specialist block, random yet, stays off
-            bridge = (self.choose_bridge() | self.fit_gate()) if self.anchored() else {}
+            bridge = self.choose_bridge() if self.anchored() else {}
+            self.fit_gate()
             metrics = self.validate()
             self.reference = self.reference or (metrics | self._raw_feature_metrics())
             candidates = [
                 {**metrics, **bridge, "interpolation": 1.0, **off, "selection_score": self._score(metrics)}
             ]
         self._interpolate(1.0)  # training always moves the full residuals and the whole block
-        self._weigh_specialist(1.0)
+        if self.specialist() is not None:  # behind the most open gate of the grid
+            self._set_specialist({"specialist_weight": 1.0, "gate_quantile": min(self.gate_thresholds)})
         chosen = max(candidates, key=lambda c: c["selection_score"])
         if self.best is None or chosen["selection_score"] > self.best["metrics"]["selection_score"]:
             state = {k: v.detach().clone() for k, v in self.parts.state_dict().items()}
@@ -230,8 +254,10 @@ class ModelSelection:
             return {}
         self.parts.load_state_dict(self.best["parts"])
         self._interpolate(self.best["metrics"]["interpolation"])
-        self._weigh_specialist(self.best["metrics"].get("specialist_weight", 0.0))
         chosen = self.best["metrics"]
+        self._weigh_specialist(chosen.get("specialist_weight", 0.0))
+        if "gate_quantile" in chosen:
+            self.specialist().gate.threshold.fill_(self.gate_thresholds[chosen["gate_quantile"]])
         tower = self.encoder.image_model
         if getattr(tower, "raw_feature_weight", 0) and self.settings.raw_transform_grid:
             chosen = {**chosen, "raw_transform": self._choose_raw_transform(tower, pooled_train)}
