@@ -151,8 +151,9 @@ class ResidualText(nn.Module):
 class DomainGate(nn.Module):
     """How much an image looks like the training corpus, in [0, 1]: the mean cosine of its rooted,
     centred features to its nearest stored training views, through a sigmoid centred on `threshold`
-    (closed until set: training sets it from held-out in-domain images, `ModelSelection.fit_gate`). It decides where the specialist block may speak: a user's collection
-    unlike the training corpus gets the anchored model's scores, untouched."""
+    (closed until set: training chooses it from held-out in-domain images). It decides where the
+    specialist block may speak: a user's collection unlike the training corpus gets the anchored
+    model's scores, untouched."""
 
     def __init__(self, width: int):
         super().__init__()
