@@ -86,7 +86,7 @@ RECIPES: dict[str, tuple[dict, dict]] = {
     ),
     "anchored + domain-gated specialist": (
         {"head": "anchored", "raw_feature_weight": 1.0, "specialist_dim": 256},
-        {"interpolation_grid": [0.0, 0.02]},
+        {"interpolation_grid": [0.0]},
     ),
     "anchored (default)": ({"head": "anchored", "raw_feature_weight": 1.0}, {}),
 }

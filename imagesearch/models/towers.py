@@ -14,7 +14,7 @@ FEATURES, CLASSES = "features", "classes"  # what an anchored image residual rea
 RESIDUAL_INPUTS = (FEATURES, CLASSES)
 GATE_PROTOTYPES = 1024  # training views a domain gate compares an image with
 GATE_NEIGHBOURS = 5  # ... through its mean cosine to the nearest of them
-GATE_SHARPNESS = 50.0  # sigmoid slope: the gate goes from 0.08 to 0.92 within 0.05 of cosine
+GATE_RAMP = 0.05  # cosine over which the gate goes from shut (exactly 0) to open (exactly 1)
 
 
 class ImageTower(nn.Module):
@@ -150,8 +150,9 @@ class ResidualText(nn.Module):
 
 class DomainGate(nn.Module):
     """How much an image looks like the training corpus, in [0, 1]: the mean cosine of its rooted,
-    centred features to its nearest stored training views, through a sigmoid centred on `threshold`
-    (closed until set: training chooses it from held-out in-domain images). It decides where the
+    centred features to its nearest stored training views, on a linear ramp centred on `threshold`
+    (shut until set: training chooses it from held-out in-domain images). Shut means exactly 0: a
+    sigmoid's small leak let the block reorder a collection whose anchored scores lie close together. It decides where the
     specialist block may speak: a user's collection unlike the training corpus gets the anchored
     model's scores, untouched."""
 
@@ -167,7 +168,7 @@ class DomainGate(nn.Module):
         return nearest.mean(dim=-1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid((self.similarity(features) - self.threshold) * GATE_SHARPNESS)
+        return ((self.similarity(features) - self.threshold) / GATE_RAMP + 0.5).clamp(0.0, 1.0)
 
     @torch.no_grad()
     def fit(self, train: torch.Tensor, seed: int) -> None:
