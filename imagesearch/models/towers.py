@@ -151,10 +151,10 @@ class ResidualText(nn.Module):
 class DomainGate(nn.Module):
     """How much an image looks like the training corpus, in [0, 1]: the mean cosine of its rooted,
     centred features to its nearest stored training views, on a linear ramp centred on `threshold`
-    (shut until set: training chooses it from held-out in-domain images). Shut means exactly 0: a
-    sigmoid's small leak let the block reorder a collection whose anchored scores lie close together. It decides where the
+    (shut until set: training chooses it from held-out in-domain images). It decides where the
     specialist block may speak: a user's collection unlike the training corpus gets the anchored
-    model's scores, untouched."""
+    model's scores, untouched. Shut means exactly 0: a sigmoid's small leak let the block reorder a
+    collection whose anchored scores lie close together."""
 
     def __init__(self, width: int):
         super().__init__()
