@@ -238,8 +238,9 @@ class ModelSelection:
             candidates = [
                 {**metrics, **bridge, "interpolation": 1.0, **off, "selection_score": self._score(metrics)}
             ]
-        self._interpolate(1.0)  # training always moves the full residuals and the whole block
-        if self.specialist() is not None:  # behind the most open gate of the grid
+        # training moves the residuals as far as selection may keep them (all the way, by default)
+        self._interpolate(max(self.settings.interpolation_grid, default=1.0))
+        if self.specialist() is not None:  # and the whole block, behind the most open gate of the grid
             self._set_specialist({"specialist_weight": 1.0, "gate_quantile": min(self.gate_thresholds)})
         chosen = max(candidates, key=lambda c: c["selection_score"])
         if self.best is None or chosen["selection_score"] > self.best["metrics"]["selection_score"]:
