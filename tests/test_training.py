@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -35,6 +36,7 @@ from imagesearch.evaluation.step import evaluation_step
 from imagesearch.index.store import load_index
 from imagesearch.models.encoders import Encoder, build_trained_encoder
 from imagesearch.models.registry import CHALLENGER, CHAMPION, alias_version, connect, load_encoder
+from imagesearch.models.towers import set_interpolation
 from imagesearch.settings import ModelSettings, Settings, TrainingSettings
 from imagesearch.training.loop import fingerprint, train_towers
 from imagesearch.training.losses import info_nce, triplet
@@ -533,3 +535,24 @@ def test_the_specialist_block_learns_behind_its_gate_and_its_weight_is_chosen_on
     assert 0 < low < high < 1  # a higher quantile of the val images' similarity: a stricter gate
     assert float(specialist.weight) == result.selected["specialist_weight"]
     assert float(encoder.text_model.head().specialist.weight) == result.selected["specialist_weight"]
+
+
+def test_training_leaves_the_anchor_pretrained_so_interpolation_zero_is_the_untrained_model(
+    tmp_path, training_folder
+):
+    """Only the residuals learn: the bridge's ImageNet classifier, shared with the backbone, keeps its
+    pretrained weights, so every image vector at interpolation 0 is the untrained model's."""
+    catalog, examples = tiny_training_data(tmp_path, training_folder)
+    untrained = build_trained_encoder(ModelSettings(head="anchored", raw_feature_weight=0))
+    encoder, _ = train_anchored_briefly(tmp_path, catalog, examples, "anchor", 2)
+    assert encoder.image_model.projection.residual.weight.detach().norm() > 0  # the residual learned
+    classifier = encoder.image_model.projection.classifier
+    assert torch.equal(classifier.weight, untrained.image_model.projection.classifier.weight)
+    set_interpolation(encoder.image_model, 0.0)
+    features = torch.rand(4, 1280)
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            encoder.image_model.from_features(features),
+            untrained.image_model.from_features(features),
+            atol=1e-6,
+        )

@@ -95,7 +95,9 @@ class AnchoredProjection(nn.Module):
         super().__init__()
         if residual_input not in RESIDUAL_INPUTS:
             raise ValueError(f"unknown residual input {residual_input!r}; use one of {RESIDUAL_INPUTS}")
-        self.classifier = classifier
+        # the anchor is pretrained and stays so: only the residual learns (a trained classifier moved
+        # the class mix itself, so interpolation 0 was no longer the untrained anchor)
+        self.classifier = classifier.requires_grad_(False)
         self.register_buffer("class_embeddings", class_embeddings)
         # a softer, wider mix of classes than v0's transfers better (chosen on validation in training)
         self.top_k, self.temperature = top_k, temperature
