@@ -37,7 +37,7 @@ from imagesearch.models.registry import (
     log_encoder,
     version_of_run,
 )
-from imagesearch.models.towers import SQRT_CENTERED, set_specialist_weight
+from imagesearch.models.towers import SQRT_CENTERED, set_interpolation, set_specialist_weight
 from imagesearch.settings import ModelSettings, Settings
 from tests.conftest import noise_image, png_bytes
 
@@ -475,6 +475,34 @@ def test_a_class_mix_residual_corrects_class_names_and_round_trips(photos, tmp_p
         assert_same_vectors(reloaded.encode_images(images), encoder.encode_images(images))
     with pytest.raises(ValueError, match="'features' or 'classes'"):
         ModelSettings(image_residual="pixels")
+
+
+def test_a_classifier_residual_moves_the_class_mix_as_far_as_the_interpolation_and_round_trips(
+    photos, tmp_path
+):
+    """`MODEL__CLASSIFIER_RESIDUAL`: a learned correction of the bridge's class logits, scaled by the
+    interpolation (0 = the pretrained mix, which `anchor` always uses); saved, reloaded and exported to
+    ONNX it gives the same vectors as the module it came from."""
+    encoder = build_trained_encoder(ModelSettings(classifier_residual=True), seed=0)
+    projection = encoder.image_model.projection
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        weight = projection.classifier_residual.weight
+        weight.copy_(torch.randn(weight.shape, generator=generator) * 0.1)
+    images = list(photos.values())
+    with torch.no_grad():
+        features = encoder.image_model.features(encoder.preprocess(images))
+        corrected = projection.class_mix(features)
+        assert not torch.allclose(corrected, projection.class_mix(features, corrected=False))
+        set_interpolation(encoder.image_model, 0.0)
+        assert torch.equal(projection.class_mix(features), projection.class_mix(features, corrected=False))
+        assert torch.allclose(projection(features), projection.anchor(features), atol=1e-6)
+    set_interpolation(encoder.image_model, 1.0)
+    encoder.export_onnx(encoder.save(tmp_path / "encoder"))
+    assert json.loads((tmp_path / "encoder" / "encoder.json").read_text())["classifier_residual"] is True
+    for runtime in ("torch", "onnx"):
+        reloaded = Encoder.load(tmp_path / "encoder", "cpu", runtime=runtime)
+        assert_same_vectors(reloaded.encode_images(images), encoder.encode_images(images))
 
 
 def test_a_shut_domain_gate_leaves_the_anchored_ranking_and_an_open_one_adds_the_specialist(photos, tmp_path):

@@ -434,7 +434,13 @@ def test_the_frozen_trunk_runs_on_onnx_runtime_with_torchs_features():
 
 
 def train_anchored_briefly(
-    tmp_path: Path, catalog: pd.DataFrame, examples: pd.DataFrame, name: str, epochs: int, **overrides
+    tmp_path: Path,
+    catalog: pd.DataFrame,
+    examples: pd.DataFrame,
+    name: str,
+    epochs: int,
+    model: ModelSettings | None = None,
+    **overrides,
 ) -> tuple[Encoder, list[dict]]:
     """An anchored model trained a few epochs at a high rate, the last epoch kept, nothing chosen on
     validation: what a test of one training term needs."""
@@ -449,7 +455,7 @@ def train_anchored_briefly(
         raw_weight_grid=[],
         **overrides,
     )
-    encoder = build_trained_encoder(ModelSettings(head="anchored", raw_feature_weight=0))
+    encoder = build_trained_encoder(model or ModelSettings(head="anchored", raw_feature_weight=0))
     kwargs = {"work_dir": tmp_path / f"work-{name}", "limits": DEFAULT_LIMITS, "progress": False}
     return encoder, train_towers(encoder, examples, catalog, settings, **kwargs).history
 
@@ -537,16 +543,24 @@ def test_the_specialist_block_learns_behind_its_gate_and_its_weight_is_chosen_on
     assert float(encoder.text_model.head().specialist.weight) == result.selected["specialist_weight"]
 
 
+@pytest.mark.parametrize("classifier_residual", [False, True])
 def test_training_leaves_the_anchor_pretrained_so_interpolation_zero_is_the_untrained_model(
-    tmp_path, training_folder
+    tmp_path, training_folder, classifier_residual
 ):
     """Only the residuals learn: the bridge's ImageNet classifier, shared with the backbone, keeps its
-    pretrained weights, so every image vector at interpolation 0 is the untrained model's."""
+    pretrained weights (a classifier residual learns a correction of its logits instead), so every
+    image vector at interpolation 0 is the untrained model's."""
     catalog, examples = tiny_training_data(tmp_path, training_folder)
-    untrained = build_trained_encoder(ModelSettings(head="anchored", raw_feature_weight=0))
-    encoder, _ = train_anchored_briefly(tmp_path, catalog, examples, "anchor", 2)
-    assert encoder.image_model.projection.residual.weight.detach().norm() > 0  # the residual learned
-    classifier = encoder.image_model.projection.classifier
+    model = ModelSettings(head="anchored", raw_feature_weight=0, classifier_residual=classifier_residual)
+    untrained = build_trained_encoder(model)
+    encoder, _ = train_anchored_briefly(tmp_path, catalog, examples, "anchor", 2, model)
+    projection = encoder.image_model.projection
+    assert projection.residual.weight.detach().norm() > 0  # the residual learned
+    if classifier_residual:  # ... and so did the correction of the class logits
+        assert projection.classifier_residual.weight.detach().norm() > 0
+    else:
+        assert projection.classifier_residual is None
+    classifier = projection.classifier
     assert torch.equal(classifier.weight, untrained.image_model.projection.classifier.weight)
     set_interpolation(encoder.image_model, 0.0)
     features = torch.rand(4, 1280)

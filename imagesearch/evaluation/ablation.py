@@ -25,9 +25,9 @@ from imagesearch.evaluation.ranking import metrics_table
 from imagesearch.evaluation.sets import EvalSets, outside_manifests, outside_split
 from imagesearch.evaluation.step import evaluate_everywhere, pretrained_results, read_outside_sets
 from imagesearch.models import registry
-from imagesearch.models.encoders import build_trained_encoder, build_zeroshot_encoder
+from imagesearch.models.encoders import Encoder, build_trained_encoder, build_zeroshot_encoder
 from imagesearch.settings import TRAINING_SOURCES, ModelSettings, Settings, TrainingSettings
-from imagesearch.training.loop import fingerprint, train_towers
+from imagesearch.training.loop import TrainResult, fingerprint, train_towers
 from imagesearch.training.step import model_for_training
 from imagesearch.training_data.examples import leakage_problems, mix_examples
 from imagesearch.training_data.step import held_out_queries
@@ -88,6 +88,10 @@ RECIPES: dict[str, tuple[dict, dict]] = {
         {"head": "anchored", "raw_feature_weight": 1.0, "specialist_dim": 256},
         {"interpolation_grid": [0.0]},
     ),
+    "anchored + classifier residual": (
+        {"head": "anchored", "raw_feature_weight": 1.0, "classifier_residual": True},
+        {},
+    ),
     "anchored (default)": ({"head": "anchored", "raw_feature_weight": 1.0}, {}),
 }
 
@@ -117,57 +121,71 @@ def variant_settings(
     return model_for_training(settings).model_copy(update=model), budget.model_copy(update=training)
 
 
-def ablation_step(
-    settings: Settings, *, progress: Progress = False, on_variant: Callable[[dict], None] | None = None
-) -> AblationResult:
-    """Train and evaluate every variant of settings.ablation; `on_variant` gets each finished row."""
-    sets = EvalSets.read(settings.evaluation_dir)
-    outside = read_outside_sets(settings)
-    validation_sets = outside_split(settings, "val")
-    manifests = outside_manifests(settings)  # what selection reads: in each variant's checkpoint key
-    catalog = read_catalog(settings.catalog_path)
-    frames = {
-        s: pd.read_parquet(settings.source_path(s))
-        for s in TRAINING_SOURCES
-        if settings.source_path(s).exists()
-    }
+def ablation_budget(settings: Settings) -> TrainingSettings:
+    """The training settings every variant shares: the ablation's reduced budget."""
     config = settings.ablation
-    budget = settings.training.model_copy(
+    return settings.training.model_copy(
         update={
             "max_train_images": config.max_train_images,
             "frozen_epochs": config.frozen_epochs,
             "unfrozen_epochs": config.unfrozen_epochs,
         }
     )
+
+
+def train_variant(
+    settings: Settings, variant: str, budget: TrainingSettings, *, progress: Progress = False
+) -> tuple[Encoder, TrainResult]:
+    """One variant trained on its examples (resumed from its work folder when it can), selected on
+    the val split and the outside collections' val rows."""
+    catalog = read_catalog(settings.catalog_path)
+    frames = {
+        s: pd.read_parquet(settings.source_path(s))
+        for s in TRAINING_SOURCES
+        if settings.source_path(s).exists()
+    }
+    examples = mix_examples(
+        frames, variant_weights(variant, settings.training_data.source_weights), seed=budget.seed
+    )
+    problems = leakage_problems(examples, catalog, eval_queries=held_out_queries(settings))
+    if problems:
+        raise ValueError(f"ablation {variant}: leaking examples: {'; '.join(problems)}")
     folder = settings.ablation_dir
     folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"examples-{variant}.parquet"
+    write_parquet_atomic(examples, path)
+    model, training = variant_settings(variant, settings, budget)
+    encoder = build_trained_encoder(model, seed=budget.seed)
+    manifests = outside_manifests(settings)  # what selection reads: in each variant's checkpoint key
+    work_dir = folder / "work" / fingerprint(training, model.model_dump(mode="json"), path, manifests)
+    trained = train_towers(
+        encoder,
+        examples,
+        catalog,
+        training,
+        work_dir=work_dir,
+        limits=decode_limits(settings.catalog),
+        progress=progress,
+        outside=outside_split(settings, "val"),
+        backbone_features=cache_folder(settings),
+    )
+    return encoder, trained
+
+
+def ablation_step(
+    settings: Settings, *, progress: Progress = False, on_variant: Callable[[dict], None] | None = None
+) -> AblationResult:
+    """Train and evaluate every variant of settings.ablation; `on_variant` gets each finished row."""
+    sets = EvalSets.read(settings.evaluation_dir)
+    outside = read_outside_sets(settings)
+    budget = ablation_budget(settings)
+    folder = settings.ablation_dir
     rows, results, features = [], {}, cache_folder(settings)
     with registry.tracked_run(
         settings, run_name="ablation", params={"budget": budget.model_dump_json()}
     ) as run_id:
-        for variant in config.variants:
-            examples = mix_examples(
-                frames, variant_weights(variant, settings.training_data.source_weights), seed=budget.seed
-            )
-            problems = leakage_problems(examples, catalog, eval_queries=held_out_queries(settings))
-            if problems:
-                raise ValueError(f"ablation {variant}: leaking examples: {'; '.join(problems)}")
-            path = folder / f"examples-{variant}.parquet"
-            write_parquet_atomic(examples, path)
-            model, training = variant_settings(variant, settings, budget)
-            encoder = build_trained_encoder(model, seed=budget.seed)
-            work_dir = folder / "work" / fingerprint(training, model.model_dump(mode="json"), path, manifests)
-            trained = train_towers(
-                encoder,
-                examples,
-                catalog,
-                training,
-                work_dir=work_dir,
-                limits=decode_limits(settings.catalog),
-                progress=progress,
-                outside=validation_sets,
-                backbone_features=features,
-            )
+        for variant in settings.ablation.variants:
+            encoder, trained = train_variant(settings, variant, budget, progress=progress)
             _, results[variant] = evaluate_everywhere(encoder, sets, outside, features=features)
             row = {
                 "variant": variant,

@@ -72,6 +72,7 @@ class EncoderSpec:
     raw_transform: str = PLAIN  # trained kinds: how the raw block is made (ImageTower)
     image_residual: str = FEATURES  # anchored: what the image residual reads (AnchoredProjection)
     specialist_dim: int = 0  # anchored: width of the domain-gated specialist block (0 = none)
+    classifier_residual: bool = False  # anchored: the bridge's class logits learn a correction
 
 
 class Encoder:
@@ -249,6 +250,7 @@ def _trained_towers(spec: EncoderSpec, backbone: nn.Module, hidden: int) -> tupl
             spec.bridge_temperature,
             spec.image_residual,
             spec.specialist_dim,
+            spec.classifier_residual,
         )
         text_head: nn.Module = (
             ResidualText(hidden, spec.specialist_dim) if spec.text_residual else nn.Identity()
@@ -347,6 +349,7 @@ def build_trained_encoder(settings: ModelSettings, seed: int = 0) -> Encoder:
         text_residual=settings.text_residual and anchored,
         image_residual=settings.image_residual,
         specialist_dim=settings.specialist_dim,
+        classifier_residual=settings.classifier_residual and anchored,
     )
     if anchored and getattr(backbone, "num_classes", 0) != 1000:
         raise ValueError(

@@ -91,6 +91,7 @@ class AnchoredProjection(nn.Module):
         temperature: float = 1.0,
         residual_input: str = FEATURES,
         specialist_dim: int = 0,
+        classifier_residual: bool = False,
     ):
         super().__init__()
         if residual_input not in RESIDUAL_INPUTS:
@@ -108,16 +109,26 @@ class AnchoredProjection(nn.Module):
         nn.init.zeros_(self.residual.bias)
         self.register_buffer("interpolation", torch.tensor(1.0))
         self.specialist = SpecialistImage(classifier.in_features, specialist_dim) if specialist_dim else None
+        # which classes a clip-art picture mixes may need learning too: a correction of the logits,
+        # zero at start and scaled like the residual, so interpolation 0 stays the pretrained mix
+        self.classifier_residual = None
+        if classifier_residual:
+            self.classifier_residual = nn.Linear(classifier.in_features, class_embeddings.shape[0])
+            nn.init.zeros_(self.classifier_residual.weight)
+            nn.init.zeros_(self.classifier_residual.bias)
 
-    def class_mix(self, features: torch.Tensor) -> torch.Tensor:
+    def class_mix(self, features: torch.Tensor, corrected: bool = True) -> torch.Tensor:
         """The top-k class probabilities at the bridge's temperature, zero elsewhere."""
-        probabilities = (self.classifier(features).float() / self.temperature).softmax(dim=-1)
+        logits = self.classifier(features).float()
+        if corrected and self.classifier_residual is not None:
+            logits = logits + self.interpolation * self.classifier_residual(features).float()
+        probabilities = (logits / self.temperature).softmax(dim=-1)
         top = probabilities.topk(self.top_k, dim=-1)
         return torch.zeros_like(probabilities).scatter_(-1, top.indices, top.values)
 
     def anchor(self, features: torch.Tensor) -> torch.Tensor:
         """The class-name bridge alone: what the untrained model (v0 with this bridge) embeds."""
-        return self._bridged(self.class_mix(features))
+        return self._bridged(self.class_mix(features, corrected=False))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         mix = self.class_mix(features)

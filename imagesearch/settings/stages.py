@@ -81,6 +81,11 @@ class ModelSettings(BaseModel):
         description="anchored head: what the image residual reads: the pooled backbone 'features', or "
         "the bridge's top-k 'classes' mix (a learned correction of each class name's embedding)",
     )
+    classifier_residual: bool = Field(
+        default=False,
+        description="anchored head: the bridge's ImageNet classifier learns a correction of its logits "
+        "(zero at start, scaled by the interpolation like the other residuals)",
+    )
     embed_dim: int = Field(default=256, ge=8, description="shared space of the 'two_tower' head")
     specialist_dim: int = Field(
         default=0,
@@ -292,12 +297,12 @@ class TrainingSettings(BaseModel):
         description="anchored head: residual scales tried at each validation (0 = v0, 1 = fine-tuned)",
     )
     specialist_weight_grid: list[float] = Field(
-        default=[0.125, 0.25, 0.5, 1.0],
+        default=[0.5, 1.0, 2.0, 4.0],
         description="specialist block (model.specialist_dim): its weights tried at each validation, "
         "with every interpolation",
     )
     gate_quantile_grid: list[float] = Field(
-        default=[0.1, 0.3, 0.5],
+        default=[0.1, 0.3],
         description="specialist block: the domain gate is half open at a quantile of the in-domain val "
         "images' similarity to the training images; these quantiles are tried with every weight",
     )

@@ -56,6 +56,7 @@ class TrainResult:
     images: int
     rows: int
     failed: dict[str, str] = field(default_factory=dict)
+    checkpoint: Path | None = None  # the last epoch's state (the kept one's parts included)
 
     @property
     def final(self) -> dict[str, float]:
@@ -161,4 +162,5 @@ def train_towers(
         len(data.image_ids),
         len(data.anchor),
         dict(cache.failed),
+        checkpoint,
     )

@@ -240,8 +240,9 @@ class ModelSelection:
             ]
         # training moves the residuals as far as selection may keep them (all the way, by default)
         self._interpolate(max(self.settings.interpolation_grid, default=1.0))
-        if self.specialist() is not None:  # and the whole block, behind the most open gate of the grid
-            self._set_specialist({"specialist_weight": 1.0, "gate_quantile": min(self.gate_thresholds)})
+        if self.specialist() is not None:  # and the block at its largest weight, behind the most open gate
+            heaviest = max(self.settings.specialist_weight_grid)
+            self._set_specialist({"specialist_weight": heaviest, "gate_quantile": min(self.gate_thresholds)})
         chosen = max(candidates, key=lambda c: c["selection_score"])
         if self.best is None or chosen["selection_score"] > self.best["metrics"]["selection_score"]:
             state = {k: v.detach().clone() for k, v in self.parts.state_dict().items()}
