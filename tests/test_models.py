@@ -23,6 +23,7 @@ from skimage import data
 from imagesearch.feedback.clicklog import ClickLog
 from imagesearch.feedback.simulation import simulate_workspace_clicks
 from imagesearch.index.folder import build_folder_index
+from imagesearch.index.routing import as_base, mark_routing, routes
 from imagesearch.index.store import load_index
 from imagesearch.models.backbones import WeightsNotFound, create_image_backbone, load_text_model
 from imagesearch.models.encoders import Encoder, build_trained_encoder, imagenet_class_names
@@ -503,6 +504,65 @@ def test_a_classifier_residual_moves_the_class_mix_as_far_as_the_interpolation_a
     for runtime in ("torch", "onnx"):
         reloaded = Encoder.load(tmp_path / "encoder", "cpu", runtime=runtime)
         assert_same_vectors(reloaded.encode_images(images), encoder.encode_images(images))
+
+
+def test_a_collection_routed_specialist_block_speaks_only_in_an_index_of_a_collection_like_the_corpus(
+    photos, tmp_path
+):
+    """`MODEL__SPECIALIST_ROUTING=collection`: every image vector carries the block; a collection whose
+    median similarity to the training views reaches the router's threshold is indexed as it is, one
+    below it with the block's columns zeroed - there every text query ranks by the anchored model. The
+    manifest records the decision, a live update follows it, and the router survives save and ONNX."""
+    settings = ModelSettings(head="anchored", raw_feature_weight=1.0, specialist_dim=16)
+    plain = build_trained_encoder(settings.model_copy(update={"specialist_dim": 0}))
+    routed = build_trained_encoder(settings.model_copy(update={"specialist_routing": "collection"}))
+    assert routed.routes and not plain.routes
+    for tower in (routed.image_model, routed.text_model):
+        set_specialist_weight(tower, 1.0)
+    routed.image_model.projection.specialist.gate.threshold.fill_(-2.0)  # every image carries the block
+    images, texts = list(photos.values()), list(CAPTIONS.values())
+    noise = [noise_image(seed, (224, 224)) for seed in range(4)]
+    router = routed.image_model.router
+    raw = routed.image_model.raw_block(torch.from_numpy(routed.pooled_features(routed.preprocess(images))))
+    router.fit(raw, seed=0)
+    router.threshold.fill_(float(router.similarity(raw).min()) - 0.05)
+    columns = routed.specialist_columns()
+    assert columns.stop - columns.start == 17 and columns.stop == routed.dim - 1280
+    vectors = routed.encode_images(images)
+    kept, inside = routed.route_collection(vectors)
+    assert inside is True and np.array_equal(kept, vectors) and np.abs(vectors[:, columns]).sum() > 0
+    outside_vectors, inside = routed.route_collection(routed.encode_images(noise))
+    assert inside is False and not outside_vectors[:, columns].any()
+    anchored = np.delete(outside_vectors, np.arange(columns.start, columns.stop), axis=1)
+    np.testing.assert_allclose(
+        anchored, plain.encode_images(noise), atol=1e-5
+    )  # the anchored model's vectors
+    scores = routed.encode_texts(texts) @ outside_vectors.T
+    ratio = scores / (plain.encode_texts(texts) @ plain.encode_images(noise).T)
+    np.testing.assert_allclose(ratio, ratio[0, 0], rtol=1e-4)  # so its ranking, for every text
+    folder = tmp_path / "noise"
+    folder.mkdir()
+    for seed, picture in enumerate(noise):
+        picture.save(folder / f"noise{seed}.png")
+    manifest = build_folder_index(routed, folder, tmp_path / "index", model="routed", settings=Settings())
+    assert manifest.extra["specialist"] == "outside"
+    assert manifest.extra["zeroed_columns"] == [columns.start, columns.stop]
+    assert manifest.extra["anchored_scale"] == pytest.approx(np.sqrt(2.0))
+    assert not load_index(tmp_path / "index").candidate_vectors(np.arange(4))[:, columns].any()
+    assert not as_base(vectors, manifest.extra)[:, columns].any()  # a live update routes as its base
+    assert np.array_equal(as_base(vectors, {"specialist": "inside"}), vectors)
+    for encoder, name in ((routed, "routed"), (plain, "plain")):  # the backfill marks what the index routes
+        mark_routing(encoder, tmp_path / "embeddings" / name)
+    assert routes(tmp_path / "embeddings" / "routed") and not routes(tmp_path / "embeddings" / "plain")
+    routed.export_onnx(routed.save(tmp_path / "routed"))
+    for runtime in ("torch", "onnx"):
+        reloaded = Encoder.load(tmp_path / "routed", "cpu", runtime=runtime)
+        assert reloaded.routes and torch.equal(reloaded.image_model.router.threshold, router.threshold)
+        assert reloaded.route_collection(reloaded.encode_images(noise))[1] is False
+    with pytest.raises(ValueError, match="raw block"):
+        build_trained_encoder(
+            settings.model_copy(update={"specialist_routing": "collection", "raw_feature_weight": 0})
+        )
 
 
 def test_a_shut_domain_gate_leaves_the_anchored_ranking_and_an_open_one_adds_the_specialist(photos, tmp_path):

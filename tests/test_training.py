@@ -508,13 +508,15 @@ def test_other_validation_rows_do_not_resume_a_checkpoint_selected_on_the_old_on
 GRID = {(weight, quantile) for weight in (0.5, 1.0) for quantile in (0.2, 0.6)}
 
 
+@pytest.mark.parametrize("routing", ["image", "collection"])
 def test_the_specialist_block_learns_behind_its_gate_and_its_weight_is_chosen_on_validation(
-    tmp_path, training_folder
+    tmp_path, training_folder, routing
 ):
-    """Untrained, the block is off (weight 0); its gate's prototypes are training views and its
-    thresholds quantiles of the val images' similarity to them. Every trained epoch moves the block
-    and tries each weight with each threshold and interpolation; the model kept carries the weight
-    chosen with its epoch (here epoch 0: the tiny val split is solved by the untrained model)."""
+    """Untrained, the block is off (weight 0); its gate's (routed per collection: its router's)
+    prototypes are training views and its thresholds quantiles of the val images' similarity to them.
+    Every trained epoch moves the block and tries each weight with each threshold and interpolation;
+    the model kept carries the weight chosen with its epoch (here epoch 0: the tiny val split is
+    solved by the untrained model). Routed per collection, every image's own gate stays open."""
     catalog, examples = tiny_training_data(tmp_path, training_folder)
     settings = TrainingSettings(
         frozen_epochs=2,
@@ -527,7 +529,11 @@ def test_the_specialist_block_learns_behind_its_gate_and_its_weight_is_chosen_on
         bridge_temperature_grid=[],
         raw_weight_grid=[],
     )
-    encoder = build_trained_encoder(ModelSettings(head="anchored", raw_feature_weight=0, specialist_dim=8))
+    raw_weight = 1.0 if routing == "collection" else 0  # the router reads the raw block
+    model = ModelSettings(
+        head="anchored", raw_feature_weight=raw_weight, specialist_dim=8, specialist_routing=routing
+    )
+    encoder = build_trained_encoder(model)
     specialist = encoder.image_model.projection.specialist
     start = specialist.projection.weight.detach().clone()
     kwargs = {"work_dir": tmp_path / "work-specialist", "limits": DEFAULT_LIMITS, "progress": False}
@@ -541,6 +547,11 @@ def test_the_specialist_block_learns_behind_its_gate_and_its_weight_is_chosen_on
     assert 0 < low < high < 1  # a higher quantile of the val images' similarity: a stricter gate
     assert float(specialist.weight) == result.selected["specialist_weight"]
     assert float(encoder.text_model.head().specialist.weight) == result.selected["specialist_weight"]
+    if routing == "collection":
+        assert float(specialist.gate.threshold) == -2.0
+        assert 0 < float(encoder.image_model.router.threshold) < 1
+        features = np.random.default_rng(0).random((4, 1280), dtype=np.float32)
+        assert encoder.route_collection(encoder.encode_features(features))[1] in (True, False)
 
 
 @pytest.mark.parametrize("classifier_residual", [False, True])

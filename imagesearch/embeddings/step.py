@@ -10,6 +10,7 @@ from imagesearch.common.images import decode_limits
 from imagesearch.common.progress import Progress
 from imagesearch.embeddings.backfill import BackfillReport, backfill
 from imagesearch.embeddings.store import SHARD_KEYS, model_key
+from imagesearch.index.routing import mark_routing
 from imagesearch.models.registry import load_encoder, pin_reference
 from imagesearch.settings import Settings
 
@@ -29,10 +30,12 @@ def backfill_step(
     """
     pinned = pin_reference(model or settings.embeddings.model, settings)
     encoder = load_encoder(pinned, settings)
+    folder = settings.embeddings_dir / model_key(pinned)
+    mark_routing(encoder, folder)
     return backfill(
         encoder,
         read_catalog(settings.catalog_path),
-        settings.embeddings_dir / model_key(pinned),
+        folder,
         shards=shards or SHARD_KEYS,
         batch_size=settings.embeddings.batch_size,
         executor=executor_for(settings),

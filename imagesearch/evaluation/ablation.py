@@ -88,6 +88,15 @@ RECIPES: dict[str, tuple[dict, dict]] = {
         {"head": "anchored", "raw_feature_weight": 1.0, "specialist_dim": 256},
         {"interpolation_grid": [0.0]},
     ),
+    "anchored + collection-routed specialist": (
+        {
+            "head": "anchored",
+            "raw_feature_weight": 1.0,
+            "specialist_dim": 256,
+            "specialist_routing": "collection",
+        },
+        {"interpolation_grid": [0.0]},
+    ),
     "anchored + classifier residual": (
         {"head": "anchored", "raw_feature_weight": 1.0, "classifier_residual": True},
         {},

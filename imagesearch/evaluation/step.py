@@ -234,8 +234,9 @@ def _prefixed(collection: str, results: dict[str, dict[str, float]]) -> dict[str
 def evaluate_encoder(
     encoder: Encoder, sets: EvalSets, features: Path | None = None
 ) -> tuple[ModelRankings, dict[str, dict[str, float]]]:
-    """Embed the test corpus, rank it for every query by exact search, score the rankings."""
-    vectors = encode_files(encoder, sets.corpus["path"].tolist(), features)
+    """Embed the test corpus as an index of it would hold it (routed, for a routing encoder), rank it
+    for every query by exact search, score the rankings."""
+    vectors, _ = encoder.route_collection(encode_files(encoder, sets.corpus["path"].tolist(), features))
     rankings = rank_corpus(sets, vectors, encoder.encode_texts)
     return rankings, score_rankings(sets, rankings)
 

@@ -12,6 +12,7 @@ import numpy as np
 from imagesearch.embeddings.adhoc import embed_folder
 from imagesearch.index.build import build_tuned_index
 from imagesearch.index.metadata import folder_metadata
+from imagesearch.index.routing import route_vectors
 from imagesearch.index.store import IndexManifest, LoadedIndex
 from imagesearch.models.encoders import Encoder
 from imagesearch.settings import Settings
@@ -32,9 +33,10 @@ def build_folder_index(
     if len(frame) == 0:
         raise ValueError(f"no decodable images under {images} (rejected: {dict(rejected) or 'none found'})")
     keep = ~frame["id"].duplicated().to_numpy()
-    extra = {"rejected": dict(rejected), "source": str(images.resolve())}
+    routed, routing = route_vectors(encoder, vectors[keep])
+    extra = {"rejected": dict(rejected), "source": str(images.resolve()), **routing}
     return build_tuned_index(
-        vectors[keep],
+        routed,
         folder_metadata(frame[keep].reset_index(drop=True), images.resolve()),
         out,
         model=model,

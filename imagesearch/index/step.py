@@ -23,8 +23,9 @@ from imagesearch.index.build import build_tuned_index
 from imagesearch.index.delta import Delta, read_delta, write_delta
 from imagesearch.index.metadata import catalog_metadata
 from imagesearch.index.pieces import piece_bounds
+from imagesearch.index.routing import as_base, route_vectors, routes
 from imagesearch.index.store import IDS_FILE, IndexManifest, load_index, read_manifest
-from imagesearch.models.registry import CHALLENGER, pin_reference, pinned_alias
+from imagesearch.models.registry import CHALLENGER, load_encoder, pin_reference, pinned_alias
 from imagesearch.settings import IndexSettings, Settings
 
 INDEX_STAGE = "index"
@@ -93,7 +94,7 @@ def index_step(
     change = None if full else plan_live_update(folder, catalog, pinned, settings.index)
     if change is not None:
         return _publish_live_update(settings, change, pinned, repo, folder)
-    vectors = _embeddings_of(settings, catalog["id"], pinned)
+    vectors, routing = _routed(settings, pinned, _embeddings_of(settings, catalog["id"], pinned))
     catalog_version = repo.current(CATALOG_STAGE).outputs if repo else {}
     manifest = build_tuned_index(
         vectors,
@@ -101,7 +102,10 @@ def index_step(
         folder,
         model=pinned,
         config=settings.index,
-        extra={"catalog_dvc_md5": catalog_version.get("data/catalog/catalog.parquet", "unrecorded")},
+        extra={
+            "catalog_dvc_md5": catalog_version.get("data/catalog/catalog.parquet", "unrecorded"),
+            **routing,
+        },
         check=partial(
             refuse_unsound_index, catalog_ids=set(catalog["id"]), floor=settings.index.recall_floor
         ),
@@ -158,7 +162,7 @@ def _publish_live_update(
     if _same_change(current, change):  # nothing new: what is served stays, untouched
         unchanged = current.manifest if current else {"added": 0, "removed": 0}
         return IndexStepResult(read_manifest(folder), None, unchanged)
-    vectors = _embeddings_of(settings, change.added["id"], model)
+    vectors = as_base(_embeddings_of(settings, change.added["id"], model), read_manifest(folder).extra)
     delta = write_delta(folder, catalog_metadata(change.added), vectors, change.removed, change.base_count)
     message = f"index: live update of {model}, +{delta['added']} -{delta['removed']} since the base"
     version = repo.record([EMBEDDINGS_STAGE, INDEX_STAGE], message) if repo else None
@@ -169,6 +173,13 @@ def _same_change(delta: Delta | None, change: LiveUpdate) -> bool:
     if delta is None:
         return change.added.empty and not change.removed
     return set(delta.added["id"]) == set(change.added["id"]) and set(delta.removed_ids) == set(change.removed)
+
+
+def _routed(settings: Settings, model: str, vectors: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The catalog's vectors as its index holds them, and the manifest's record of the routing."""
+    if not routes(settings.embeddings_dir / model_key(model)):
+        return vectors, {}
+    return route_vectors(load_encoder(model, settings), vectors)
 
 
 def _embeddings_of(settings: Settings, ids: pd.Series, model: str) -> np.ndarray:

@@ -36,9 +36,12 @@ from imagesearch.models.backbones import backbone_key, create_image_backbone, lo
 from imagesearch.models.onnx_runtime import FLOAT32, ONNX_FOLDER, OnnxTowers, export_towers, open_towers
 from imagesearch.models.preprocess import ImageInput, Preprocessor
 from imagesearch.models.towers import (
+    COLLECTION,
     FEATURES,
+    IMAGE,
     PLAIN,
     AnchoredProjection,
+    CollectionRouter,
     ImageTower,
     ResidualText,
     TextTower,
@@ -73,6 +76,7 @@ class EncoderSpec:
     image_residual: str = FEATURES  # anchored: what the image residual reads (AnchoredProjection)
     specialist_dim: int = 0  # anchored: width of the domain-gated specialist block (0 = none)
     classifier_residual: bool = False  # anchored: the bridge's class logits learn a correction
+    specialist_routing: str = IMAGE  # the specialist block's gate decides per image or per collection
 
 
 class Encoder:
@@ -146,6 +150,38 @@ class Encoder:
             return np.zeros((0, self.dim), np.float32)
         tensor = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
         return self.image_model.from_features(tensor).float().cpu().numpy()
+
+    def specialist_columns(self) -> slice | None:
+        """Where image and text vectors hold the specialist block (its filler column included)."""
+        if not self.spec.specialist_dim:
+            return None
+        end = self.spec.dim - self._raw_width()
+        return slice(end - self.spec.specialist_dim - 1, end)
+
+    def _raw_width(self) -> int:
+        return self.backbone.num_features if self.spec.raw_feature_weight else 0
+
+    @property
+    def routes(self) -> bool:
+        """Whether an index of this encoder's vectors decides per collection (`route_collection`)."""
+        return getattr(self.image_model, "router", None) is not None
+
+    def route_collection(self, vectors: np.ndarray) -> tuple[np.ndarray, bool | None]:
+        """(a collection's image vectors as its index holds them, whether it is inside the training
+        corpus's domain; None = this encoder does not route). Outside, the specialist block's columns
+        are zeroed, so every query - text or image - ranks the collection by the anchored model."""
+        if not self.routes:
+            return vectors, None
+        router = self.image_model.router
+        raw = torch.from_numpy(np.ascontiguousarray(vectors[:, -self._raw_width() :], dtype=np.float32))
+        inside = router.inside(raw)
+        return (vectors if inside else without_block(vectors, *self.block_layout())), inside
+
+    def block_layout(self) -> tuple[slice, float]:
+        """(the specialist block's columns, how much the anchored columns before it are scaled down by
+        the block's share of the projection's norm): what `without_block` needs."""
+        weight = float(self.image_model.projection.specialist.weight)
+        return self.specialist_columns(), float(np.sqrt(1.0 + weight * weight))
 
     def encode_images(self, images: Sequence[ImageInput], batch_size: int = 32) -> np.ndarray:
         batches = [
@@ -237,6 +273,16 @@ class Encoder:
         return cls(spec, image_model, TextTower(transformer, projection), tokenizer, device, onnx)
 
 
+def without_block(vectors: np.ndarray, block: slice, anchored_scale: float) -> np.ndarray:
+    """Routed image vectors with the specialist block taken out: its columns zeroed and the anchored
+    columns before it scaled back up, so each row is the vector the anchored model alone (the same
+    raw block) would give (a copy, unit rows)."""
+    out = np.array(vectors, dtype=np.float32, copy=True)
+    out[:, block] = 0.0
+    out[:, : block.start] *= anchored_scale
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
 def _trained_towers(spec: EncoderSpec, backbone: nn.Module, hidden: int) -> tuple[ImageTower, nn.Module]:
     """The image tower and the text head of a trained kind, freshly initialised."""
     raw_width = backbone.num_features if spec.raw_feature_weight else 0
@@ -260,7 +306,10 @@ def _trained_towers(spec: EncoderSpec, backbone: nn.Module, hidden: int) -> tupl
         text_head = nn.Linear(hidden, shared)
     else:
         raise ValueError(f"unknown encoder kind {spec.kind!r}")
-    return ImageTower(backbone, projection, spec.raw_feature_weight, spec.raw_transform), text_head
+    routed = spec.kind == ANCHORED and spec.specialist_dim and spec.specialist_routing == COLLECTION
+    router = CollectionRouter(backbone.num_features) if routed else None
+    tower = ImageTower(backbone, projection, spec.raw_feature_weight, spec.raw_transform, router)
+    return tower, text_head
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -333,6 +382,14 @@ def build_trained_encoder(settings: ModelSettings, seed: int = 0) -> Encoder:
     anchored = settings.head == ANCHORED
     if settings.specialist_dim and not (anchored and settings.text_residual):
         raise ValueError("the specialist block needs the anchored head with its text residual on")
+    if (
+        settings.specialist_dim
+        and settings.specialist_routing == COLLECTION
+        and not settings.raw_feature_weight
+    ):
+        raise ValueError(
+            "routing the specialist block per collection reads the raw block: set a raw_feature_weight"
+        )
     specialist = settings.specialist_dim + 1 if settings.specialist_dim else 0  # + the filler column
     shared = hidden + specialist if anchored else settings.embed_dim
     raw_width = backbone.num_features if settings.raw_feature_weight else 0
@@ -350,6 +407,7 @@ def build_trained_encoder(settings: ModelSettings, seed: int = 0) -> Encoder:
         image_residual=settings.image_residual,
         specialist_dim=settings.specialist_dim,
         classifier_residual=settings.classifier_residual and anchored,
+        specialist_routing=settings.specialist_routing,
     )
     if anchored and getattr(backbone, "num_classes", 0) != 1000:
         raise ValueError(

@@ -15,6 +15,8 @@ RESIDUAL_INPUTS = (FEATURES, CLASSES)
 GATE_PROTOTYPES = 1024  # training views a domain gate compares an image with
 GATE_NEIGHBOURS = 5  # ... through its mean cosine to the nearest of them
 GATE_RAMP = 0.05  # cosine over which the gate goes from shut (exactly 0) to open (exactly 1)
+GATE_OPEN, GATE_SHUT = -2.0, 2.0  # thresholds below / above any cosine
+IMAGE, COLLECTION = "image", "collection"  # what the specialist block's gate decides for
 
 
 class ImageTower(nn.Module):
@@ -31,10 +33,12 @@ class ImageTower(nn.Module):
         projection: nn.Module,
         raw_feature_weight: float = 0.0,
         raw_transform: str = PLAIN,
+        router: CollectionRouter | None = None,
     ):
         super().__init__()
         self.backbone = backbone
         self.projection = projection
+        self.router = router  # routes the specialist block per collection (see CollectionRouter)
         self.raw_feature_weight = raw_feature_weight
         self.raw_transform = PLAIN
         if raw_transform == SQRT_CENTERED:
@@ -173,7 +177,7 @@ class DomainGate(nn.Module):
         super().__init__()
         self.register_buffer("prototypes", torch.zeros(GATE_PROTOTYPES, width))
         self.register_buffer("mean", torch.zeros(width))
-        self.register_buffer("threshold", torch.tensor(2.0))  # above any cosine: closed
+        self.register_buffer("threshold", torch.tensor(GATE_SHUT))
 
     def similarity(self, features: torch.Tensor) -> torch.Tensor:
         centred = F.normalize(rooted(features) - self.mean, dim=-1)
@@ -187,14 +191,43 @@ class DomainGate(nn.Module):
     def fit(self, train: torch.Tensor, seed: int) -> None:
         """The prototypes: training views drawn at random (with replacement when there are fewer)."""
         train = train.float()
-        generator = torch.Generator().manual_seed(seed)
-        drawn = (
-            torch.randperm(len(train), generator=generator)[:GATE_PROTOTYPES]
-            if len(train) >= GATE_PROTOTYPES
-            else torch.randint(len(train), (GATE_PROTOTYPES,), generator=generator)
-        )
         self.mean.copy_(rooted(train).mean(dim=0))
-        self.prototypes.copy_(F.normalize(rooted(train[drawn]) - self.mean, dim=-1))
+        self.prototypes.copy_(F.normalize(rooted(train[_drawn(len(train), seed)]) - self.mean, dim=-1))
+
+
+class CollectionRouter(nn.Module):
+    """Whether a whole collection looks like the training corpus: the median, over its images, of the
+    mean cosine of each image's raw block to its nearest stored training views, against `threshold`
+    (a quantile of the in-domain val images' similarity, chosen in training). Single images of two
+    collections overlap; their medians do not (README, "What generalizes"). It reads image vectors
+    as stored (their raw block), so an index build can decide from the vectors alone; the index of a
+    collection outside gets the specialist block's columns zeroed (`Encoder.route_collection`)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.register_buffer("prototypes", torch.zeros(GATE_PROTOTYPES, width))
+        self.register_buffer("threshold", torch.tensor(GATE_SHUT))  # unfitted: every collection outside
+
+    def similarity(self, raw_blocks: torch.Tensor) -> torch.Tensor:
+        unit = F.normalize(raw_blocks.float(), dim=-1)
+        return (unit @ self.prototypes.T).topk(GATE_NEIGHBOURS, dim=-1).values.mean(dim=-1)
+
+    def inside(self, raw_blocks: torch.Tensor) -> bool:
+        return bool(len(raw_blocks)) and float(self.similarity(raw_blocks).median()) >= float(self.threshold)
+
+    @torch.no_grad()
+    def fit(self, train_raw_blocks: torch.Tensor, seed: int) -> None:
+        self.prototypes.copy_(
+            F.normalize(train_raw_blocks.float()[_drawn(len(train_raw_blocks), seed)], dim=-1)
+        )
+
+
+def _drawn(count: int, seed: int) -> torch.Tensor:
+    """GATE_PROTOTYPES row positions drawn at random (with replacement when there are fewer)."""
+    generator = torch.Generator().manual_seed(seed)
+    if count >= GATE_PROTOTYPES:
+        return torch.randperm(count, generator=generator)[:GATE_PROTOTYPES]
+    return torch.randint(count, (GATE_PROTOTYPES,), generator=generator)
 
 
 class SpecialistImage(nn.Module):

@@ -93,6 +93,11 @@ class ModelSettings(BaseModel):
         description="anchored head: width of a domain-gated specialist block (0 = none): freely trained "
         "projections whose scores count only for images that look like the training corpus",
     )
+    specialist_routing: Literal["image", "collection"] = Field(
+        default="image",
+        description="specialist block: where its domain gate decides - per 'image', or per "
+        "'collection' (an index of a collection unlike the training corpus gets the anchored model)",
+    )
     raw_feature_weight: float = Field(
         default=2.0,
         ge=0,

@@ -16,7 +16,9 @@ from imagesearch.evaluation.ranking import rank_corpus, score_rankings
 from imagesearch.evaluation.sets import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, EvalSets
 from imagesearch.models.encoders import Encoder
 from imagesearch.models.towers import (
+    GATE_OPEN,
     AnchoredProjection,
+    CollectionRouter,
     ImageTower,
     SpecialistImage,
     rooted,
@@ -66,6 +68,8 @@ class ModelSelection:
         self.gate_thresholds = state.get("gate_thresholds") or {}
         if state.get("bridge"):
             self._set_bridge(state["bridge"])
+        if self.router() is not None:  # it lives outside the checkpointed parts: fitted again, alike
+            self.fit_gate()
 
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
@@ -96,8 +100,10 @@ class ModelSelection:
         return metrics
 
     def _served_vectors(self, features: torch.Tensor) -> torch.Tensor:
+        """One collection's image vectors as its index would hold them (routed, when the block is)."""
         pooled = top_outputs(self.parts.top, features, self.device).to(self.device)
-        return self.encoder.image_model.from_features(pooled).float().cpu()
+        vectors = self.encoder.image_model.from_features(pooled).float().cpu()
+        return torch.from_numpy(self.encoder.route_collection(vectors.numpy())[0])
 
     def _text_numpy(self, texts: list[str], width: int) -> np.ndarray:
         return self._text_vectors(texts, width).numpy()
@@ -112,6 +118,9 @@ class ModelSelection:
 
     def specialist(self) -> SpecialistImage | None:
         return getattr(self.parts.image_projection, "specialist", None)
+
+    def router(self) -> CollectionRouter | None:
+        return getattr(self.encoder.image_model, "router", None)
 
     @torch.inference_mode()
     def _raw_feature_metrics(self) -> dict[str, float]:
@@ -167,20 +176,30 @@ class ModelSelection:
     def _set_specialist(self, block: dict[str, float]) -> None:
         if block:
             self._weigh_specialist(block["specialist_weight"])
-            self.specialist().gate.threshold.fill_(self.gate_thresholds[block["gate_quantile"]])
+            gate = self.router() or self.specialist().gate  # routed per collection, every image is open
+            gate.threshold.fill_(self.gate_thresholds[block["gate_quantile"]])
 
     @torch.inference_mode()
     def fit_gate(self) -> None:
-        """The specialist's domain gate: prototypes from the training views, and a threshold for each
-        quantile of the grid from the in-domain val images' similarity to them (never trained on:
-        how new pictures of the training corpus look)."""
+        """The specialist's domain gate (or, routed per collection, its router): prototypes from the
+        training views, and a threshold for each quantile of the grid from the in-domain val images'
+        similarity to them (never trained on: how new pictures of the training corpus look)."""
         specialist = self.specialist()
         if specialist is None:
             return
-        train = top_outputs(self.parts.top, self.cache.train[:, 0], self.device)
-        specialist.gate.fit(train, self.settings.seed)
-        held_out = top_outputs(self.parts.top, self.cache.val, self.device) if len(self.cache.val) else train
-        similarity = specialist.gate.similarity(held_out.float())
+        train = top_outputs(self.parts.top, self.cache.train[:, 0], self.device).float()
+        held_out = (
+            top_outputs(self.parts.top, self.cache.val, self.device).float() if len(self.cache.val) else train
+        )
+        router = self.router()
+        if router is None:
+            specialist.gate.fit(train, self.settings.seed)
+            similarity = specialist.gate.similarity(held_out)
+        else:  # the router reads the raw block of stored vectors: it is fitted in that block's space
+            specialist.gate.threshold.fill_(GATE_OPEN)
+            raw_block = self.encoder.image_model.raw_block
+            router.fit(raw_block(train), self.settings.seed)
+            similarity = router.similarity(raw_block(held_out))
         self.gate_thresholds = {q: float(similarity.quantile(q)) for q in self.settings.gate_quantile_grid}
 
     def _candidates(self, key: str, grid: list[float], apply) -> list[dict[str, float]]:
@@ -258,11 +277,12 @@ class ModelSelection:
         self._interpolate(self.best["metrics"]["interpolation"])
         chosen = self.best["metrics"]
         self._weigh_specialist(chosen.get("specialist_weight", 0.0))
-        if "gate_quantile" in chosen:
-            self.specialist().gate.threshold.fill_(self.gate_thresholds[chosen["gate_quantile"]])
+        has_block = "gate_quantile" in chosen  # the untrained epoch keeps the block off, with no gate
+        block = {k: chosen[k] for k in ("specialist_weight", "gate_quantile")} if has_block else {}
+        self._set_specialist(block)
         tower = self.encoder.image_model
         if getattr(tower, "raw_feature_weight", 0) and self.settings.raw_transform_grid:
-            chosen = {**chosen, "raw_transform": self._choose_raw_transform(tower, pooled_train)}
+            chosen = {**chosen, "raw_transform": self._choose_raw_transform(tower, pooled_train, block)}
         if getattr(tower, "raw_feature_weight", 0) and self.settings.raw_weight_grid:
 
             def apply(weight: float) -> None:
@@ -274,16 +294,25 @@ class ModelSelection:
             self.encoder.spec = replace(self.encoder.spec, raw_feature_weight=chosen["raw_feature_weight"])
         return {"epoch": self.best["epoch"], **(self.bridge or {}), **chosen}
 
-    def _choose_raw_transform(self, tower: ImageTower, pooled_train: torch.Tensor | None) -> str:
+    def _choose_raw_transform(
+        self, tower: ImageTower, pooled_train: torch.Tensor | None, block: dict[str, float]
+    ) -> str:
         """How the raw block is made (`ImageTower`): the kind with the best mean over every val metric,
         in-domain and out of domain, as the bridge is chosen (it moves image->image scores only)."""
         mean = self._train_raw_mean(pooled_train)
+
+        def use(kind: str) -> None:
+            tower.use_raw_transform(kind, mean)
+            if self.router() is not None and block:  # the router reads the raw block: refitted in it
+                self.fit_gate()
+                self._set_specialist(block)
+
         scores = {}
         for kind in self.settings.raw_transform_grid:
-            tower.use_raw_transform(kind, mean)
+            use(kind)
             scores[kind] = float(np.mean(list(self.validate().values())))
         best = max(scores, key=scores.get)
-        tower.use_raw_transform(best, mean)
+        use(best)
         self.encoder.spec = replace(self.encoder.spec, raw_transform=best)
         return best
 
