@@ -261,7 +261,8 @@ def _curves(sets: EvalSets, rankings: ModelRankings) -> dict[str, list[float]]:
 
 def _pretrained_features(settings: Settings, paths: list[str]) -> np.ndarray:
     """The image backbone's pooled ImageNet features, before any head: the image->image floor."""
-    plain = settings.model.model_copy(update={"head": "two_tower", "raw_feature_weight": 0.0})
+    bare = {"head": "two_tower", "raw_feature_weight": 0.0, "specialist_dim": 0}  # whatever the model's
+    plain = settings.model.model_copy(update=bare)
     raw = file_features(build_trained_encoder(plain), paths, cache_folder(settings))
     return raw / np.linalg.norm(raw, axis=1, keepdims=True).clip(min=1e-12)
 
