@@ -177,7 +177,7 @@ def test_an_anchored_model_indexes_an_outside_collection_folder(tmp_path):
     )
     assert built.returncode == 0, built.stderr
     manifest = json.loads((index / "manifest.json").read_text())
-    assert manifest["count"] == 30 and manifest["dim"] == 384 + 1280
+    assert manifest["count"] == 30 and manifest["dim"] == 384 + 257 + 1280
     image = sorted(folder.rglob("*.png"))[0]
     searched = run_cli(
         "search", "--index", str(index), "--image", str(image), "-k", "3", "--json", home=tmp_path / "ws"

@@ -20,10 +20,11 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from skimage import data
 
+from imagesearch.embeddings.store import mark_routing, routes
 from imagesearch.feedback.clicklog import ClickLog
 from imagesearch.feedback.simulation import simulate_workspace_clicks
 from imagesearch.index.folder import build_folder_index
-from imagesearch.index.routing import as_base, mark_routing, routes
+from imagesearch.index.routing import as_base
 from imagesearch.index.store import load_index
 from imagesearch.models.backbones import WeightsNotFound, create_image_backbone, load_text_model
 from imagesearch.models.encoders import Encoder, build_trained_encoder, imagenet_class_names
@@ -38,6 +39,7 @@ from imagesearch.models.registry import (
     log_encoder,
     version_of_run,
 )
+from imagesearch.models.routing import route_collection
 from imagesearch.models.towers import SQRT_CENTERED, set_interpolation, set_specialist_weight
 from imagesearch.settings import ModelSettings, Settings
 from tests.conftest import noise_image, png_bytes
@@ -97,9 +99,10 @@ def test_two_tower_outputs_the_shared_dimension(two_tower, photos):
 def test_the_untrained_anchored_model_is_v0_plus_raw_features(anchored, zeroshot_encoder, photos):
     images = anchored.encode_images(list(photos.values()))
     texts = anchored.encode_texts(list(CAPTIONS.values()))
-    assert images.shape == texts.shape == (3, 384 + 1280) == (3, anchored.dim)
+    assert images.shape == texts.shape == (3, 384 + 257 + 1280) == (3, anchored.dim)  # v0, block, raw
     np.testing.assert_allclose(np.linalg.norm(images, axis=1), 1.0, atol=1e-5)
     assert np.all(texts[:, 384:] == 0)  # texts score against the shared part only
+    assert np.all(images[:, 384:641] == 0)  # the specialist block is off (weight 0) until trained
     shared = images[:, :384] / np.linalg.norm(images[:, :384], axis=1, keepdims=True)
     np.testing.assert_allclose(shared, zeroshot_encoder.encode_images(list(photos.values())), atol=1e-5)
     np.testing.assert_allclose(
@@ -109,7 +112,7 @@ def test_the_untrained_anchored_model_is_v0_plus_raw_features(anchored, zeroshot
     with torch.inference_mode():
         features = anchored.image_model.features(anchored.preprocess([photos["cat"]]))
     raw = torch.nn.functional.normalize(features, dim=-1).numpy()[0]
-    block = images[0, 384:] / np.linalg.norm(images[0, 384:])
+    block = images[0, -1280:] / np.linalg.norm(images[0, -1280:])
     np.testing.assert_allclose(block, raw, atol=1e-4)
 
 
@@ -456,7 +459,7 @@ def test_the_sqrt_centered_raw_block_roots_centres_and_normalises(anchored, phot
 def test_a_class_mix_residual_corrects_class_names_and_round_trips(photos, tmp_path):
     """`MODEL__IMAGE_RESIDUAL=classes`: the image residual reads the bridge's top-k class mix; saved,
     reloaded and exported to ONNX it gives the same vectors as the module it came from."""
-    encoder = build_trained_encoder(ModelSettings(image_residual="classes"), seed=0)
+    encoder = build_trained_encoder(ModelSettings(image_residual="classes", specialist_dim=0), seed=0)
     projection = encoder.image_model.projection
     assert projection.residual.in_features == 1000
     generator = torch.Generator().manual_seed(5)
@@ -484,7 +487,7 @@ def test_a_classifier_residual_moves_the_class_mix_as_far_as_the_interpolation_a
     """`MODEL__CLASSIFIER_RESIDUAL`: a learned correction of the bridge's class logits, scaled by the
     interpolation (0 = the pretrained mix, which `anchor` always uses); saved, reloaded and exported to
     ONNX it gives the same vectors as the module it came from."""
-    encoder = build_trained_encoder(ModelSettings(classifier_residual=True), seed=0)
+    encoder = build_trained_encoder(ModelSettings(classifier_residual=True, specialist_dim=0), seed=0)
     projection = encoder.image_model.projection
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -513,9 +516,9 @@ def test_a_collection_routed_specialist_block_speaks_only_in_an_index_of_a_colle
     median similarity to the training views reaches the router's threshold is indexed as it is, one
     below it with the block's columns zeroed - there every text query ranks by the anchored model. The
     manifest records the decision, a live update follows it, and the router survives save and ONNX."""
-    settings = ModelSettings(head="anchored", raw_feature_weight=1.0, specialist_dim=16)
+    settings = ModelSettings(head="anchored", raw_feature_weight=1.0, specialist_dim=16)  # routed by default
     plain = build_trained_encoder(settings.model_copy(update={"specialist_dim": 0}))
-    routed = build_trained_encoder(settings.model_copy(update={"specialist_routing": "collection"}))
+    routed = build_trained_encoder(settings)
     assert routed.routes and not plain.routes
     for tower in (routed.image_model, routed.text_model):
         set_specialist_weight(tower, 1.0)
@@ -529,9 +532,9 @@ def test_a_collection_routed_specialist_block_speaks_only_in_an_index_of_a_colle
     columns = routed.specialist_columns()
     assert columns.stop - columns.start == 17 and columns.stop == routed.dim - 1280
     vectors = routed.encode_images(images)
-    kept, inside = routed.route_collection(vectors)
+    kept, inside = route_collection(routed, vectors)
     assert inside is True and np.array_equal(kept, vectors) and np.abs(vectors[:, columns]).sum() > 0
-    outside_vectors, inside = routed.route_collection(routed.encode_images(noise))
+    outside_vectors, inside = route_collection(routed, routed.encode_images(noise))
     assert inside is False and not outside_vectors[:, columns].any()
     anchored = np.delete(outside_vectors, np.arange(columns.start, columns.stop), axis=1)
     np.testing.assert_allclose(
@@ -551,26 +554,25 @@ def test_a_collection_routed_specialist_block_speaks_only_in_an_index_of_a_colle
     assert not load_index(tmp_path / "index").candidate_vectors(np.arange(4))[:, columns].any()
     assert not as_base(vectors, manifest.extra)[:, columns].any()  # a live update routes as its base
     assert np.array_equal(as_base(vectors, {"specialist": "inside"}), vectors)
-    for encoder, name in ((routed, "routed"), (plain, "plain")):  # the backfill marks what the index routes
-        mark_routing(encoder, tmp_path / "embeddings" / name)
+    mark_routing(tmp_path / "embeddings" / "routed", columns)  # the backfill marks what the index routes
     assert routes(tmp_path / "embeddings" / "routed") and not routes(tmp_path / "embeddings" / "plain")
     routed.export_onnx(routed.save(tmp_path / "routed"))
     for runtime in ("torch", "onnx"):
         reloaded = Encoder.load(tmp_path / "routed", "cpu", runtime=runtime)
         assert reloaded.routes and torch.equal(reloaded.image_model.router.threshold, router.threshold)
-        assert reloaded.route_collection(reloaded.encode_images(noise))[1] is False
+        assert route_collection(reloaded, reloaded.encode_images(noise))[1] is False
     with pytest.raises(ValueError, match="raw block"):
-        build_trained_encoder(
-            settings.model_copy(update={"specialist_routing": "collection", "raw_feature_weight": 0})
-        )
+        build_trained_encoder(settings.model_copy(update={"raw_feature_weight": 0}))
 
 
 def test_a_shut_domain_gate_leaves_the_anchored_ranking_and_an_open_one_adds_the_specialist(photos, tmp_path):
     """The specialist block counts only where the domain gate opens: shut, every text->image score is
     the anchored model's times one constant (the same ranking); open, the block's own scores add in.
     Saved, reloaded and exported to ONNX, the gate and the block give the same vectors."""
-    plain = build_trained_encoder(ModelSettings(head="anchored", raw_feature_weight=1.0))
-    gated = build_trained_encoder(ModelSettings(head="anchored", raw_feature_weight=1.0, specialist_dim=16))
+    plain = build_trained_encoder(ModelSettings(head="anchored", raw_feature_weight=1.0, specialist_dim=0))
+    gated = build_trained_encoder(
+        ModelSettings(head="anchored", raw_feature_weight=1.0, specialist_dim=16, specialist_routing="image")
+    )
     assert gated.dim == plain.dim + 17  # the block and its filler column
     specialist = gated.image_model.projection.specialist
     set_specialist_weight(gated.image_model, 1.0)

@@ -36,6 +36,7 @@ from imagesearch.evaluation.step import evaluation_step
 from imagesearch.index.store import load_index
 from imagesearch.models.encoders import Encoder, build_trained_encoder
 from imagesearch.models.registry import CHALLENGER, CHAMPION, alias_version, connect, load_encoder
+from imagesearch.models.routing import route_collection
 from imagesearch.models.towers import set_interpolation
 from imagesearch.settings import ModelSettings, Settings, TrainingSettings
 from imagesearch.training.loop import fingerprint, train_towers
@@ -455,7 +456,9 @@ def train_anchored_briefly(
         raw_weight_grid=[],
         **overrides,
     )
-    encoder = build_trained_encoder(model or ModelSettings(head="anchored", raw_feature_weight=0))
+    encoder = build_trained_encoder(
+        model or ModelSettings(head="anchored", raw_feature_weight=0, specialist_dim=0)
+    )
     kwargs = {"work_dir": tmp_path / f"work-{name}", "limits": DEFAULT_LIMITS, "progress": False}
     return encoder, train_towers(encoder, examples, catalog, settings, **kwargs).history
 
@@ -551,7 +554,7 @@ def test_the_specialist_block_learns_behind_its_gate_and_its_weight_is_chosen_on
         assert float(specialist.gate.threshold) == -2.0
         assert 0 < float(encoder.image_model.router.threshold) < 1
         features = np.random.default_rng(0).random((4, 1280), dtype=np.float32)
-        assert encoder.route_collection(encoder.encode_features(features))[1] in (True, False)
+        assert route_collection(encoder, encoder.encode_features(features))[1] in (True, False)
 
 
 @pytest.mark.parametrize("classifier_residual", [False, True])
@@ -562,7 +565,9 @@ def test_training_leaves_the_anchor_pretrained_so_interpolation_zero_is_the_untr
     pretrained weights (a classifier residual learns a correction of its logits instead), so every
     image vector at interpolation 0 is the untrained model's."""
     catalog, examples = tiny_training_data(tmp_path, training_folder)
-    model = ModelSettings(head="anchored", raw_feature_weight=0, classifier_residual=classifier_residual)
+    model = ModelSettings(
+        head="anchored", raw_feature_weight=0, specialist_dim=0, classifier_residual=classifier_residual
+    )
     untrained = build_trained_encoder(model)
     encoder, _ = train_anchored_briefly(tmp_path, catalog, examples, "anchor", 2, model)
     projection = encoder.image_model.projection

@@ -9,8 +9,7 @@ from imagesearch.common.executor import executor_for
 from imagesearch.common.images import decode_limits
 from imagesearch.common.progress import Progress
 from imagesearch.embeddings.backfill import BackfillReport, backfill
-from imagesearch.embeddings.store import SHARD_KEYS, model_key
-from imagesearch.index.routing import mark_routing
+from imagesearch.embeddings.store import SHARD_KEYS, mark_routing, model_key
 from imagesearch.models.registry import load_encoder, pin_reference
 from imagesearch.settings import Settings
 
@@ -31,7 +30,8 @@ def backfill_step(
     pinned = pin_reference(model or settings.embeddings.model, settings)
     encoder = load_encoder(pinned, settings)
     folder = settings.embeddings_dir / model_key(pinned)
-    mark_routing(encoder, folder)
+    if encoder.routes:
+        mark_routing(folder, encoder.specialist_columns())
     return backfill(
         encoder,
         read_catalog(settings.catalog_path),

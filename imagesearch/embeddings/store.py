@@ -8,6 +8,7 @@ adds new ones, sorts by id and swaps the file in atomically.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -38,6 +39,18 @@ def read_embeddings(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 SHARD_KEYS = tuple("0123456789abcdef")
+ROUTING_MARKER = "routing.json"  # in a model's embeddings folder: its encoder routes per collection
+
+
+def mark_routing(embeddings: Path, specialist_columns: slice) -> None:
+    """Note in a model's embeddings folder that an index of them must be routed (the index step then
+    loads the encoder; other models' indexes never need it)."""
+    embeddings.mkdir(parents=True, exist_ok=True)
+    (embeddings / ROUTING_MARKER).write_text(json.dumps({"specialist_columns": str(specialist_columns)}))
+
+
+def routes(embeddings: Path) -> bool:
+    return (embeddings / ROUTING_MARKER).is_file()
 
 
 def shard_of(image_id: str) -> str:

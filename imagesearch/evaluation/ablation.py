@@ -35,73 +35,78 @@ from imagesearch.training_data.step import held_out_queries
 ALL = "all"
 HEADLINE = ["image_to_image", "text_to_image", "text_to_image/title", "text_to_image/tag"]
 OUTSIDE_HEADLINE = ["image_to_image", "text_to_image"]
+# the recipes measured before the routed specialist became the default: no block, and the fine-tuned
+# residual interpolated on this grid
+NO_BLOCK = {"specialist_dim": 0}
+FINE_TUNED_GRID = {"interpolation_grid": [0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0]}
 # recipe -> (model settings, training settings) overrides; each trains on every enabled source
 RECIPES: dict[str, tuple[dict, dict]] = {
     "two_tower (round one)": ({"head": "two_tower", "raw_feature_weight": 0.0}, {"selection": "last"}),
     "two_tower + raw features": ({"head": "two_tower", "raw_feature_weight": 1.0}, {}),
-    "anchored, no raw features": ({"head": "anchored", "raw_feature_weight": 0.0}, {}),
+    "anchored, no raw features": (
+        {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 0.0},
+        FINE_TUNED_GRID,
+    ),
     "anchored, last epoch, full residual": (
-        {"head": "anchored", "raw_feature_weight": 1.0},
+        {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0},
         {"selection": "last", "interpolation_grid": [1.0]},
     ),
     "anchored, v0's bridge (top 10, T 1)": (
-        {"head": "anchored", "raw_feature_weight": 1.0},
-        {"bridge_top_k_grid": [], "bridge_temperature_grid": []},
+        {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0},
+        {**FINE_TUNED_GRID, "bridge_top_k_grid": [], "bridge_temperature_grid": []},
     ),
     "anchored, bridge chosen, no training": (
-        {"head": "anchored", "raw_feature_weight": 1.0},
+        {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0},
         {"frozen_epochs": 0, "unfrozen_epochs": 0},
     ),
     "anchored, text tower locked (LiT)": (
-        {"head": "anchored", "raw_feature_weight": 1.0, "text_residual": False},
-        {},
+        {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0, "text_residual": False},
+        FINE_TUNED_GRID,
     ),
     "anchored, plain raw block": (
-        {"head": "anchored", "raw_feature_weight": 1.0},
-        {"raw_transform_grid": ["plain"]},
+        {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0},
+        {**FINE_TUNED_GRID, "raw_transform_grid": ["plain"]},
     ),
     "anchored, residual over the class mix": (
-        {"head": "anchored", "raw_feature_weight": 1.0, "image_residual": "classes"},
-        {},
+        {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0, "image_residual": "classes"},
+        FINE_TUNED_GRID,
     ),
     "anchored, zero-shot distillation (ZSCL)": (
-        {"head": "anchored", "raw_feature_weight": 1.0},
-        {"distillation_weight": 1.0},
+        {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0},
+        {**FINE_TUNED_GRID, "distillation_weight": 1.0},
     ),
     "anchored, finer interpolation grid": (
-        {"head": "anchored", "raw_feature_weight": 1.0},
+        {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0},
         {"interpolation_grid": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0]},
     ),
     "anchored, residual decay 1 (L2-SP)": (
-        {"head": "anchored", "raw_feature_weight": 1.0},
-        {"residual_weight_decay": 1.0},
+        {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0},
+        {**FINE_TUNED_GRID, "residual_weight_decay": 1.0},
     ),
     "anchored, residual decay 5 (L2-SP)": (
-        {"head": "anchored", "raw_feature_weight": 1.0},
-        {"residual_weight_decay": 5.0},
+        {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0},
+        {**FINE_TUNED_GRID, "residual_weight_decay": 5.0},
     ),
     "anchored, learning rate 2e-3 (the default before)": (
-        {"head": "anchored", "raw_feature_weight": 1.0},
-        {"learning_rate": 2e-3},
-    ),
-    "anchored + domain-gated specialist": (
-        {"head": "anchored", "raw_feature_weight": 1.0, "specialist_dim": 256},
-        {"interpolation_grid": [0.0]},
-    ),
-    "anchored + collection-routed specialist": (
-        {
-            "head": "anchored",
-            "raw_feature_weight": 1.0,
-            "specialist_dim": 256,
-            "specialist_routing": "collection",
-        },
-        {"interpolation_grid": [0.0]},
+        {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0},
+        {**FINE_TUNED_GRID, "learning_rate": 2e-3},
     ),
     "anchored + classifier residual": (
-        {"head": "anchored", "raw_feature_weight": 1.0, "classifier_residual": True},
+        {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0, "classifier_residual": True},
+        FINE_TUNED_GRID,
+    ),
+    "anchored, fine-tuned residual (the default before)": (
+        {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0},
+        FINE_TUNED_GRID,
+    ),
+    "anchored + domain-gated specialist": (
+        {"head": "anchored", "raw_feature_weight": 1.0, "specialist_routing": "image"},
         {},
     ),
-    "anchored (default)": ({"head": "anchored", "raw_feature_weight": 1.0}, {}),
+    "anchored + collection-routed specialist (default)": (
+        {"head": "anchored", "raw_feature_weight": 1.0},
+        {},
+    ),
 }
 
 

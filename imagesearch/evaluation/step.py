@@ -46,6 +46,7 @@ from imagesearch.evaluation.sets import (
 from imagesearch.feedback.step import last_experiment
 from imagesearch.models import registry
 from imagesearch.models.encoders import Encoder, build_trained_encoder
+from imagesearch.models.routing import route_collection
 from imagesearch.settings import Settings
 from imagesearch.training_data.examples import leakage_problems
 
@@ -236,7 +237,7 @@ def evaluate_encoder(
 ) -> tuple[ModelRankings, dict[str, dict[str, float]]]:
     """Embed the test corpus as an index of it would hold it (routed, for a routing encoder), rank it
     for every query by exact search, score the rankings."""
-    vectors, _ = encoder.route_collection(encode_files(encoder, sets.corpus["path"].tolist(), features))
+    vectors, _ = route_collection(encoder, encode_files(encoder, sets.corpus["path"].tolist(), features))
     rankings = rank_corpus(sets, vectors, encoder.encode_texts)
     return rankings, score_rankings(sets, rankings)
 
@@ -261,7 +262,7 @@ def _curves(sets: EvalSets, rankings: ModelRankings) -> dict[str, list[float]]:
 
 def _pretrained_features(settings: Settings, paths: list[str]) -> np.ndarray:
     """The image backbone's pooled ImageNet features, before any head: the image->image floor."""
-    bare = {"head": "two_tower", "raw_feature_weight": 0.0, "specialist_dim": 0}  # whatever the model's
+    bare = {"head": "two_tower", "raw_feature_weight": 0.0}  # whatever the model's
     plain = settings.model.model_copy(update=bare)
     raw = file_features(build_trained_encoder(plain), paths, cache_folder(settings))
     return raw / np.linalg.norm(raw, axis=1, keepdims=True).clip(min=1e-12)

@@ -18,12 +18,12 @@ from imagesearch.common.executor import executor_for
 from imagesearch.common.versioning import DataRepo, StageVersion
 from imagesearch.common.workspace import init_workspace, one_writer
 from imagesearch.embeddings.step import EMBEDDINGS_STAGE, backfill_step
-from imagesearch.embeddings.store import model_key, read_model_embeddings, shard_of
+from imagesearch.embeddings.store import model_key, read_model_embeddings, routes, shard_of
 from imagesearch.index.build import build_tuned_index
 from imagesearch.index.delta import Delta, read_delta, write_delta
 from imagesearch.index.metadata import catalog_metadata
 from imagesearch.index.pieces import piece_bounds
-from imagesearch.index.routing import as_base, route_vectors, routes
+from imagesearch.index.routing import as_base, route_vectors
 from imagesearch.index.store import IDS_FILE, IndexManifest, load_index, read_manifest
 from imagesearch.models.registry import CHALLENGER, load_encoder, pin_reference, pinned_alias
 from imagesearch.settings import IndexSettings, Settings

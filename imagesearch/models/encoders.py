@@ -155,33 +155,17 @@ class Encoder:
         """Where image and text vectors hold the specialist block (its filler column included)."""
         if not self.spec.specialist_dim:
             return None
-        end = self.spec.dim - self._raw_width()
+        end = self.spec.dim - self.raw_width()
         return slice(end - self.spec.specialist_dim - 1, end)
 
-    def _raw_width(self) -> int:
+    def raw_width(self) -> int:
+        """Columns of the raw block at the end of each image vector (0 = none)."""
         return self.backbone.num_features if self.spec.raw_feature_weight else 0
 
     @property
     def routes(self) -> bool:
-        """Whether an index of this encoder's vectors decides per collection (`route_collection`)."""
+        """Whether an index of this encoder's vectors decides per collection (`models.routing`)."""
         return getattr(self.image_model, "router", None) is not None
-
-    def route_collection(self, vectors: np.ndarray) -> tuple[np.ndarray, bool | None]:
-        """(a collection's image vectors as its index holds them, whether it is inside the training
-        corpus's domain; None = this encoder does not route). Outside, the specialist block's columns
-        are zeroed, so every query - text or image - ranks the collection by the anchored model."""
-        if not self.routes:
-            return vectors, None
-        router = self.image_model.router
-        raw = torch.from_numpy(np.ascontiguousarray(vectors[:, -self._raw_width() :], dtype=np.float32))
-        inside = router.inside(raw)
-        return (vectors if inside else without_block(vectors, *self.block_layout())), inside
-
-    def block_layout(self) -> tuple[slice, float]:
-        """(the specialist block's columns, how much the anchored columns before it are scaled down by
-        the block's share of the projection's norm): what `without_block` needs."""
-        weight = float(self.image_model.projection.specialist.weight)
-        return self.specialist_columns(), float(np.sqrt(1.0 + weight * weight))
 
     def encode_images(self, images: Sequence[ImageInput], batch_size: int = 32) -> np.ndarray:
         batches = [
@@ -273,16 +257,6 @@ class Encoder:
         return cls(spec, image_model, TextTower(transformer, projection), tokenizer, device, onnx)
 
 
-def without_block(vectors: np.ndarray, block: slice, anchored_scale: float) -> np.ndarray:
-    """Routed image vectors with the specialist block taken out: its columns zeroed and the anchored
-    columns before it scaled back up, so each row is the vector the anchored model alone (the same
-    raw block) would give (a copy, unit rows)."""
-    out = np.array(vectors, dtype=np.float32, copy=True)
-    out[:, block] = 0.0
-    out[:, : block.start] *= anchored_scale
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-
 def _trained_towers(spec: EncoderSpec, backbone: nn.Module, hidden: int) -> tuple[ImageTower, nn.Module]:
     """The image tower and the text head of a trained kind, freshly initialised."""
     raw_width = backbone.num_features if spec.raw_feature_weight else 0
@@ -368,6 +342,23 @@ def prompt_embeddings(encoder: Encoder, names: list[str], prompts: Sequence[str]
     return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
 
 
+def _specialist_dim(settings: ModelSettings) -> int:
+    """The specialist block's width: a part of the anchored head (the 'two_tower' head has none)."""
+    if settings.head != ANCHORED or not settings.specialist_dim:
+        return 0
+    if not settings.text_residual:
+        raise ValueError(
+            "the specialist block needs the anchored head's text residual: set model.text_residual "
+            "or model.specialist_dim=0"
+        )
+    if settings.specialist_routing == COLLECTION and not settings.raw_feature_weight:
+        raise ValueError(
+            "routing the specialist block per collection reads the raw block: set a raw_feature_weight "
+            "or model.specialist_dim=0"
+        )
+    return settings.specialist_dim
+
+
 def build_trained_encoder(settings: ModelSettings, seed: int = 0) -> Encoder:
     """The starting point of training: pretrained backbones with the heads of `settings.head`.
 
@@ -380,17 +371,8 @@ def build_trained_encoder(settings: ModelSettings, seed: int = 0) -> Encoder:
     preprocessor = Preprocessor.for_backbone(backbone, settings.image_size)
     hidden = transformer.config.hidden_size
     anchored = settings.head == ANCHORED
-    if settings.specialist_dim and not (anchored and settings.text_residual):
-        raise ValueError("the specialist block needs the anchored head with its text residual on")
-    if (
-        settings.specialist_dim
-        and settings.specialist_routing == COLLECTION
-        and not settings.raw_feature_weight
-    ):
-        raise ValueError(
-            "routing the specialist block per collection reads the raw block: set a raw_feature_weight"
-        )
-    specialist = settings.specialist_dim + 1 if settings.specialist_dim else 0  # + the filler column
+    specialist_dim = _specialist_dim(settings)
+    specialist = specialist_dim + 1 if specialist_dim else 0  # + the filler column
     shared = hidden + specialist if anchored else settings.embed_dim
     raw_width = backbone.num_features if settings.raw_feature_weight else 0
     spec = EncoderSpec(
@@ -405,7 +387,7 @@ def build_trained_encoder(settings: ModelSettings, seed: int = 0) -> Encoder:
         raw_feature_weight=settings.raw_feature_weight,
         text_residual=settings.text_residual and anchored,
         image_residual=settings.image_residual,
-        specialist_dim=settings.specialist_dim,
+        specialist_dim=specialist_dim,
         classifier_residual=settings.classifier_residual and anchored,
         specialist_routing=settings.specialist_routing,
     )

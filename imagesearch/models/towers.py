@@ -201,7 +201,7 @@ class CollectionRouter(nn.Module):
     (a quantile of the in-domain val images' similarity, chosen in training). Single images of two
     collections overlap; their medians do not (README, "What generalizes"). It reads image vectors
     as stored (their raw block), so an index build can decide from the vectors alone; the index of a
-    collection outside gets the specialist block's columns zeroed (`Encoder.route_collection`)."""
+    collection outside gets the specialist block's columns zeroed (`models/routing.py`)."""
 
     def __init__(self, width: int):
         super().__init__()

@@ -107,7 +107,8 @@ class AblationSettings(BaseModel):
             "anchored, plain raw block",
             "anchored, residual over the class mix",
             "anchored, zero-shot distillation (ZSCL)",
-            "anchored (default)",
+            "anchored, fine-tuned residual (the default before)",
+            "anchored + collection-routed specialist (default)",
         ],
         description="a recipe of imagesearch.evaluation.ablation.RECIPES, a source name, or 'all'",
     )

@@ -88,13 +88,14 @@ class ModelSettings(BaseModel):
     )
     embed_dim: int = Field(default=256, ge=8, description="shared space of the 'two_tower' head")
     specialist_dim: int = Field(
-        default=0,
+        default=256,
         ge=0,
         description="anchored head: width of a domain-gated specialist block (0 = none): freely trained "
-        "projections whose scores count only for images that look like the training corpus",
+        "projections whose scores count only where the data looks like the training corpus (the "
+        "'two_tower' head has no block)",
     )
     specialist_routing: Literal["image", "collection"] = Field(
-        default="image",
+        default="collection",
         description="specialist block: where its domain gate decides - per 'image', or per "
         "'collection' (an index of a collection unlike the training corpus gets the anchored model)",
     )
@@ -298,8 +299,11 @@ class TrainingSettings(BaseModel):
         "as ZSCL); 0 = off",
     )
     interpolation_grid: list[float] = Field(
-        default=[0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0],
-        description="anchored head: residual scales tried at each validation (0 = v0, 1 = fine-tuned)",
+        default=[0.0],
+        description="anchored head: residual scales tried at each validation (0 = v0, 1 = fine-tuned); "
+        "the default keeps the anchored columns v0's, so a collection routed outside is ranked by the "
+        "untrained anchor and the specialist block carries what training learns (without a block, "
+        "e.g. [0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0])",
     )
     specialist_weight_grid: list[float] = Field(
         default=[0.5, 1.0, 2.0, 4.0],

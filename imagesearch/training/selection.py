@@ -4,6 +4,7 @@ block's transform and weight at the end. The score mirrors the promotion gate (`
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from functools import partial
 
@@ -15,6 +16,7 @@ from imagesearch.evaluation.metrics import recall_at_k
 from imagesearch.evaluation.ranking import rank_corpus, score_rankings
 from imagesearch.evaluation.sets import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, EvalSets
 from imagesearch.models.encoders import Encoder
+from imagesearch.models.routing import route_collection
 from imagesearch.models.towers import (
     GATE_OPEN,
     AnchoredProjection,
@@ -32,6 +34,11 @@ from imagesearch.training.validation import ValidationSet
 
 IN_DOMAIN_VAL = ("val_text_to_image_recall_at_10", "val_image_to_image_recall_at_10")
 OOD_PENALTY = 10.0
+log = logging.getLogger(__name__)
+
+
+def _rounded(scores: dict[str, float]) -> dict[str, float]:
+    return {key: round(value, 4) for key, value in scores.items()}
 
 
 class ModelSelection:
@@ -103,7 +110,7 @@ class ModelSelection:
         """One collection's image vectors as its index would hold them (routed, when the block is)."""
         pooled = top_outputs(self.parts.top, features, self.device).to(self.device)
         vectors = self.encoder.image_model.from_features(pooled).float().cpu()
-        return torch.from_numpy(self.encoder.route_collection(vectors.numpy())[0])
+        return torch.from_numpy(route_collection(self.encoder, vectors.numpy())[0])
 
     def _text_numpy(self, texts: list[str], width: int) -> np.ndarray:
         return self._text_vectors(texts, width).numpy()
@@ -312,6 +319,7 @@ class ModelSelection:
             use(kind)
             scores[kind] = float(np.mean(list(self.validate().values())))
         best = max(scores, key=scores.get)
+        log.info("raw block transform on validation: %s -> %s", _rounded(scores), best)
         use(best)
         self.encoder.spec = replace(self.encoder.spec, raw_transform=best)
         return best
