@@ -255,10 +255,12 @@ def test_training_registers_a_challenger_with_its_run_params_metrics_and_plots(t
     assert artifacts == {"plots/training_curves.png", "plots/example_results.png"}
     saved = json.loads(settings.trained_metrics_path.read_text())
     assert saved["model_version"] == trained.version
-    assert saved["raw_transform"] in settings.training.raw_transform_grid  # chosen on validation
-    assert spec.raw_transform == saved["raw_transform"]
+    # routed per collection (the default): the stored raw block stays plain, the router reads it;
+    # an index of a collection outside holds the kind chosen on the outside collections' val rows
+    assert saved["outside_raw_transform"] in settings.training.raw_transform_grid
+    assert spec.outside_raw_transform == saved["outside_raw_transform"] and spec.raw_transform == "plain"
     chosen = metadata(trained.result, "trained_model")["chosen_on_validation"]
-    assert chosen["raw_transform"] == spec.raw_transform and chosen["interpolation"] in (
+    assert chosen["outside_raw_transform"] == spec.outside_raw_transform and chosen["interpolation"] in (
         [*settings.training.interpolation_grid, 1.0]
     )
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from imagesearch.models.encoders import Encoder
-from imagesearch.models.routing import block_layout, route_collection, without_block
+from imagesearch.models.routing import outside_layout, route_collection, without_block
 
 
 def route_vectors(encoder: Encoder, vectors: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -17,15 +17,20 @@ def route_vectors(encoder: Encoder, vectors: np.ndarray) -> tuple[np.ndarray, di
         return vectors, {}
     if inside:
         return routed, {"specialist": "inside"}
-    block, anchored_scale = block_layout(encoder)
+    layout = outside_layout(encoder)
     return routed, {
         "specialist": "outside",
-        "zeroed_columns": [block.start, block.stop],
-        "anchored_scale": anchored_scale,
+        "zeroed_columns": [layout.block.start, layout.block.stop],
+        "anchored_scale": layout.anchored_scale,
+        "outside_raw": encoder.spec.outside_raw_transform,
     }
 
 
-def as_base(vectors: np.ndarray, extra: dict) -> np.ndarray:
-    """Vectors added to an index after its base, routed as the base was."""
-    columns = extra.get("zeroed_columns")
-    return without_block(vectors, slice(*columns), extra["anchored_scale"]) if columns else vectors
+def as_base(encoder: Encoder | None, vectors: np.ndarray, extra: dict) -> np.ndarray:
+    """Vectors added to an index after its base, routed as the base was (`encoder`: the base's
+    model, needed only when the base is outside)."""
+    if extra.get("specialist") != "outside":
+        return vectors
+    if encoder is None:
+        raise ValueError("an index routed outside needs its model's encoder to add vectors")
+    return without_block(vectors, outside_layout(encoder))

@@ -162,7 +162,9 @@ def _publish_live_update(
     if _same_change(current, change):  # nothing new: what is served stays, untouched
         unchanged = current.manifest if current else {"added": 0, "removed": 0}
         return IndexStepResult(read_manifest(folder), None, unchanged)
-    vectors = as_base(_embeddings_of(settings, change.added["id"], model), read_manifest(folder).extra)
+    base = read_manifest(folder).extra
+    encoder = load_encoder(model, settings) if base.get("specialist") == "outside" else None
+    vectors = as_base(encoder, _embeddings_of(settings, change.added["id"], model), base)
     delta = write_delta(folder, catalog_metadata(change.added), vectors, change.removed, change.base_count)
     message = f"index: live update of {model}, +{delta['added']} -{delta['removed']} since the base"
     version = repo.record([EMBEDDINGS_STAGE, INDEX_STAGE], message) if repo else None

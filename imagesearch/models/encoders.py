@@ -73,6 +73,7 @@ class EncoderSpec:
     text_residual: bool = False  # anchored: the text side learns a residual on MiniLM
     bridge_temperature: float = 1.0  # anchored: softmax temperature of the class-name bridge
     raw_transform: str = PLAIN  # trained kinds: how the raw block is made (ImageTower)
+    outside_raw_transform: str = PLAIN  # routed per collection: the raw block of an index outside
     image_residual: str = FEATURES  # anchored: what the image residual reads (AnchoredProjection)
     specialist_dim: int = 0  # anchored: width of the domain-gated specialist block (0 = none)
     classifier_residual: bool = False  # anchored: the bridge's class logits learn a correction

@@ -1,15 +1,29 @@
 """Routing per collection: an encoder whose specialist block is routed (`MODEL__SPECIALIST_ROUTING=
 collection`) decides once for each indexed collection whether it looks like the training corpus.
-Inside, its vectors keep the block; outside, the block is taken out, so every query - text or image -
-ranks that collection by the anchored model alone. The decision reads only the vectors' raw block,
-so an index build can make it without the pixels."""
+Inside, its vectors stay as stored; outside, they become the anchored model's: the block taken out,
+and the raw block made as chosen for collections outside on validation (`plain` as stored, or
+`sqrt_centered`). The decision reads only the vectors' raw block, so an index build can make it
+without the pixels."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from imagesearch.models.encoders import Encoder
+from imagesearch.models.towers import SQRT_CENTERED
+
+
+@dataclass(frozen=True, slots=True)
+class OutsideLayout:
+    """How an index of a collection outside makes its vectors from the stored ones."""
+
+    block: slice  # the specialist block's columns (its filler included): zeroed
+    anchored_scale: float  # the anchored columns before it: scaled back up by the block's share
+    raw: slice  # the raw block's columns
+    raw_mean: np.ndarray | None  # sqrt_centered outside: the training views' mean rooted block
 
 
 def route_collection(encoder: Encoder, vectors: np.ndarray) -> tuple[np.ndarray, bool | None]:
@@ -17,23 +31,35 @@ def route_collection(encoder: Encoder, vectors: np.ndarray) -> tuple[np.ndarray,
     corpus's domain; None = this encoder does not route)."""
     if not encoder.routes:
         return vectors, None
-    raw = np.ascontiguousarray(vectors[:, -encoder.raw_width() :], dtype=np.float32)
-    inside = encoder.image_model.router.inside(torch.from_numpy(raw))
-    return (vectors if inside else without_block(vectors, *block_layout(encoder))), inside
+    layout = outside_layout(encoder)
+    inside = encoder.image_model.router.inside(torch.from_numpy(np.ascontiguousarray(vectors[:, layout.raw])))
+    return (vectors if inside else without_block(vectors, layout)), inside
 
 
-def block_layout(encoder: Encoder) -> tuple[slice, float]:
-    """(the specialist block's columns, how much the anchored columns before it are scaled down by
-    the block's share of the projection's norm): what `without_block` needs."""
+def outside_layout(encoder: Encoder) -> OutsideLayout:
     weight = float(encoder.image_model.projection.specialist.weight)
-    return encoder.specialist_columns(), float(np.sqrt(1.0 + weight * weight))
+    rooted = encoder.spec.outside_raw_transform == SQRT_CENTERED
+    return OutsideLayout(
+        encoder.specialist_columns(),
+        float(np.sqrt(1.0 + weight * weight)),
+        slice(encoder.dim - encoder.raw_width(), encoder.dim),
+        encoder.image_model.router.raw_mean.cpu().numpy() if rooted else None,
+    )
 
 
-def without_block(vectors: np.ndarray, block: slice, anchored_scale: float) -> np.ndarray:
-    """Routed image vectors with the specialist block taken out: its columns zeroed and the anchored
-    columns before it scaled back up, so each row is the vector the anchored model alone (the same
-    raw block) would give (a copy, unit rows)."""
+def without_block(vectors: np.ndarray, layout: OutsideLayout) -> np.ndarray:
+    """Routed image vectors as the anchored model alone gives them (a copy, unit rows): the block's
+    columns zeroed, the anchored columns before it scaled back up, and the raw block, `sqrt_centered`
+    outside, remade from the stored `plain` one at the same weight."""
     out = np.array(vectors, dtype=np.float32, copy=True)
-    out[:, block] = 0.0
-    out[:, : block.start] *= anchored_scale
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    out[:, layout.block] = 0.0
+    out[:, : layout.block.start] *= layout.anchored_scale
+    if layout.raw_mean is not None:
+        raw = out[:, layout.raw]
+        rooted = _unit(np.sqrt(np.clip(raw, 0.0, None)))
+        out[:, layout.raw] = _unit(rooted - layout.raw_mean) * np.linalg.norm(raw, axis=1, keepdims=True)
+    return _unit(out)
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)

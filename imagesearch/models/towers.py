@@ -200,13 +200,15 @@ class CollectionRouter(nn.Module):
     mean cosine of each image's raw block to its nearest stored training views, against `threshold`
     (a quantile of the in-domain val images' similarity, chosen in training). Single images of two
     collections overlap; their medians do not (README, "What generalizes"). It reads image vectors
-    as stored (their raw block), so an index build can decide from the vectors alone; the index of a
-    collection outside gets the specialist block's columns zeroed (`models/routing.py`)."""
+    as stored (their raw block, `plain`), so an index build can decide from the vectors alone; the
+    index of a collection outside holds the anchored model's vectors (`models/routing.py`), whose raw
+    block may be `sqrt_centered` around `raw_mean`."""
 
     def __init__(self, width: int):
         super().__init__()
         self.register_buffer("prototypes", torch.zeros(GATE_PROTOTYPES, width))
         self.register_buffer("threshold", torch.tensor(GATE_SHUT))  # unfitted: every collection outside
+        self.register_buffer("raw_mean", torch.zeros(width))  # the training views' mean rooted block
 
     def similarity(self, raw_blocks: torch.Tensor) -> torch.Tensor:
         unit = F.normalize(raw_blocks.float(), dim=-1)
@@ -220,6 +222,8 @@ class CollectionRouter(nn.Module):
         self.prototypes.copy_(
             F.normalize(train_raw_blocks.float()[_drawn(len(train_raw_blocks), seed)], dim=-1)
         )
+        decoded = train_raw_blocks[train_raw_blocks.abs().sum(dim=-1) > 0]  # undecodable views are zeros
+        self.raw_mean.copy_(rooted(decoded).mean(dim=0))
 
 
 def _drawn(count: int, seed: int) -> torch.Tensor:

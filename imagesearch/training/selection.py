@@ -289,7 +289,10 @@ class ModelSelection:
         self._set_specialist(block)
         tower = self.encoder.image_model
         if getattr(tower, "raw_feature_weight", 0) and self.settings.raw_transform_grid:
-            chosen = {**chosen, "raw_transform": self._choose_raw_transform(tower, pooled_train, block)}
+            if self.router() is not None:  # the stored block stays plain: the router reads it
+                chosen = {**chosen, "outside_raw_transform": self._choose_outside_transform()}
+            else:
+                chosen = {**chosen, "raw_transform": self._choose_raw_transform(tower, pooled_train)}
         if getattr(tower, "raw_feature_weight", 0) and self.settings.raw_weight_grid:
 
             def apply(weight: float) -> None:
@@ -301,27 +304,35 @@ class ModelSelection:
             self.encoder.spec = replace(self.encoder.spec, raw_feature_weight=chosen["raw_feature_weight"])
         return {"epoch": self.best["epoch"], **(self.bridge or {}), **chosen}
 
-    def _choose_raw_transform(
-        self, tower: ImageTower, pooled_train: torch.Tensor | None, block: dict[str, float]
-    ) -> str:
+    def _choose_raw_transform(self, tower: ImageTower, pooled_train: torch.Tensor | None) -> str:
         """How the raw block is made (`ImageTower`): the kind with the best mean over every val metric,
         in-domain and out of domain, as the bridge is chosen (it moves image->image scores only)."""
         mean = self._train_raw_mean(pooled_train)
-
-        def use(kind: str) -> None:
-            tower.use_raw_transform(kind, mean)
-            if self.router() is not None and block:  # the router reads the raw block: refitted in it
-                self.fit_gate()
-                self._set_specialist(block)
-
         scores = {}
         for kind in self.settings.raw_transform_grid:
-            use(kind)
+            tower.use_raw_transform(kind, mean)
             scores[kind] = float(np.mean(list(self.validate().values())))
         best = max(scores, key=scores.get)
         log.info("raw block transform on validation: %s -> %s", _rounded(scores), best)
-        use(best)
+        tower.use_raw_transform(best, mean)
         self.encoder.spec = replace(self.encoder.spec, raw_transform=best)
+        return best
+
+    def _choose_outside_transform(self) -> str:
+        """Routed per collection: the raw block of an index of a collection outside, the kind with the
+        best mean image->image val nDCG over the outside collections (inside, the block ranks)."""
+        scores = {}
+        for kind in self.settings.raw_transform_grid:
+            self.encoder.spec = replace(self.encoder.spec, outside_raw_transform=kind)
+            metrics = self.validate()
+            scores[kind] = float(
+                np.mean(
+                    [metrics[f"val_{name}_{IMAGE_TO_IMAGE}_ndcg_at_10"] for name in self.outside] or [0.0]
+                )
+            )
+        best = max(scores, key=scores.get)
+        log.info("outside collections' raw block on validation: %s -> %s", _rounded(scores), best)
+        self.encoder.spec = replace(self.encoder.spec, outside_raw_transform=best)
         return best
 
     def _train_raw_mean(self, pooled: torch.Tensor | None) -> torch.Tensor:
