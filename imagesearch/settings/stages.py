@@ -328,7 +328,8 @@ class TrainingSettings(BaseModel):
         default=["plain", "sqrt_centered"],
         description="how the appended raw block is made, chosen on validation before its weight: "
         "'plain' pooled features, or 'sqrt_centered' (square roots, centred on the training images' "
-        "mean); empty = plain",
+        "mean); empty = plain. Routed per collection, the stored block stays plain (the router reads "
+        "it) and this grid chooses the block of an index of a collection outside",
     )
     raw_weight_grid: list[float] = Field(
         default=[1.0, 2.0, 3.0, 4.0, 6.0],

@@ -320,16 +320,13 @@ class ModelSelection:
 
     def _choose_outside_transform(self) -> str:
         """Routed per collection: the raw block of an index of a collection outside, the kind with the
-        best mean image->image val nDCG over the outside collections (inside, the block ranks)."""
+        best mean image->image val nDCG over the outside collections (inside, the stored block stays)."""
+        keys = [f"val_{name}_{IMAGE_TO_IMAGE}_ndcg_at_10" for name in self.outside]
         scores = {}
         for kind in self.settings.raw_transform_grid:
             self.encoder.spec = replace(self.encoder.spec, outside_raw_transform=kind)
             metrics = self.validate()
-            scores[kind] = float(
-                np.mean(
-                    [metrics[f"val_{name}_{IMAGE_TO_IMAGE}_ndcg_at_10"] for name in self.outside] or [0.0]
-                )
-            )
+            scores[kind] = float(np.mean([metrics[key] for key in keys] or [0.0]))
         best = max(scores, key=scores.get)
         log.info("outside collections' raw block on validation: %s -> %s", _rounded(scores), best)
         self.encoder.spec = replace(self.encoder.spec, outside_raw_transform=best)
