@@ -15,6 +15,10 @@ CHOSEN_ON_VALIDATION = (
     "bridge_temperature",
     "raw_transform",
     "raw_feature_weight",
+    "specialist_weight",
+    "gate_quantile",
+    "outside_raw_transform",
+    "outside_raw_feature_weight",
 )
 
 

@@ -514,8 +514,8 @@ def test_a_collection_routed_specialist_block_speaks_only_in_an_index_of_a_colle
 ):
     """`MODEL__SPECIALIST_ROUTING=collection`: every image vector carries the block; a collection whose
     median similarity to the training views reaches the router's threshold is indexed as it is, one
-    below it with the anchored model's vectors - the block's columns zeroed, the raw block `plain` or
-    `sqrt_centered` as chosen for outside collections - so every query ranks it by the anchored model.
+    below it with the anchored model's vectors - the block's columns zeroed, the raw block made and
+    weighed as chosen for outside collections - so every query ranks it by the anchored model.
     The manifest records the decision, a live update follows it, and the router survives save and ONNX."""
     settings = ModelSettings(head="anchored", raw_feature_weight=1.0, specialist_dim=16)  # routed by default
     plain = build_trained_encoder(settings.model_copy(update={"specialist_dim": 0}))
@@ -544,9 +544,11 @@ def test_a_collection_routed_specialist_block_speaks_only_in_an_index_of_a_colle
     scores = routed.encode_texts(texts) @ outside_vectors.T
     ratio = scores / (plain.encode_texts(texts) @ plain.encode_images(noise).T)
     np.testing.assert_allclose(ratio, ratio[0, 0], rtol=1e-4)  # so its ranking, for every text
-    routed.spec = replace(routed.spec, outside_raw_transform=SQRT_CENTERED)  # as validation may choose
+    # as validation may choose for outside collections: another raw block, at another weight
+    routed.spec = replace(routed.spec, outside_raw_transform=SQRT_CENTERED, outside_raw_weight=3.0)
     rooted, _ = route_collection(routed, routed.encode_images(noise))
     plain.image_model.use_raw_transform(SQRT_CENTERED, router.raw_mean)
+    plain.image_model.raw_feature_weight = 3.0
     anchored = np.delete(rooted, np.arange(columns.start, columns.stop), axis=1)
     np.testing.assert_allclose(anchored, plain.encode_images(noise), atol=1e-5)  # remade from the plain one
     folder = tmp_path / "noise"
@@ -557,7 +559,7 @@ def test_a_collection_routed_specialist_block_speaks_only_in_an_index_of_a_colle
     assert manifest.extra["specialist"] == "outside"
     assert manifest.extra["zeroed_columns"] == [columns.start, columns.stop]
     assert manifest.extra["anchored_scale"] == pytest.approx(np.sqrt(2.0))
-    assert manifest.extra["outside_raw"] == SQRT_CENTERED
+    assert manifest.extra["outside_raw"] == SQRT_CENTERED and manifest.extra["outside_raw_scale"] == 3.0
     assert not load_index(tmp_path / "index").candidate_vectors(np.arange(4))[:, columns].any()
     added = as_base(routed, routed.encode_images(noise), manifest.extra)  # a live update routes as its base
     np.testing.assert_allclose(added, rooted, atol=1e-6)

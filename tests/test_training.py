@@ -258,6 +258,8 @@ def test_training_registers_a_challenger_with_its_run_params_metrics_and_plots(t
     # routed per collection (the default): the stored raw block stays plain, the router reads it;
     # an index of a collection outside holds the kind chosen on the outside collections' val rows
     assert saved["outside_raw_transform"] in settings.training.raw_transform_grid
+    assert saved["outside_raw_feature_weight"] == spec.outside_raw_weight
+    assert spec.outside_raw_weight in settings.training.raw_weight_grid
     assert spec.outside_raw_transform == saved["outside_raw_transform"] and spec.raw_transform == "plain"
     chosen = metadata(trained.result, "trained_model")["chosen_on_validation"]
     assert chosen["outside_raw_transform"] == spec.outside_raw_transform and chosen["interpolation"] in (

@@ -35,21 +35,22 @@ from imagesearch.training_data.step import held_out_queries
 ALL = "all"
 HEADLINE = ["image_to_image", "text_to_image", "text_to_image/title", "text_to_image/tag"]
 OUTSIDE_HEADLINE = ["image_to_image", "text_to_image"]
-# the recipes measured before the routed specialist became the default: no block, and the fine-tuned
-# residual interpolated on this grid
+# the recipes measured before the routed specialist became the default: no block, the fine-tuned
+# residual interpolated on this grid, the raw block's weight chosen from this one
 NO_BLOCK = {"specialist_dim": 0}
-FINE_TUNED_GRID = {"interpolation_grid": [0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0]}
+RAW_WEIGHTS_BEFORE = {"raw_weight_grid": [1.0, 2.0, 3.0, 4.0, 6.0]}
+FINE_TUNED_GRID = {"interpolation_grid": [0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0], **RAW_WEIGHTS_BEFORE}
 # recipe -> (model settings, training settings) overrides; each trains on every enabled source
 RECIPES: dict[str, tuple[dict, dict]] = {
     "two_tower (round one)": ({"head": "two_tower", "raw_feature_weight": 0.0}, {"selection": "last"}),
-    "two_tower + raw features": ({"head": "two_tower", "raw_feature_weight": 1.0}, {}),
+    "two_tower + raw features": ({"head": "two_tower", "raw_feature_weight": 1.0}, RAW_WEIGHTS_BEFORE),
     "anchored, no raw features": (
         {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 0.0},
         FINE_TUNED_GRID,
     ),
     "anchored, last epoch, full residual": (
         {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0},
-        {"selection": "last", "interpolation_grid": [1.0]},
+        {"selection": "last", "interpolation_grid": [1.0], **RAW_WEIGHTS_BEFORE},
     ),
     "anchored, v0's bridge (top 10, T 1)": (
         {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0},
@@ -57,7 +58,7 @@ RECIPES: dict[str, tuple[dict, dict]] = {
     ),
     "anchored, bridge chosen, no training": (
         {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0},
-        {"frozen_epochs": 0, "unfrozen_epochs": 0},
+        {"frozen_epochs": 0, "unfrozen_epochs": 0, **RAW_WEIGHTS_BEFORE},
     ),
     "anchored, text tower locked (LiT)": (
         {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0, "text_residual": False},
@@ -77,7 +78,7 @@ RECIPES: dict[str, tuple[dict, dict]] = {
     ),
     "anchored, finer interpolation grid": (
         {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0},
-        {"interpolation_grid": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0]},
+        {"interpolation_grid": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0], **RAW_WEIGHTS_BEFORE},
     ),
     "anchored, residual decay 1 (L2-SP)": (
         {**NO_BLOCK, "head": "anchored", "raw_feature_weight": 1.0},
@@ -101,7 +102,7 @@ RECIPES: dict[str, tuple[dict, dict]] = {
     ),
     "anchored + domain-gated specialist": (
         {"head": "anchored", "raw_feature_weight": 1.0, "specialist_routing": "image"},
-        {},
+        RAW_WEIGHTS_BEFORE,
     ),
     "anchored + collection-routed specialist (default)": (
         {"head": "anchored", "raw_feature_weight": 1.0},

@@ -23,6 +23,7 @@ def route_vectors(encoder: Encoder, vectors: np.ndarray) -> tuple[np.ndarray, di
         "zeroed_columns": [layout.block.start, layout.block.stop],
         "anchored_scale": layout.anchored_scale,
         "outside_raw": encoder.spec.outside_raw_transform,
+        "outside_raw_scale": layout.raw_scale,
     }
 
 

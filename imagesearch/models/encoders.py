@@ -74,6 +74,7 @@ class EncoderSpec:
     bridge_temperature: float = 1.0  # anchored: softmax temperature of the class-name bridge
     raw_transform: str = PLAIN  # trained kinds: how the raw block is made (ImageTower)
     outside_raw_transform: str = PLAIN  # routed per collection: the raw block of an index outside
+    outside_raw_weight: float = 0.0  # ... and its weight (0 = the stored block's)
     image_residual: str = FEATURES  # anchored: what the image residual reads (AnchoredProjection)
     specialist_dim: int = 0  # anchored: width of the domain-gated specialist block (0 = none)
     classifier_residual: bool = False  # anchored: the bridge's class logits learn a correction

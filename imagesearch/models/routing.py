@@ -1,8 +1,8 @@
 """Routing per collection: an encoder whose specialist block is routed (`MODEL__SPECIALIST_ROUTING=
 collection`) decides once for each indexed collection whether it looks like the training corpus.
 Inside, its vectors stay as stored; outside, they become the anchored model's: the block taken out,
-and the raw block made as chosen for collections outside on validation (`plain` as stored, or
-`sqrt_centered`). The decision reads only the vectors' raw block, so an index build can make it
+and the raw block made and weighed as chosen for collections outside on validation (`plain` as
+stored, or `sqrt_centered`). The decision reads only the vectors' raw block, so an index build can make it
 without the pixels."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ class OutsideLayout:
     anchored_scale: float  # the anchored columns before it: scaled back up by the block's share
     raw: slice  # the raw block's columns
     raw_mean: np.ndarray | None  # sqrt_centered outside: the training views' mean rooted block
+    raw_scale: float  # the outside weight of the raw block over the stored one
 
 
 def route_collection(encoder: Encoder, vectors: np.ndarray) -> tuple[np.ndarray, bool | None]:
@@ -37,20 +38,23 @@ def route_collection(encoder: Encoder, vectors: np.ndarray) -> tuple[np.ndarray,
 
 
 def outside_layout(encoder: Encoder) -> OutsideLayout:
-    weight = float(encoder.image_model.projection.specialist.weight)
-    rooted = encoder.spec.outside_raw_transform == SQRT_CENTERED
+    tower, spec = encoder.image_model, encoder.spec
+    weight = float(tower.projection.specialist.weight)
+    rooted = spec.outside_raw_transform == SQRT_CENTERED
+    stored = float(tower.raw_feature_weight)
     return OutsideLayout(
         encoder.specialist_columns(),
         float(np.sqrt(1.0 + weight * weight)),
         slice(encoder.dim - encoder.raw_width(), encoder.dim),
-        encoder.image_model.router.raw_mean.cpu().numpy() if rooted else None,
+        tower.router.raw_mean.cpu().numpy() if rooted else None,
+        spec.outside_raw_weight / stored if spec.outside_raw_weight and stored else 1.0,
     )
 
 
 def without_block(vectors: np.ndarray, layout: OutsideLayout) -> np.ndarray:
     """Routed image vectors as the anchored model alone gives them (a copy, unit rows): the block's
-    columns zeroed, the anchored columns before it scaled back up, and the raw block, `sqrt_centered`
-    outside, remade from the stored `plain` one at the same weight."""
+    columns zeroed, the anchored columns before it scaled back up, and the raw block remade from the
+    stored `plain` one (`sqrt_centered` outside, when chosen) at the outside weight."""
     out = np.array(vectors, dtype=np.float32, copy=True)
     out[:, layout.block] = 0.0
     out[:, : layout.block.start] *= layout.anchored_scale
@@ -58,6 +62,7 @@ def without_block(vectors: np.ndarray, layout: OutsideLayout) -> np.ndarray:
         raw = out[:, layout.raw]
         rooted = _unit(np.sqrt(np.clip(raw, 0.0, None)))
         out[:, layout.raw] = _unit(rooted - layout.raw_mean) * np.linalg.norm(raw, axis=1, keepdims=True)
+    out[:, layout.raw] *= layout.raw_scale
     return _unit(out)
 
 

@@ -332,9 +332,10 @@ class TrainingSettings(BaseModel):
         "it) and this grid chooses the block of an index of a collection outside",
     )
     raw_weight_grid: list[float] = Field(
-        default=[1.0, 2.0, 3.0, 4.0, 6.0],
+        default=[0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0],
         description="raw-feature weights tried on validation after training (image->image only); "
-        "empty = keep model.raw_feature_weight",
+        "empty = keep model.raw_feature_weight. Routed per collection, tried twice: for the outside "
+        "collections' block on their val rows, then for the stored block on the selection score",
     )
     seed: int = 0
     device: str = Field(default="auto", description="'auto' (CUDA when present, with AMP), 'cpu' or 'cuda'")

@@ -19,6 +19,7 @@ from imagesearch.models.encoders import Encoder
 from imagesearch.models.routing import route_collection
 from imagesearch.models.towers import (
     GATE_OPEN,
+    PLAIN,
     AnchoredProjection,
     CollectionRouter,
     ImageTower,
@@ -288,11 +289,10 @@ class ModelSelection:
         block = {k: chosen[k] for k in ("specialist_weight", "gate_quantile")} if has_block else {}
         self._set_specialist(block)
         tower = self.encoder.image_model
-        if getattr(tower, "raw_feature_weight", 0) and self.settings.raw_transform_grid:
-            if self.router() is not None:  # the stored block stays plain: the router reads it
-                chosen = {**chosen, "outside_raw_transform": self._choose_outside_transform()}
-            else:
-                chosen = {**chosen, "raw_transform": self._choose_raw_transform(tower, pooled_train)}
+        if getattr(tower, "raw_feature_weight", 0) and self.router() is not None:
+            chosen = {**chosen, **self._choose_outside_block()}  # the stored block stays plain
+        elif getattr(tower, "raw_feature_weight", 0) and self.settings.raw_transform_grid:
+            chosen = {**chosen, "raw_transform": self._choose_raw_transform(tower, pooled_train)}
         if getattr(tower, "raw_feature_weight", 0) and self.settings.raw_weight_grid:
 
             def apply(weight: float) -> None:
@@ -318,19 +318,26 @@ class ModelSelection:
         self.encoder.spec = replace(self.encoder.spec, raw_transform=best)
         return best
 
-    def _choose_outside_transform(self) -> str:
-        """Routed per collection: the raw block of an index of a collection outside, the kind with the
-        best mean image->image val nDCG over the outside collections (inside, the stored block stays)."""
+    def _choose_outside_block(self) -> dict[str, str | float]:
+        """Routed per collection: the raw block of an index of a collection outside, its kind and weight
+        with the best mean image->image val nDCG over the outside collections. The stored block stays
+        plain (the router reads it); its own weight is chosen after, where it counts: in domain."""
         keys = [f"val_{name}_{IMAGE_TO_IMAGE}_ndcg_at_10" for name in self.outside]
+        kinds = self.settings.raw_transform_grid or [PLAIN]
+        weights = self.settings.raw_weight_grid or [float(self.encoder.image_model.raw_feature_weight)]
         scores = {}
-        for kind in self.settings.raw_transform_grid:
-            self.encoder.spec = replace(self.encoder.spec, outside_raw_transform=kind)
-            metrics = self.validate()
-            scores[kind] = float(np.mean([metrics[key] for key in keys] or [0.0]))
-        best = max(scores, key=scores.get)
-        log.info("outside collections' raw block on validation: %s -> %s", _rounded(scores), best)
-        self.encoder.spec = replace(self.encoder.spec, outside_raw_transform=best)
-        return best
+        for kind in kinds:
+            for weight in weights:
+                self.encoder.spec = replace(
+                    self.encoder.spec, outside_raw_transform=kind, outside_raw_weight=weight
+                )
+                metrics = self.validate()
+                scores[kind, weight] = float(np.mean([metrics[key] for key in keys] or [0.0]))
+        kind, weight = max(scores, key=scores.get)
+        shown = {f"{k} x{w:g}": v for (k, w), v in scores.items()}
+        log.info("outside collections' raw block on validation: %s -> %s x%g", _rounded(shown), kind, weight)
+        self.encoder.spec = replace(self.encoder.spec, outside_raw_transform=kind, outside_raw_weight=weight)
+        return {"outside_raw_transform": kind, "outside_raw_feature_weight": weight}
 
     def _train_raw_mean(self, pooled: torch.Tensor | None) -> torch.Tensor:
         """The mean rooted feature vector of the training views (undecodable images' zero rows left out)."""
