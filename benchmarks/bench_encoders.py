@@ -20,7 +20,8 @@ from pathlib import Path
 import onnxruntime
 import torch
 
-from imagesearch.models.encoders import Encoder, build_trained_encoder, build_zeroshot_encoder
+from imagesearch.models.builders import build_trained_encoder, build_zeroshot_encoder
+from imagesearch.models.encoders import Encoder
 from imagesearch.settings import Settings
 
 TEXTS = [

@@ -19,7 +19,7 @@ from imagesearch.embeddings.backbone_cache import cache_folder, file_features
 from imagesearch.evaluation.ranking import rank_corpus, score_rankings
 from imagesearch.evaluation.sets import IMAGE_TO_IMAGE, EvalSets, outside_split
 from imagesearch.evaluation.step import read_outside_sets
-from imagesearch.models.encoders import build_trained_encoder
+from imagesearch.models.builders import build_trained_encoder
 from imagesearch.settings import Settings
 
 

@@ -49,7 +49,7 @@ from reliability_faults import hot_swap_faults, service_kills, soak
 from reliability_kills import pipeline_kills
 
 from imagesearch.index.folder import build_folder_index
-from imagesearch.models.encoders import build_zeroshot_encoder
+from imagesearch.models.builders import build_zeroshot_encoder
 from imagesearch.settings import Settings
 
 HOSTILE = {

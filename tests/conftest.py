@@ -87,7 +87,7 @@ def workspace_settings(tmp_path: Path, tiny_folder: Path) -> Settings:
 @pytest.fixture(scope="session")
 def zeroshot_encoder():
     """The v0 encoder, built once per test session (it embeds 3,000 class prompts)."""
-    from imagesearch.models.encoders import build_zeroshot_encoder
+    from imagesearch.models.builders import build_zeroshot_encoder
     from imagesearch.settings import ModelSettings
 
     return build_zeroshot_encoder(ModelSettings())

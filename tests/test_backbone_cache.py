@@ -19,7 +19,7 @@ from imagesearch.embeddings import backbone_cache
 from imagesearch.embeddings.backbone_cache import BackboneCache, encode_files
 from imagesearch.embeddings.backfill import backfill
 from imagesearch.embeddings.store import read_model_embeddings
-from imagesearch.models.encoders import build_trained_encoder
+from imagesearch.models.builders import build_trained_encoder
 from imagesearch.settings import ModelSettings
 from imagesearch.training_data.labels import classifier_labels
 from tests.conftest import noise_image
@@ -128,7 +128,7 @@ def test_training_reads_clean_views_from_the_cache_and_computes_the_same_feature
     for seed in range(4):
         paths.append(str(tmp_path / f"{seed}.png"))
         noise_image(seed, (120, 80)).save(paths[-1])
-    validation = ValidationSet(["v0", "v1"], paths[:2], ["a", "a"], [], [])
+    validation = ValidationSet(["v0", "v1"], paths[:2], ["a", "a"], [], [], [], [])
     train = pd.Series({"t0": paths[2]})
     trunk, _ = split_backbone(encoder.image_model.backbone, 0)
     settings = TrainingSettings(views=1)

@@ -157,7 +157,7 @@ def test_python_dash_m_reaches_every_command():
 def test_an_anchored_model_indexes_an_outside_collection_folder(tmp_path):
     """The bring-your-own path with the default trained head (image vectors carry the raw-feature
     block, texts are zero-padded) on a folder laid out like the out-of-domain collections."""
-    from imagesearch.models.encoders import build_trained_encoder
+    from imagesearch.models.builders import build_trained_encoder
     from imagesearch.settings import ModelSettings, Settings
     from tests.conftest import write_outside_collection
 

@@ -27,7 +27,8 @@ from imagesearch.index.folder import build_folder_index
 from imagesearch.index.routing import as_base
 from imagesearch.index.store import load_index
 from imagesearch.models.backbones import WeightsNotFound, create_image_backbone, load_text_model
-from imagesearch.models.encoders import Encoder, build_trained_encoder, imagenet_class_names
+from imagesearch.models.builders import build_trained_encoder, imagenet_class_names
+from imagesearch.models.encoders import Encoder
 from imagesearch.models.onnx_runtime import OnnxUnavailable
 from imagesearch.models.preprocess import letterbox
 from imagesearch.models.registry import (
@@ -573,6 +574,9 @@ def test_a_collection_routed_specialist_block_speaks_only_in_an_index_of_a_colle
         assert_same_vectors(route_collection(reloaded, reloaded.encode_images(noise))[0], rooted)
     with pytest.raises(ValueError, match="raw block"):
         build_trained_encoder(settings.model_copy(update={"raw_feature_weight": 0}))
+    routed.spec = replace(routed.spec, raw_transform=SQRT_CENTERED)  # a stored block the router cannot read
+    with pytest.raises(ValueError, match="store its raw block plain"):
+        route_collection(routed, vectors)
 
 
 def test_a_shut_domain_gate_leaves_the_anchored_ranking_and_an_open_one_adds_the_specialist(photos, tmp_path):

@@ -34,7 +34,8 @@ from imagesearch.common.images import DEFAULT_LIMITS
 from imagesearch.evaluation.report import EvaluationReport
 from imagesearch.evaluation.step import evaluation_step
 from imagesearch.index.store import load_index
-from imagesearch.models.encoders import Encoder, build_trained_encoder
+from imagesearch.models.builders import build_trained_encoder
+from imagesearch.models.encoders import Encoder
 from imagesearch.models.registry import CHALLENGER, CHAMPION, alias_version, connect, load_encoder
 from imagesearch.models.routing import route_collection
 from imagesearch.models.towers import set_interpolation
@@ -265,6 +266,13 @@ def test_training_registers_a_challenger_with_its_run_params_metrics_and_plots(t
     assert chosen["outside_raw_transform"] == spec.outside_raw_transform and chosen["interpolation"] in (
         [*settings.training.interpolation_grid, 1.0]
     )
+    # every candidate's val score is kept where people look: metrics.json, the asset, the MLflow run
+    candidates = saved["choice_scores"]["outside_raw"]
+    kept = f"{spec.outside_raw_transform}_x{spec.outside_raw_weight:g}"
+    assert len(candidates) > 1 and candidates[kept] == max(candidates.values())
+    assert metadata(trained.result, "trained_model")["raw_block_candidates"] == saved["choice_scores"]
+    assert f"choice.outside_raw.{kept}" in run.data.metrics
+    assert "val_title_to_image_recall_at_10" in history[0]  # the val titles are scored as the test's
 
 
 def test_evaluation_is_held_out_logged_and_its_promotion_decision_recorded(trained, evaluated):
@@ -411,12 +419,47 @@ def test_the_training_device_setting_is_the_one_training_uses():
 
 def test_validation_drops_images_that_could_not_be_decoded():
     validation = ValidationSet(
-        ["a", "b", "c"], ["/a", "/b", "/c"], ["x", "x", "y"], ["tag one", "tag two"], [{"a", "b"}, {"b"}]
+        ["a", "b", "c"],
+        ["/a", "/b", "/c"],
+        ["x", "x", "y"],
+        ["tag one", "tag two"],
+        [{"a", "b"}, {"b"}],
+        ["title of b", "title of c"],
+        [{"b"}, {"c"}],
     )
     kept, mask = validation.without({"b"})
     assert mask.tolist() == [True, False, True]
     assert kept.image_ids == ["a", "c"] and kept.categories == ["x", "y"]
     assert kept.query_texts == ["tag one"] and kept.text_relevant == [{"a"}]  # "tag two" had only b
+    assert kept.title_texts == ["title of c"] and kept.title_relevant == [{"c"}]
+    assert kept.texts() == ["tag one", "title of c"]
+
+
+def test_validation_title_queries_are_built_as_the_test_splits_are():
+    """Known-item title queries of the val split: author tokens dropped, titles shared by two val
+    images left out, test and train titles never used."""
+    catalog = pd.DataFrame(
+        {
+            "id": [f"i{n}" for n in range(8)],
+            "split": ["val", "val", "val", "val", "train", "train", "test", "val"],
+            "category": ["fruit", "fruit", "tools", "tools", "animals", "animals", "fruit", "tools"],
+            "title": [
+                "red apple jo smith",  # an author who signs in three categories
+                "green pear",
+                "hammer jo smith",
+                "saw",
+                "lion jo smith",
+                "saw",
+                "banana",
+                "saw",
+            ],
+            "tags": [["apple"], ["pear"], ["hammer"], ["saw"], ["lion"], ["saw"], ["banana"], ["saw"]],
+            "path": [f"/{n}.png" for n in range(8)],
+        }
+    )
+    validation = ValidationSet.from_catalog(catalog)
+    titles = dict(zip(validation.title_texts, validation.title_relevant, strict=True))
+    assert titles == {"red apple": {"i0"}, "green pear": {"i1"}, "hammer": {"i2"}}
 
 
 def test_the_frozen_trunk_runs_on_onnx_runtime_with_torchs_features():

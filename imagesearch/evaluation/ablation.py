@@ -25,7 +25,8 @@ from imagesearch.evaluation.ranking import metrics_table
 from imagesearch.evaluation.sets import EvalSets, outside_manifests, outside_split
 from imagesearch.evaluation.step import evaluate_everywhere, pretrained_results, read_outside_sets
 from imagesearch.models import registry
-from imagesearch.models.encoders import Encoder, build_trained_encoder, build_zeroshot_encoder
+from imagesearch.models.builders import build_trained_encoder, build_zeroshot_encoder
+from imagesearch.models.encoders import Encoder
 from imagesearch.settings import TRAINING_SOURCES, ModelSettings, Settings, TrainingSettings
 from imagesearch.training.loop import TrainResult, fingerprint, train_towers
 from imagesearch.training.step import model_for_training

@@ -45,7 +45,8 @@ from imagesearch.evaluation.sets import (
 )
 from imagesearch.feedback.step import last_experiment
 from imagesearch.models import registry
-from imagesearch.models.encoders import Encoder, build_trained_encoder
+from imagesearch.models.builders import build_trained_encoder
+from imagesearch.models.encoders import Encoder
 from imagesearch.models.routing import route_collection
 from imagesearch.settings import Settings
 from imagesearch.training_data.examples import leakage_problems

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from imagesearch.models.encoders import Encoder
-from imagesearch.models.towers import SQRT_CENTERED
+from imagesearch.models.towers import PLAIN, SQRT_CENTERED
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,14 @@ def route_collection(encoder: Encoder, vectors: np.ndarray) -> tuple[np.ndarray,
 
 
 def outside_layout(encoder: Encoder) -> OutsideLayout:
+    """Raises ValueError for a stored raw block that is not `plain`: the router and `without_block`
+    read the stored block as the pooled features themselves (training keeps it plain when it routes)."""
     tower, spec = encoder.image_model, encoder.spec
+    if spec.raw_transform != PLAIN:
+        raise ValueError(
+            f"a routed encoder must store its raw block plain, this one stores it {spec.raw_transform!r}: "
+            "retrain it, or set MODEL__SPECIALIST_ROUTING=image"
+        )
     weight = float(tower.projection.specialist.weight)
     rooted = spec.outside_raw_transform == SQRT_CENTERED
     stored = float(tower.raw_feature_weight)

@@ -7,6 +7,7 @@ groups use ``__`` (``IMAGESEARCH_CATALOG__WORKERS=4``). Lists take JSON
 
 from imagesearch.settings.judging import AblationSettings, DriftSettings, EvaluationSettings
 from imagesearch.settings.online import ExperimentSettings, UpSettings
+from imagesearch.settings.serving import ServiceSettings
 from imagesearch.settings.stages import (
     TRAINING_SOURCES,
     CatalogSettings,
@@ -14,7 +15,6 @@ from imagesearch.settings.stages import (
     EmbeddingSettings,
     IndexSettings,
     ModelSettings,
-    ServiceSettings,
     SourceSettings,
     TrainingDataSettings,
     TrainingSettings,

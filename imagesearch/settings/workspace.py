@@ -14,13 +14,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imagesearch.settings.judging import AblationSettings, DriftSettings, EvaluationSettings
 from imagesearch.settings.online import ExperimentSettings, UpSettings
+from imagesearch.settings.serving import ServiceSettings
 from imagesearch.settings.stages import (
     CatalogSettings,
     ClusterSettings,
     EmbeddingSettings,
     IndexSettings,
     ModelSettings,
-    ServiceSettings,
     SourceSettings,
     TrainingDataSettings,
     TrainingSettings,

@@ -37,6 +37,7 @@ from imagesearch.models.encoders import Encoder
 from imagesearch.settings import TrainingSettings
 from imagesearch.training.examples import index_examples, subsample_examples, without_images
 from imagesearch.training.features import failed_positions, load_or_build_cache, split_backbone
+from imagesearch.training.selection import IN_DOMAIN_VAL
 from imagesearch.training.trainer import Trainer
 from imagesearch.training.validation import ValidationSet
 
@@ -57,6 +58,7 @@ class TrainResult:
     rows: int
     failed: dict[str, str] = field(default_factory=dict)
     checkpoint: Path | None = None  # the last epoch's state (the kept one's parts included)
+    choice_scores: dict[str, dict[str, float]] = field(default_factory=dict)  # raw block: each candidate's
 
     @property
     def final(self) -> dict[str, float]:
@@ -71,9 +73,10 @@ def fingerprint(
 
     `validation`: files that define the validation rows model selection reads (the out-of-domain
     collections' manifests): a checkpoint holds the epoch selected on them, so other rows must not
-    resume it."""
+    resume it; nor must a run whose selection scores other in-domain val metrics (`IN_DOMAIN_VAL`)."""
     digest = hashlib.blake2b(digest_size=8)
-    digest.update(json.dumps([settings.model_dump(mode="json"), model], sort_keys=True).encode())
+    inputs = [settings.model_dump(mode="json"), model, IN_DOMAIN_VAL]
+    digest.update(json.dumps(inputs, sort_keys=True).encode())
     digest.update(examples_path.read_bytes())
     for path in validation:
         digest.update(path.read_bytes() if path.is_file() else b"-")
@@ -104,7 +107,7 @@ def train_towers(
     validation = ValidationSet.from_catalog(catalog)
     outside = outside or {}
     outside_texts = [q for sets in outside.values() for q in sets.text_qrels["query"].unique()]
-    data = index_examples(examples, [*validation.query_texts, *outside_texts])
+    data = index_examples(examples, [*validation.texts(), *outside_texts])
     if not len(data.anchor):
         raise ValueError("no training examples: enable at least one source with data")
     stages = settings.unfreeze_stages if settings.unfrozen_epochs else 0
@@ -163,4 +166,5 @@ def train_towers(
         len(data.anchor),
         dict(cache.failed),
         checkpoint,
+        selection.choice_scores,
     )

@@ -4,7 +4,6 @@ block's transform and weight at the end. The score mirrors the promotion gate (`
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from functools import partial
 
@@ -33,9 +32,12 @@ from imagesearch.training.features import FeatureCache
 from imagesearch.training.parts import LearnedParts, ranked_ids, top_outputs
 from imagesearch.training.validation import ValidationSet
 
-IN_DOMAIN_VAL = ("val_text_to_image_recall_at_10", "val_image_to_image_recall_at_10")
+IN_DOMAIN_VAL = (
+    "val_text_to_image_recall_at_10",
+    "val_title_to_image_recall_at_10",
+    "val_image_to_image_recall_at_10",
+)
 OOD_PENALTY = 10.0
-log = logging.getLogger(__name__)
 
 
 def _rounded(scores: dict[str, float]) -> dict[str, float]:
@@ -56,12 +58,14 @@ class ModelSelection:
         outside: dict[str, EvalSets],
     ):
         self.encoder, self.parts, self.cache, self.validation = encoder, parts, cache, validation
-        self.texts = texts  # every text the cache embeds, in its order (the val queries among them)
+        # each text's row in the cache (the val queries among them)
+        self.text_rows = {text: row for row, text in enumerate(texts)}
         self.settings, self.outside, self.device = settings, outside, encoder.device
         self.best: dict | None = None  # the selected epoch: its metrics, interpolation and parts
         self.reference: dict[str, float] | None = None  # epoch 0's val metrics
         self.bridge: dict[str, float] | None = None  # anchored: the class-name bridge chosen at epoch 0
         self.gate_thresholds: dict[float, float] = {}  # specialist: gate quantile -> its threshold
+        self.choice_scores: dict[str, dict[str, float]] = {}  # raw block: every candidate's val score
 
     def state(self) -> dict:
         return {
@@ -81,16 +85,21 @@ class ModelSelection:
 
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
-        """recall@10 on the val split (tag text -> image, image -> image of the same category) and
-        nDCG@10 on each out-of-domain collection's val rows; image vectors as served (with raw features)."""
+        """recall@10 on the val split (tag text -> image, title -> its image, image -> image of the same
+        category) and nDCG@10 on each out-of-domain collection's val rows; image vectors as served (with
+        raw features)."""
         metrics = {}
         val = self.validation
         if val.image_ids:
             images = self._served_vectors(self.cache.val)
-            if val.query_texts:
-                texts = self._text_vectors(val.query_texts, images.shape[1])
-                ranked = ranked_ids(texts @ images.T, val.image_ids, exclude_self=False)
-                metrics["val_text_to_image_recall_at_10"] = recall_at_k(ranked, val.text_relevant, 10)
+            for name, texts, relevant in (
+                ("text", val.query_texts, val.text_relevant),
+                ("title", val.title_texts, val.title_relevant),
+            ):
+                if texts:
+                    similarity = self._text_vectors(texts, images.shape[1]) @ images.T
+                    ranked = ranked_ids(similarity, val.image_ids, exclude_self=False)
+                    metrics[f"val_{name}_to_image_recall_at_10"] = recall_at_k(ranked, relevant, 10)
             ranked = ranked_ids(images @ images.T, val.image_ids, exclude_self=True)
             category = np.array(val.categories)
             relevant = [
@@ -117,7 +126,7 @@ class ModelSelection:
         return self._text_vectors(texts, width).numpy()
 
     def _text_vectors(self, texts: list[str], width: int) -> torch.Tensor:
-        positions = [self.texts.index(text) for text in texts]
+        positions = [self.text_rows[text] for text in texts]
         shared = self.parts.texts(self.cache.texts[positions].to(self.device)).float().cpu()
         return F.pad(shared, (0, width - shared.shape[1]))
 
@@ -299,6 +308,9 @@ class ModelSelection:
                 tower.raw_feature_weight = weight
 
             candidates = self._candidates("raw_feature_weight", self.settings.raw_weight_grid, apply)
+            self.choice_scores["raw_feature_weight"] = _rounded(
+                {f"x{c['raw_feature_weight']:g}": c["selection_score"] for c in candidates}
+            )
             chosen = {**chosen, **max(candidates, key=lambda c: c["selection_score"])}
             apply(chosen["raw_feature_weight"])
             self.encoder.spec = replace(self.encoder.spec, raw_feature_weight=chosen["raw_feature_weight"])
@@ -313,7 +325,7 @@ class ModelSelection:
             tower.use_raw_transform(kind, mean)
             scores[kind] = float(np.mean(list(self.validate().values())))
         best = max(scores, key=scores.get)
-        log.info("raw block transform on validation: %s -> %s", _rounded(scores), best)
+        self.choice_scores["raw_transform"] = _rounded(scores)
         tower.use_raw_transform(best, mean)
         self.encoder.spec = replace(self.encoder.spec, raw_transform=best)
         return best
@@ -334,8 +346,7 @@ class ModelSelection:
                 metrics = self.validate()
                 scores[kind, weight] = float(np.mean([metrics[key] for key in keys] or [0.0]))
         kind, weight = max(scores, key=scores.get)
-        shown = {f"{k} x{w:g}": v for (k, w), v in scores.items()}
-        log.info("outside collections' raw block on validation: %s -> %s x%g", _rounded(shown), kind, weight)
+        self.choice_scores["outside_raw"] = _rounded({f"{k}_x{w:g}": v for (k, w), v in scores.items()})
         self.encoder.spec = replace(self.encoder.spec, outside_raw_transform=kind, outside_raw_weight=weight)
         return {"outside_raw_transform": kind, "outside_raw_feature_weight": weight}
 

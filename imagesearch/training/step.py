@@ -23,7 +23,7 @@ from imagesearch.common.workspace import init_workspace, one_writer
 from imagesearch.embeddings.backbone_cache import cache_folder, encode_files
 from imagesearch.evaluation.sets import outside_manifests, outside_split
 from imagesearch.models import registry
-from imagesearch.models.encoders import build_trained_encoder
+from imagesearch.models.builders import build_trained_encoder
 from imagesearch.settings import PROJECT_ROOT, ModelSettings, Settings
 from imagesearch.training.loop import EpochCallback, TrainResult, fingerprint, train_towers
 from imagesearch.training.validation import ValidationSet
@@ -97,6 +97,7 @@ def train_step(
         registry.log_step_metrics({k: v for k, v in result.history[0].items() if k != "epoch"}, 0)
         registry.log_step_metrics(
             {
+                **{f"choice.{name}.{candidate}": score for name, candidate, score in _choices(result)},
                 "train_seconds": result.seconds,
                 "cache_seconds": result.cache_seconds,
                 "train_rows": result.rows,
@@ -121,10 +122,17 @@ def train_step(
         "model_version": registered.version,
         **result.final,
         "untrained": result.history[0],
+        "choice_scores": result.choice_scores,
     }
     settings.trained_metrics_path.write_text(json.dumps(summary, indent=2))
     version = repo.record(TRAIN_STAGE, f"train: challenger v{registered.version}") if repo else None
     return TrainStepResult(result, registered, version)
+
+
+def _choices(result: TrainResult) -> list[tuple[str, str, float]]:
+    """Every raw-block candidate's validation score: what each choice was made against."""
+    scores = result.choice_scores
+    return [(name, candidate, score) for name in scores for candidate, score in scores[name].items()]
 
 
 def model_for_training(settings: Settings) -> ModelSettings:

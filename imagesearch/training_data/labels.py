@@ -12,7 +12,8 @@ from imagesearch.common.images import DecodeLimits
 from imagesearch.common.progress import Progress
 from imagesearch.embeddings.backbone_cache import cached_features, open_cache
 from imagesearch.models.backbones import backbone_key, create_image_backbone
-from imagesearch.models.encoders import imagenet_class_names, resolve_device
+from imagesearch.models.builders import imagenet_class_names
+from imagesearch.models.encoders import resolve_device
 from imagesearch.models.preprocess import Preprocessor
 from imagesearch.settings import ModelSettings
 

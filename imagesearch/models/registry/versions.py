@@ -23,7 +23,8 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema, TensorSpec
 
-from imagesearch.models.encoders import Encoder, build_zeroshot_encoder
+from imagesearch.models.builders import build_zeroshot_encoder
+from imagesearch.models.encoders import Encoder
 from imagesearch.models.registry.store import RegistryError, connect, tracked_run
 from imagesearch.settings import Settings
 
