@@ -1,8 +1,10 @@
 """In-domain text->image nDCG@10 with the title queries as round one measured them (author tokens
 kept: "apple bitten dan gerhard") and as the gate measures them now (trailing author tokens dropped),
-for each model named (after `make demo`; tags and titles only, no held-out judgments).
+for each model named (after `make demo`; tags and titles only, no held-out judgments). A model named
+`ablation:VARIANT` is that recipe as `make ablation` trained it: run with the same IMAGESEARCH_ABLATION__*
+settings, it resumes the finished run from its checkpoint instead of training again.
 
-    .venv/bin/python benchmarks/eval_author_titles.py [champion v0 ...]
+    .venv/bin/python benchmarks/eval_author_titles.py [champion v0 "ablation:RECIPE" ...]
 """
 
 from __future__ import annotations
@@ -11,10 +13,20 @@ import argparse
 
 from imagesearch.catalog.build import read_catalog
 from imagesearch.embeddings.backbone_cache import cache_folder
+from imagesearch.evaluation.ablation import ablation_budget, train_variant
 from imagesearch.evaluation.sets import build_eval_sets
 from imagesearch.evaluation.step import evaluate_everywhere
+from imagesearch.models.encoders import Encoder
 from imagesearch.models.registry import load_encoder
 from imagesearch.settings import Settings
+
+ABLATION = "ablation:"
+
+
+def _encoder(reference: str, settings: Settings) -> Encoder:
+    if reference.startswith(ABLATION):
+        return train_variant(settings, reference.removeprefix(ABLATION), ablation_budget(settings))[0]
+    return load_encoder(reference, settings)
 
 
 def main() -> None:
@@ -25,7 +37,7 @@ def main() -> None:
     catalog = read_catalog(settings.catalog_path)
     both = {drop: build_eval_sets(catalog, drop_authors=drop) for drop in (True, False)}
     for reference in args.models:
-        encoder = load_encoder(reference, settings)
+        encoder = _encoder(reference, settings)
         for drop_authors, sets in both.items():
             _, results = evaluate_everywhere(encoder, sets, {}, features=cache_folder(settings))
             found = {
