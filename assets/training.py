@@ -58,7 +58,7 @@ def trained_model(context: dg.AssetExecutionContext, workspace: WorkspaceResourc
             "unreadable_images": dg.MetadataValue.json(result.failed),
             "history": dg.MetadataValue.json(result.history),
             "chosen_on_validation": dg.MetadataValue.json(chosen),
-            "raw_block_candidates": dg.MetadataValue.json(result.choice_scores),
+            "candidates_on_validation": dg.MetadataValue.json(result.choice_scores),
             **final,
             **version_metadata(outcome.version),
         }

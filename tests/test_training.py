@@ -42,6 +42,7 @@ from imagesearch.models.towers import set_interpolation
 from imagesearch.settings import ModelSettings, Settings, TrainingSettings
 from imagesearch.training.loop import fingerprint, train_towers
 from imagesearch.training.losses import info_nce, triplet
+from imagesearch.training.selection import bridge_score
 from imagesearch.training.step import model_for_training
 from imagesearch.training.validation import ValidationSet
 from imagesearch.training_data.examples import EXAMPLE_COLUMNS, augmentation_pairs, mix_examples, tag_pairs
@@ -270,7 +271,9 @@ def test_training_registers_a_challenger_with_its_run_params_metrics_and_plots(t
     candidates = saved["choice_scores"]["outside_raw"]
     kept = f"{spec.outside_raw_transform}_x{spec.outside_raw_weight:g}"
     assert len(candidates) > 1 and candidates[kept] == max(candidates.values())
-    assert metadata(trained.result, "trained_model")["raw_block_candidates"] == saved["choice_scores"]
+    bridges = saved["choice_scores"]["bridge"]  # chosen before training, on the outside val rows alone
+    assert bridges[f"top{bridge[0]}_T{bridge[1]:g}"] == max(bridges.values())
+    assert metadata(trained.result, "trained_model")["candidates_on_validation"] == saved["choice_scores"]
     assert f"choice.outside_raw.{kept}" in run.data.metrics
     assert "val_title_to_image_recall_at_10" in history[0]  # the val titles are scored as the test's
 
@@ -433,6 +436,16 @@ def test_validation_drops_images_that_could_not_be_decoded():
     assert kept.query_texts == ["tag one"] and kept.text_relevant == [{"a"}]  # "tag two" had only b
     assert kept.title_texts == ["title of c"] and kept.title_relevant == [{"c"}]
     assert kept.texts() == ["tag one", "title of c"]
+
+
+def test_a_routed_models_bridge_is_chosen_on_the_outside_collections_alone():
+    """The bridge is what a routed model serves to collections outside, and only to them."""
+    narrow = {"val_text_to_image_recall_at_10": 0.30, "val_gcompris_text_to_image_ndcg_at_10": 0.30}
+    wide = {"val_text_to_image_recall_at_10": 0.10, "val_gcompris_text_to_image_ndcg_at_10": 0.31}
+    assert bridge_score(narrow, routed=False) > bridge_score(wide, routed=False)  # the mean of all
+    assert bridge_score(wide, routed=True) > bridge_score(narrow, routed=True)  # outside alone
+    in_domain_only = {"val_text_to_image_recall_at_10": 0.2}
+    assert bridge_score(in_domain_only, routed=True) == 0.2  # no outside collection: every metric
 
 
 def test_validation_title_queries_are_built_as_the_test_splits_are():

@@ -37,7 +37,7 @@ from imagesearch.models.encoders import Encoder
 from imagesearch.settings import TrainingSettings
 from imagesearch.training.examples import index_examples, subsample_examples, without_images
 from imagesearch.training.features import failed_positions, load_or_build_cache, split_backbone
-from imagesearch.training.selection import IN_DOMAIN_VAL
+from imagesearch.training.selection import IN_DOMAIN_VAL, RULES_VERSION
 from imagesearch.training.trainer import Trainer
 from imagesearch.training.validation import ValidationSet
 
@@ -58,7 +58,7 @@ class TrainResult:
     rows: int
     failed: dict[str, str] = field(default_factory=dict)
     checkpoint: Path | None = None  # the last epoch's state (the kept one's parts included)
-    choice_scores: dict[str, dict[str, float]] = field(default_factory=dict)  # raw block: each candidate's
+    choice_scores: dict[str, dict[str, float]] = field(default_factory=dict)  # val score per candidate
 
     @property
     def final(self) -> dict[str, float]:
@@ -73,9 +73,10 @@ def fingerprint(
 
     `validation`: files that define the validation rows model selection reads (the out-of-domain
     collections' manifests): a checkpoint holds the epoch selected on them, so other rows must not
-    resume it; nor must a run whose selection scores other in-domain val metrics (`IN_DOMAIN_VAL`)."""
+    resume it; nor must a run whose selection scores other in-domain val metrics (`IN_DOMAIN_VAL`) or
+    chooses by other rules (`RULES_VERSION`)."""
     digest = hashlib.blake2b(digest_size=8)
-    inputs = [settings.model_dump(mode="json"), model, IN_DOMAIN_VAL]
+    inputs = [settings.model_dump(mode="json"), model, IN_DOMAIN_VAL, RULES_VERSION]
     digest.update(json.dumps(inputs, sort_keys=True).encode())
     digest.update(examples_path.read_bytes())
     for path in validation:

@@ -38,6 +38,17 @@ IN_DOMAIN_VAL = (
     "val_image_to_image_recall_at_10",
 )
 OOD_PENALTY = 10.0
+# bumped when a rule of selection changes: a checkpoint holds choices the old rules made (see `fingerprint`)
+RULES_VERSION = 2
+
+
+def bridge_score(metrics: dict[str, float], *, routed: bool) -> float:
+    """What the bridge is chosen on: the mean of every val metric, in-domain and out of domain. A model
+    routed per collection serves its anchored columns, and so the bridge, only to collections outside
+    (in domain the trained block ranks): the outside collections' metrics alone choose it there."""
+    outside = {key: value for key, value in metrics.items() if key not in IN_DOMAIN_VAL}
+    chosen_on = outside if routed and outside else metrics
+    return float(np.mean(list(chosen_on.values()))) if chosen_on else 0.0
 
 
 def _rounded(scores: dict[str, float]) -> dict[str, float]:
@@ -65,7 +76,7 @@ class ModelSelection:
         self.reference: dict[str, float] | None = None  # epoch 0's val metrics
         self.bridge: dict[str, float] | None = None  # anchored: the class-name bridge chosen at epoch 0
         self.gate_thresholds: dict[float, float] = {}  # specialist: gate quantile -> its threshold
-        self.choice_scores: dict[str, dict[str, float]] = {}  # raw block: every candidate's val score
+        self.choice_scores: dict[str, dict[str, float]] = {}  # bridge, raw block: each candidate's val score
 
     def state(self) -> dict:
         return {
@@ -73,11 +84,13 @@ class ModelSelection:
             "reference": self.reference,
             "bridge": self.bridge,
             "gate_thresholds": self.gate_thresholds,
+            "choice_scores": self.choice_scores,
         }
 
     def load(self, state: dict) -> None:
         self.best, self.reference = state.get("best"), state.get("reference")
         self.gate_thresholds = state.get("gate_thresholds") or {}
+        self.choice_scores = state.get("choice_scores") or {}
         if state.get("bridge"):
             self._set_bridge(state["bridge"])
         if self.router() is not None:  # it lives outside the checkpointed parts: fitted again, alike
@@ -229,20 +242,22 @@ class ModelSelection:
 
     def choose_bridge(self) -> dict[str, float]:
         """Anchored head, before training: the class-name bridge's top-k and softmax temperature with
-        the best mean over every val metric, in-domain and out of domain (v0 keeps its own, 10 and 1).
-        A softer mix of more classes describes pictures unlike ImageNet's photos better; the residual
-        then learns on top of the anchor chosen here, and selection holds it to that anchor."""
+        the best `bridge_score` (v0 keeps its own, 10 and 1). A softer mix of more classes describes
+        pictures unlike ImageNet's photos better; the residual then learns on top of the anchor chosen
+        here, and selection holds it to that anchor."""
         spec = self.encoder.spec
         top_ks = self.settings.bridge_top_k_grid or [spec.zeroshot_top_k]
         temperatures = self.settings.bridge_temperature_grid or [spec.bridge_temperature]
-        candidates = []
+        candidates, routed = [], self.router() is not None
         for top_k in top_ks:
             for temperature in temperatures:
                 bridge = {"bridge_top_k": top_k, "bridge_temperature": temperature}
                 self._set_bridge(bridge)
-                metrics = self.validate()
-                candidates.append({**bridge, "score": float(np.mean(list(metrics.values())))})
+                candidates.append({**bridge, "score": bridge_score(self.validate(), routed=routed)})
         best = max(candidates, key=lambda c: c["score"])
+        self.choice_scores["bridge"] = _rounded(
+            {f"top{c['bridge_top_k']}_T{c['bridge_temperature']:g}": c["score"] for c in candidates}
+        )
         self._set_bridge(best)
         return {key: best[key] for key in ("bridge_top_k", "bridge_temperature")}
 

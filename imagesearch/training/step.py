@@ -130,7 +130,7 @@ def train_step(
 
 
 def _choices(result: TrainResult) -> list[tuple[str, str, float]]:
-    """Every raw-block candidate's validation score: what each choice was made against."""
+    """Every candidate's validation score (bridge, raw block): what each choice was made against."""
     scores = result.choice_scores
     return [(name, candidate, score) for name in scores for candidate, score in scores[name].items()]
 
