@@ -92,7 +92,7 @@ def build_eval_sets(
         pd.concat(
             [
                 _tag_qrels(tags, len(test), tag_max_share),
-                _title_qrels(test, author_tokens(catalog) if drop_authors else frozenset()),
+                title_qrels(test, author_tokens(catalog) if drop_authors else frozenset()),
                 _judged_qrels(judgments_eval, test),
             ],
             ignore_index=True,
@@ -128,8 +128,10 @@ def _tag_qrels(tags: pd.DataFrame, images: int, max_share: float) -> pd.DataFram
     )
 
 
-def _title_qrels(test: pd.DataFrame, authors: frozenset[str]) -> pd.DataFrame:
-    titled = test.dropna(subset=["title"]).assign(
+def title_qrels(split: pd.DataFrame, authors: frozenset[str]) -> pd.DataFrame:
+    """Known-item title queries of one split's images: `authors` dropped from each title's end, titles
+    left empty or carried by two images left out; each query's one relevant image at grade 2."""
+    titled = split.dropna(subset=["title"]).assign(
         title=lambda f: f["title"].map(partial(strip_authors, authors=authors))
     )
     titled = titled[titled["title"] != ""].drop_duplicates("title", keep=False)

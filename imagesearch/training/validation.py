@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import pandas as pd
 
-from imagesearch.evaluation.sets import author_tokens, strip_authors
+from imagesearch.evaluation.sets import author_tokens, title_qrels
 from imagesearch.training_data.examples import tag_text
 
 
@@ -65,13 +64,11 @@ class ValidationSet:
 
 
 def _title_queries(val: pd.DataFrame, catalog: pd.DataFrame) -> pd.Series:
-    """Title -> the one val image carrying it: known-item queries built as the test split's are (author
-    tokens dropped, titles on several images left out)."""
+    """Title -> the one val image carrying it: known-item queries built as the test split's are."""
     if "title" not in val:
         return pd.Series(dtype=object)
-    titles = val["title"].dropna().map(partial(strip_authors, authors=author_tokens(catalog)))
-    titles = titles[(titles != "") & ~titles.duplicated(keep=False)]
-    return pd.Series([{image_id} for image_id in val.loc[titles.index, "id"]], index=titles.to_numpy())
+    qrels = title_qrels(val, author_tokens(catalog))
+    return pd.Series([{image_id} for image_id in qrels["image_id"]], index=qrels["query"].to_numpy())
 
 
 def _answerable(texts: list[str], relevant: list[set[str]], failed: set[str]) -> list[tuple[str, set[str]]]:
