@@ -148,9 +148,14 @@ def providers_for(device: str) -> list[str] | None:
     except ImportError:
         return None
     available = onnxruntime.get_available_providers()
-    if device == "cuda":
-        return [CUDA, CPU] if CUDA in available else None
-    return [CPU]
+    if device != "cuda":
+        return [CPU]
+    if CUDA not in available:
+        return None
+    # CUDA and cuDNN from pip's nvidia-* wheels are not on the loader's path: load them by their own
+    # site-packages paths (already loaded, as by torch, is a no-op)
+    getattr(onnxruntime, "preload_dlls", lambda: None)()
+    return [CUDA, CPU]
 
 
 def quantize_text_graph(graph: Path, folder: Path) -> Path:

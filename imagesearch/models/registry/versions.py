@@ -236,9 +236,16 @@ def load_encoder(reference: str, settings: Settings, text_precision: str | None 
         settings = settings.model_copy(update={"model": model})
     if reference == V0:
         return build_zeroshot_encoder(settings.model)
+    model = settings.model
+    folder = encoder_folder(reference, settings)
+    return Encoder.load(folder, model.device, model.runtime, model.onnx_threads, model.text_precision)
+
+
+def encoder_folder(reference: str, settings: Settings) -> Path:
+    """The local encoder folder of a saved-folder path or an MLflow model reference (downloaded)."""
     folder = Path(reference).expanduser()
     if (folder / "encoder.json").is_file():
-        return _load_folder(folder, settings)
+        return folder
     uri = _model_uri(reference, settings)
     connect(settings)
     try:
@@ -248,12 +255,7 @@ def load_encoder(reference: str, settings: Settings, text_precision: str | None 
             f"cannot load {uri}: {str(error).splitlines()[0]} — register a model first "
             "(`imagesearch model register-v0`) or pass --model v0"
         ) from error
-    return _load_folder(_encoder_folder(local, uri), settings)
-
-
-def _load_folder(folder: Path, settings: Settings) -> Encoder:
-    model = settings.model
-    return Encoder.load(folder, model.device, model.runtime, model.onnx_threads, model.text_precision)
+    return _encoder_folder(local, uri)
 
 
 def _encoder_folder(model_folder: Path, uri: str) -> Path:
