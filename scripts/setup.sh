@@ -26,9 +26,13 @@ if [[ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$project_stamp" ]]; then
   [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
   pip_install .venv/bin/python -m pip install --quiet -e '.[dev]'
   if [[ "$WANT_GPU" == "1" ]]; then
-    # faiss-gpu and faiss-cpu both provide the `faiss` module: keep exactly one.
+    # faiss-gpu / faiss-cpu and onnxruntime-gpu / onnxruntime each provide one module: keep the GPU
+    # builds. Uninstalling a CPU build deletes the files the two share, so the GPU ones go in again.
     pip_install .venv/bin/python -m pip install --quiet -e '.[dev,gpu]'
-    .venv/bin/python -m pip uninstall --quiet -y faiss-cpu
+    .venv/bin/python -m pip uninstall --quiet -y faiss-cpu onnxruntime
+    gpu_pins=$(.venv/bin/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['gpu']))")
+    # shellcheck disable=SC2086 (one word per pin)
+    pip_install .venv/bin/python -m pip install --quiet --force-reinstall --no-deps $gpu_pins
   fi
   echo "$project_stamp" > .venv/.setup-stamp
   echo "    done in $(( $(date +%s) - start ))s, $(du -sh .venv | cut -f1) on disk"
