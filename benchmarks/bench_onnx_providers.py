@@ -31,7 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
-from imagesearch.models.onnx_runtime import CPU, IMAGE_GRAPH, TEXT_GRAPH, OnnxTowers, providers_for
+from imagesearch.models.onnx_runtime import (
+    CPU,
+    IMAGE_GRAPH,
+    ONNX_FOLDER,
+    TEXT_GRAPH,
+    OnnxTowers,
+    providers_for,
+)
 
 INPUTS = "inputs.npz"
 REDRAWN = "redraw:"  # an initializer's doc string when its values were dropped by --redraw-weights
@@ -41,15 +48,15 @@ TEXT_BATCH = 256
 
 
 def prepare(model: str, out: Path, texts: int, images: int, redraw_weights: bool) -> None:
+    from bench_service import sampled_images, sampled_titles  # the service benchmark's queries
+
     from imagesearch.models.registry import encoder_folder, load_encoder
     from imagesearch.settings import Settings
 
-    sys_path_benchmarks()
-    from bench_service import sampled_images, sampled_titles
-
     settings = Settings()
-    graphs = encoder_folder(model, settings) / "onnx"
-    encoder = load_encoder(model, settings)
+    folder = encoder_folder(model, settings)  # downloaded once: the encoder loads from the same folder
+    graphs = folder / ONNX_FOLDER
+    encoder = load_encoder(str(folder), settings)
     out.mkdir(parents=True, exist_ok=True)
     for name in (IMAGE_GRAPH, TEXT_GRAPH):
         if redraw_weights:
@@ -67,12 +74,6 @@ def prepare(model: str, out: Path, texts: int, images: int, redraw_weights: bool
     )
     (out / "model.json").write_text(json.dumps({"model": model, "redrawn": redraw_weights}))
     print(f"wrote {out}: {len(titles)} titles, {len(pixels)} images, graphs from {graphs}")
-
-
-def sys_path_benchmarks() -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
 
 
 def strip_weights(source: Path, target: Path) -> None:
