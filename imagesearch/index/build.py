@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from imagesearch.common.executor import Executor
-from imagesearch.index.choose import L2, IndexChoice, choose_index
+from imagesearch.index.choose import L2, SCALAR_RERANK, IndexChoice, choose_index
 from imagesearch.index.pieces import MERGEABLE_KINDS, group_into_shards, merge_pieces
 from imagesearch.index.search import gpu_available
 from imagesearch.index.store import IndexManifest, save_index_atomic
@@ -79,6 +79,8 @@ def build_in_pieces(
 
 
 def rerank_tier_name(choice: IndexChoice, rerank_factor: int) -> str:
+    if choice.factory.endswith(SCALAR_RERANK):
+        return f"{choice.rerank_bytes_per_vector:.0f}-byte scalar codes of the vectors in the index (RAM)"
     if choice.rerank_bytes_per_vector:
         return f"{choice.rerank_bytes_per_vector:.0f}-byte residual PQ codes in the index (RAM)"
     return "float16 memory map" if rerank_factor > 1 else "none"
@@ -112,6 +114,7 @@ def build_tuned_index(
         gpu=gpu_available(),
         hnsw_m=config.hnsw_m,
         rerank_budget_bytes=rerank_budget,
+        max_residual_subquantizers=config.max_residual_subquantizers,
         mergeable=shards > 1 or (executor is not None and executor.name != "in_process"),
     )
     started = time.perf_counter()

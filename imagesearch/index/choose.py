@@ -13,6 +13,12 @@ IP, L2 = "ip", "l2"
 
 
 ID_BYTES_PER_VECTOR = 8  # IVF lists store a 64-bit id per vector
+# Each residual sub-quantizer is a k-means of its own over the training sample, and encoding runs one
+# 256-way search per sub-quantizer per vector: past this many the re-rank tier's build is unbounded in
+# practice (1M x 1,921 one-dimension sub-quantizers did not finish in 45 min); wider vectors get 8-bit
+# scalar codes, which train in milliseconds.
+MAX_RESIDUAL_SUBQUANTIZERS = 512
+SCALAR_RERANK = "Refine(SQ8)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +42,13 @@ def choose_index(
     gpu: bool = False,
     mergeable: bool = False,
     rerank_budget_bytes: float | None = None,
+    max_residual_subquantizers: int = MAX_RESIDUAL_SUBQUANTIZERS,
 ) -> IndexChoice:
     """The cheapest index that fits the budgets; thresholds are parameters so they can be tested.
     `mergeable`: built in pieces and merged (a cluster build, or shards), which rules out HNSW and
     the in-index re-rank tier. `rerank_budget_bytes`: for the memory-bound choice, the bytes of the
-    re-rank tier (what re-scores the short list), None = unbounded (float16)."""
+    re-rank tier (what re-scores the short list), None = unbounded (float16). Vectors wider than
+    `max_residual_subquantizers` are re-ranked from 8-bit scalar codes instead of a residual PQ."""
     if n <= 0 or dim <= 0:
         raise ValueError(f"cannot index {n} vectors of dimension {dim}")
     budget = math.inf if memory_budget_bytes is None else memory_budget_bytes / n
@@ -63,7 +71,12 @@ def choose_index(
             IVF, f"IVF{nlist},Flat", flat_bytes + ID_BYTES_PER_VECTOR, "GPU: IVF over full vectors"
         )
     rerank_budget = math.inf if rerank_budget_bytes is None else rerank_budget_bytes / n
-    residual = None if mergeable else residual_subquantizers(dim, rerank_budget)
+    wide = dim > max_residual_subquantizers
+    scalar_fits = wide and not mergeable and dim <= rerank_budget
+    scalar = _scalar_rerank_choice(nlist, dim, budget) if scalar_fits else None
+    if scalar is not None:
+        return scalar
+    residual = None if mergeable or wide else residual_subquantizers(dim, rerank_budget)
     if residual is None:
         return _fastscan_choice(nlist, dim, budget)
     # ids in the lists, and the id -> entry map that decodes the service's candidates
@@ -83,6 +96,23 @@ def choose_index(
         f"memory-bound: {subquantizers}-byte PQ codes, {nlist} lists, {residual}-byte residual re-rank tier",
         float(residual),
         metric=L2,
+    )
+
+
+def _scalar_rerank_choice(nlist: int, dim: int, budget: float) -> IndexChoice | None:
+    """IVF + 8-bit PQ codes for the short list, re-scored from 8-bit scalar codes of the vectors
+    (one byte per dimension) inside faiss (IndexRefine); None when the PQ codes do not fit."""
+    # the scalar codes are read by row number, so the lists' ids are the only overhead
+    subquantizers = pq_subquantizers(dim, budget - ID_BYTES_PER_VECTOR)
+    if subquantizers is None:
+        return None
+    return IndexChoice(
+        IVF,
+        f"IVF{nlist},PQ{subquantizers},{SCALAR_RERANK}",
+        subquantizers + ID_BYTES_PER_VECTOR,
+        f"memory-bound, wide vectors: {subquantizers}-byte PQ codes, {nlist} lists, "
+        f"{dim}-byte scalar re-rank tier",
+        float(dim),
     )
 
 

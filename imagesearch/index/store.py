@@ -116,7 +116,8 @@ class LoadedIndex:
         in_delta = positions >= self.base_count
         out = np.empty((len(positions), self.manifest.dim), np.float32)
         base = positions[~in_delta]
-        if isinstance(self.index, faiss.IndexIVFPQR | faiss.IndexFlat):  # Flat: the exact float32 rows
+        # Flat: the exact float32 rows; IndexRefine: its scalar codes, by row
+        if isinstance(self.index, faiss.IndexIVFPQR | faiss.IndexRefine | faiss.IndexFlat):
             out[~in_delta] = self.index.reconstruct_batch(base) if len(base) else 0
         else:
             out[~in_delta] = self.vectors[base]

@@ -37,12 +37,12 @@ def candidate_settings(kind: str, index: faiss.Index) -> list[list[dict[str, int
     if kind == HNSW:
         return [[{"efSearch": ef} for ef in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)]]
     if kind == IVF:
-        refined = isinstance(index, faiss.IndexIVFPQR)
+        scalar_refined = isinstance(index, faiss.IndexRefine)
         nlist = faiss.extract_index_ivf(index).nlist
         pretransform = int(isinstance(index, faiss.IndexPreTransform))
         probes = [p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512) if p <= nlist]
-        ladder = [{"nprobe": p, "pretransform": pretransform} for p in probes]
-        if refined:
+        ladder = [{"nprobe": p, "pretransform": pretransform, "refine": int(scalar_refined)} for p in probes]
+        if scalar_refined or isinstance(index, faiss.IndexIVFPQR):
             return [[{**step, "k_factor": factor} for step in ladder] for factor in REFINE_K_FACTORS]
         return [ladder]
     return [[{}]]

@@ -153,8 +153,14 @@ class IndexSettings(BaseModel):
     rerank_budget_mb: float | None = Field(
         default=None,
         gt=0,
-        description="memory-bound indexes: bytes of the re-rank tier inside the index (float16 when it fits, "
-        "else 8-bit scalar codes); None = float16",
+        description="memory-bound indexes: bytes of the re-rank tier inside the index (8-bit codes of the "
+        "residual, or of the vectors when wider than max_residual_subquantizers); None = float16",
+    )
+    max_residual_subquantizers: int = Field(
+        default=512,
+        ge=1,
+        description="memory-bound indexes: vectors wider than this are re-ranked from 8-bit scalar codes "
+        "(a residual PQ trains one k-means per sub-quantizer)",
     )
     target_recall: float = Field(
         default=0.95, gt=0, le=1, description="recall@10 vs exact search to tune for"
