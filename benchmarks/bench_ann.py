@@ -8,8 +8,9 @@ vectors left out of the index.
 
 The memory budget is 1/8 of the float32 vectors for what every query scans (codes + ids), and 1/4
 for ours' re-rank tier (inside the index, re-scoring its short list: 8-bit PQ codes of the residual,
-or 8-bit scalar codes of the vectors when they are wider than 512 columns). For each index: recall@10 against exact search, QPS for a batch of queries on 1 thread and on
-all threads, build time (ours includes tuning), and bytes per vector of each tier.
+or 8-bit scalar codes of the vectors when they are wider than 512 columns). For each index:
+recall@10 against exact search, QPS for a batch of queries on 1 thread and on all threads, build time
+(ours includes tuning), and bytes per vector of each tier.
 
     IMAGESEARCH_BENCH=1 bash scripts/setup.sh   # once: the autofaiss venv
     .venv/bin/python benchmarks/bench_ann.py [--sizes real,100000,1000000]

@@ -65,6 +65,11 @@ def test_pieces_and_shards_keep_the_mergeable_fastscan_index():
     assert choice.factory == "IVF4096,PQ192x4fs" and choice.rerank_bytes_per_vector == 0
 
 
+def test_an_odd_width_built_in_pieces_gets_mergeable_eight_bit_codes():
+    choice = choose_index(1_000_000, 1921, memory_budget_bytes=1921 * 4 / 8 * 1e6, mergeable=True)
+    assert choice.factory == "IVF4096,PQ113" and choice.rerank_bytes_per_vector == 0
+
+
 def test_too_small_a_budget_is_refused():
     with pytest.raises(ValueError, match="cannot hold"):
         choose_index(1_000_000, 256, memory_budget_bytes=1_000_000 * 9)

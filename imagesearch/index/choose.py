@@ -119,6 +119,8 @@ def _scalar_rerank_choice(nlist: int, dim: int, budget: float) -> IndexChoice | 
 def _fastscan_choice(nlist: int, dim: int, budget: float) -> IndexChoice:
     """IVF + 4-bit fast-scan PQ, re-ranked from the float16 vectors kept beside it (mergeable)."""
     subquantizers = fastscan_subquantizers(dim, budget - ID_BYTES_PER_VECTOR)
+    if subquantizers is None and dim % 2:  # an odd width has no fast-scan layout
+        return _eight_bit_choice(nlist, dim, budget)
     if subquantizers is None:
         raise ValueError(f"a memory budget of {budget:.1f} B/vector cannot hold even a 2-byte PQ code + id")
     code_bytes = subquantizers // 2
@@ -127,6 +129,20 @@ def _fastscan_choice(nlist: int, dim: int, budget: float) -> IndexChoice:
         f"IVF{nlist},PQ{subquantizers}x4fs",
         code_bytes + ID_BYTES_PER_VECTOR,
         f"memory-bound: {code_bytes}-byte 4-bit PQ codes, {nlist} lists, exact re-rank of a short list",
+    )
+
+
+def _eight_bit_choice(nlist: int, dim: int, budget: float) -> IndexChoice:
+    """IVF + plain 8-bit PQ, re-ranked from the float16 vectors kept beside it (mergeable)."""
+    subquantizers = pq_subquantizers(dim, budget - ID_BYTES_PER_VECTOR)
+    if subquantizers is None:
+        raise ValueError(f"a memory budget of {budget:.1f} B/vector cannot hold an 8-bit PQ code + id")
+    return IndexChoice(
+        IVF,
+        f"IVF{nlist},PQ{subquantizers}",
+        subquantizers + ID_BYTES_PER_VECTOR,
+        f"memory-bound: {subquantizers}-byte PQ codes ({dim} columns: no 4-bit fast-scan layout), "
+        f"{nlist} lists, exact re-rank of a short list",
     )
 
 
