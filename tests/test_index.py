@@ -42,8 +42,8 @@ QUARTER = 4 / 4
         (100_000, 256, None, None, True, "IVF1024,Flat"),  # GPU: no HNSW in faiss-gpu
         (100_000, 256, 300 / 256, None, False, "IVF1024,PQ128+256"),  # HNSW needs 1280 B
         (100_000, 256, 300 / 256, 64 / 256, False, "IVF1024,PQ128+64"),  # a quarter-dimension residual
-        # wider than 512: 8-bit scalar codes re-rank (1,921 = 17 x 113 has no residual PQ between)
-        (1_000_000, 1921, EIGHTH, QUARTER, False, "IVF4096,PQ113,Refine(SQ8)"),
+        # wider than 512: 8-bit scalar codes re-rank; PQ codes of the vectors padded to 16 columns
+        (1_000_000, 1921, EIGHTH, QUARTER, False, "Pad1936,IVF4096,PQ484,Refine(SQ8)"),
         (1_000_000, 1664, EIGHTH, QUARTER, False, "IVF4096,PQ416,Refine(SQ8)"),
         (1_000_000, 1664, EIGHTH, 0.5 / 1664, False, "IVF4096,PQ832x4fs"),  # no tier fits: float16 map
     ],
@@ -216,21 +216,24 @@ def test_memory_bound_build_tunes_probe_and_rerank_depth_to_the_target(tmp_path)
 
 
 def test_wide_vectors_rerank_from_scalar_codes_inside_faiss_and_take_a_filter(tmp_path):
-    vectors = clustered(4000, dim=64)
+    vectors = clustered(4000, dim=60)
     ids = pd.DataFrame({"id": [str(i) for i in range(4000)], "path": ""})
-    # 64 columns count as wide when the residual PQ may have at most 32 sub-quantizers
+    # 60 columns count as wide when the residual PQ may have at most 32 sub-quantizers; the PQ codes
+    # see them padded to 64
     config = IndexSettings(
-        memory_budget_mb=4000 * 32 / MB, tune_queries=200, target_recall=0.9, max_residual_subquantizers=32
+        memory_budget_mb=4000 * 32 / MB, tune_queries=200, target_recall=0.93, max_residual_subquantizers=32
     )
     manifest = build_tuned_index(vectors, ids, tmp_path / "ix", model="m", config=config)
-    assert manifest.factory.endswith("PQ16,Refine(SQ8)") and manifest.bytes_per_vector == 16 + 8
-    assert manifest.extra["reached_target"] and manifest.params["refine"] == 1
-    assert manifest.extra["rerank_bytes_per_vector"] == 64 and "scalar" in manifest.extra["rerank_vectors"]
+    assert manifest.factory == "Pad64,IVF102,PQ16,Refine(SQ8)" and manifest.bytes_per_vector == 16 + 8
+    assert (
+        manifest.extra["reached_target"] and manifest.params["refine"] == manifest.params["pretransform"] == 1
+    )
+    assert manifest.extra["rerank_bytes_per_vector"] == 60 and "scalar" in manifest.extra["rerank_vectors"]
     loaded = load_index(tmp_path / "ix")
     assert isinstance(loaded.index, faiss.IndexRefine)
     decoded = loaded.candidate_vectors(np.arange(20))  # from the scalar tier, close to the vectors
     assert (decoded * vectors[:20]).sum(axis=1).min() > 0.99
-    held_out = clustered(100, dim=64, seed=7)
+    held_out = clustered(100, dim=60, seed=7)
     assert recall_at(loaded.search(held_out, 10)[1], exact_neighbours(vectors, held_out, 10)) >= 0.9
     loaded.exact_subset_rows = 0  # the filter goes to faiss as a selector, through the re-rank tier
     even = np.arange(4000) % 2 == 0

@@ -19,6 +19,7 @@ ID_BYTES_PER_VECTOR = 8  # IVF lists store a 64-bit id per vector
 # scalar codes, which train in milliseconds.
 MAX_RESIDUAL_SUBQUANTIZERS = 512
 SCALAR_RERANK = "Refine(SQ8)"
+PAD_MULTIPLE = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,14 +102,19 @@ def choose_index(
 
 def _scalar_rerank_choice(nlist: int, dim: int, budget: float) -> IndexChoice | None:
     """IVF + 8-bit PQ codes for the short list, re-scored from 8-bit scalar codes of the vectors
-    (one byte per dimension) inside faiss (IndexRefine); None when the PQ codes do not fit."""
+    (one byte per dimension) inside faiss (IndexRefine); None when the PQ codes do not fit.
+    The codes see the vectors zero-padded to a multiple of 16 columns: a width such as 1,921
+    (17 x 113) otherwise allows only 113 sub-quantizers of 17 columns, whose short lists measured
+    recall@10 0.842 at 1M where the budget holds four times the code."""
+    padded = -(-dim // PAD_MULTIPLE) * PAD_MULTIPLE
     # the scalar codes are read by row number, so the lists' ids are the only overhead
-    subquantizers = pq_subquantizers(dim, budget - ID_BYTES_PER_VECTOR)
+    subquantizers = pq_subquantizers(padded, budget - ID_BYTES_PER_VECTOR)
     if subquantizers is None:
         return None
+    pad = f"Pad{padded}," if padded != dim else ""
     return IndexChoice(
         IVF,
-        f"IVF{nlist},PQ{subquantizers},{SCALAR_RERANK}",
+        f"{pad}IVF{nlist},PQ{subquantizers},{SCALAR_RERANK}",
         subquantizers + ID_BYTES_PER_VECTOR,
         f"memory-bound, wide vectors: {subquantizers}-byte PQ codes, {nlist} lists, "
         f"{dim}-byte scalar re-rank tier",

@@ -31,9 +31,11 @@ def search_parameters(
         return faiss.SearchParametersHNSW(efSearch=params["efSearch"], sel=selector)
     if kind == IVF:
         ivf = faiss.SearchParametersIVF(nprobe=params["nprobe"], sel=selector)
+        if params.get("pretransform"):
+            ivf = faiss.SearchParametersPreTransform(index_params=ivf)
         if params.get("refine"):
             return faiss.IndexRefineSearchParameters(k_factor=params["k_factor"], base_index_params=ivf)
-        return faiss.SearchParametersPreTransform(index_params=ivf) if params.get("pretransform") else ivf
+        return ivf
     return faiss.SearchParameters(sel=selector) if selector is not None else None
 
 

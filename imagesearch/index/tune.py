@@ -39,7 +39,8 @@ def candidate_settings(kind: str, index: faiss.Index) -> list[list[dict[str, int
     if kind == IVF:
         scalar_refined = isinstance(index, faiss.IndexRefine)
         nlist = faiss.extract_index_ivf(index).nlist
-        pretransform = int(isinstance(index, faiss.IndexPreTransform))
+        coarse = faiss.downcast_index(index.base_index) if scalar_refined else index
+        pretransform = int(isinstance(coarse, faiss.IndexPreTransform))
         probes = [p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512) if p <= nlist]
         ladder = [{"nprobe": p, "pretransform": pretransform, "refine": int(scalar_refined)} for p in probes]
         if scalar_refined or isinstance(index, faiss.IndexIVFPQR):
