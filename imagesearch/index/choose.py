@@ -73,10 +73,10 @@ def choose_index(
         )
     rerank_budget = math.inf if rerank_budget_bytes is None else rerank_budget_bytes / n
     wide = dim > max_residual_subquantizers
-    scalar_fits = wide and not mergeable and dim <= rerank_budget
-    scalar = _scalar_rerank_choice(nlist, dim, budget) if scalar_fits else None
-    if scalar is not None:
-        return scalar
+    if wide and not mergeable and dim <= rerank_budget:
+        scalar = _scalar_rerank_choice(nlist, dim, budget)
+        if scalar is not None:
+            return scalar
     residual = None if mergeable or wide else residual_subquantizers(dim, rerank_budget)
     if residual is None:
         return _fastscan_choice(nlist, dim, budget)

@@ -154,7 +154,7 @@ class IndexSettings(BaseModel):
         default=None,
         gt=0,
         description="memory-bound indexes: bytes of the re-rank tier inside the index (8-bit codes of the "
-        "residual, or of the vectors when wider than max_residual_subquantizers); None = float16",
+        "residual, or of the vectors when wider than max_residual_subquantizers); None = unbounded",
     )
     max_residual_subquantizers: int = Field(
         default=512,
